@@ -1,0 +1,1 @@
+"""hactl: a free, self-hosted, highly available network controller on Raft."""

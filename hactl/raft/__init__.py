@@ -1,0 +1,1 @@
+"""Consensus: the pure Raft core, its storage (raft.db) and its asyncio driver."""
