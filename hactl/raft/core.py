@@ -554,8 +554,9 @@ class Raft:
             self._handle_append_resp(m, pr)
         elif m.type == MsgType.HEARTBEAT_RESP:
             pr.recent_active = True
+            pr.probe_sent = False  # the follower is alive: a lost probe is sent again
             if pr.state == ProgressState.REPLICATE and len(pr.inflight) >= self.cfg.max_inflight:
-                pr.inflight.popleft()  # the follower is alive: let one more append through
+                pr.inflight.popleft()  # likewise let one more append through a full window
             if pr.match < self.log.last_index():
                 self._send_append(m.frm)
             if len(m.context) == 8:
@@ -691,26 +692,11 @@ class Raft:
         return HardState(self.term, self.vote, self.log.committed)
 
     def _apply_conf_change(self, e: Entry) -> None:
-        try:
-            cc = ConfChange.from_wire(_decode_cc(e.data))
-        except (MalformedError, ValueError):
+        new = conf_after(self.conf, e.data)
+        if new is None:
             self.dropped["bad_conf_change"] += 1
             return
-        voters, learners = set(self.conf.voters), set(self.conf.learners)
-        if cc.type == ConfChangeType.ADD_LEARNER:
-            if cc.node not in voters:
-                learners.add(cc.node)
-        elif cc.type == ConfChangeType.PROMOTE:
-            if cc.node in learners:
-                learners.discard(cc.node)
-                voters.add(cc.node)
-        else:
-            voters.discard(cc.node)
-            learners.discard(cc.node)
-        if not voters:
-            self.dropped["conf_change_empties_voters"] += 1
-            return
-        self.conf = ConfState(tuple(voters), tuple(learners))
+        self.conf = new
         if self.role != Role.LEADER:
             return
         if self.id not in self.conf.voters:
@@ -729,6 +715,42 @@ class Raft:
         self._bcast_pending = True
         self._maybe_commit()  # a smaller quorum may already cover more
         self._release_reads()
+
+
+def conf_after(conf: ConfState, entry_data: bytes) -> ConfState | None:
+    """The membership after applying one CONF_CHANGE entry; None if the entry is invalid or would leave no voter.
+    Shared by the core and by drivers that keep a history of memberships by index."""
+    try:
+        cc = decode_conf_change(entry_data)
+    except MalformedError:
+        return None
+    voters, learners = set(conf.voters), set(conf.learners)
+    if cc.type == ConfChangeType.ADD_LEARNER:
+        if cc.node not in voters:
+            learners.add(cc.node)
+    elif cc.type == ConfChangeType.PROMOTE:
+        if cc.node in learners:
+            learners.discard(cc.node)
+            voters.add(cc.node)
+    else:
+        voters.discard(cc.node)
+        learners.discard(cc.node)
+    if conf.voters and not voters:
+        return None
+    return ConfState(tuple(voters), tuple(learners))
+
+
+def bootstrap_state(voters: Sequence[NodeId]) -> tuple[HardState, list[Entry]]:
+    """The identical, already-committed start of every initial member's log: one ADD_LEARNER + PROMOTE per voter.
+
+    Membership lives in the log from index 1, so a node added later that replays the log from the start learns
+    the whole membership history (a node that only saw its own addition could otherwise think it is alone).
+    """
+    entries: list[Entry] = []
+    for v in sorted(set(voters)):
+        for t in (ConfChangeType.ADD_LEARNER, ConfChangeType.PROMOTE):
+            entries.append(Entry(len(entries) + 1, 1, EntryType.CONF_CHANGE, encode_conf_change(ConfChange(t, v))))
+    return HardState(1, None, len(entries)), entries
 
 
 def _encode_cc(cc: ConfChange) -> bytes:

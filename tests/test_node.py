@@ -1,0 +1,198 @@
+"""The asyncio driver with real raft.db files (LMDB, fsync on) and the in-process transport."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from hactl.raft.core import Config, NotLeader
+from hactl.raft.inmem import InmemNetwork, KVStateMachine, kv
+from hactl.raft.node import NodeOptions, NoLeader, RaftNode
+from hactl.raft.storage import RaftStorage
+from hactl.raft.types import ConfChange, ConfChangeType, ConfState, Role
+
+TICK = 0.01
+
+
+class Cluster:
+    def __init__(self, tmp: Path, ids: list[str], *, snapshot_every: int = 0, trailing: int = 10):
+        self.tmp = tmp
+        self.net = InmemNetwork()
+        self.ids = list(ids)
+        self.nodes: dict[str, RaftNode] = {}
+        self.fsms: dict[str, KVStateMachine] = {}
+        self.opts = NodeOptions(tick_interval=TICK, snapshot_every=snapshot_every, snapshot_trailing=trailing)
+
+    async def start(self, nid: str, bootstrap: ConfState | None, fsm: KVStateMachine | None = None) -> RaftNode:
+        storage = RaftStorage(self.tmp / f"{nid}.raft.db")
+        fsm = fsm or KVStateMachine()
+        node = RaftNode(Config(nid), storage, fsm, self.net.transport(nid), options=self.opts,
+                        seed=hash(nid) & 0xffff, bootstrap=bootstrap)
+        self.net.attach(nid, node.receive)
+        await node.start()
+        self.nodes[nid], self.fsms[nid] = node, fsm
+        return node
+
+    async def start_all(self) -> None:
+        for nid in self.ids:
+            await self.start(nid, ConfState(tuple(self.ids)))
+
+    async def stop(self, nid: str) -> KVStateMachine:
+        self.net.detach(nid)
+        node = self.nodes.pop(nid)
+        await node.stop()
+        node.storage.close()
+        return self.fsms.pop(nid)
+
+    async def stop_all(self) -> None:
+        for nid in list(self.nodes):
+            await self.stop(nid)
+
+    async def leader(self, timeout: float = 5.0, exclude: str | None = None) -> RaftNode:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            leaders = [n for k, n in self.nodes.items() if n.is_leader and k != exclude]
+            if len(leaders) == 1:
+                return leaders[0]
+            await asyncio.sleep(TICK)
+        raise AssertionError(f"no single leader within {timeout}s: "
+                             f"{[(k, n.core.role.name, n.core.term) for k, n in self.nodes.items()]}")
+
+    async def converge(self, index: int, timeout: float = 5.0) -> None:
+        await asyncio.wait_for(asyncio.gather(*(n.wait_applied(index) for n in self.nodes.values())), timeout)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_elects_replicates_and_reads_linearizably(tmp_path: Path) -> None:
+    async def main() -> None:
+        c = Cluster(tmp_path, ["n1", "n2", "n3"])
+        await c.start_all()
+        lead = await c.leader()
+        results = await asyncio.gather(*(lead.propose(kv(f"k{i}", i)) for i in range(50)))
+        indexes = [i for i, _ in results]
+        assert [r for _, r in results] == indexes  # the FSM's result travels back to the proposer
+        await c.converge(max(indexes))
+        digests = {k: f.digest() for k, f in c.fsms.items()}
+        assert len(set(digests.values())) == 1, digests
+        follower = next(n for k, n in c.nodes.items() if n is not lead)
+        with pytest.raises(NotLeader):
+            await follower.propose(kv("x", 1))
+        # A follower's read barrier covers every write acknowledged before it.
+        _, _ = await lead.propose(kv("fresh", 1))
+        await follower.read_barrier(timeout=5)
+        assert c.fsms[follower.id].data["fresh"] == 1
+        await c.stop_all()
+    run(main())
+
+
+def test_leader_isolation_elects_another_and_keeps_acknowledged_writes(tmp_path: Path) -> None:
+    async def main() -> None:
+        c = Cluster(tmp_path, ["n1", "n2", "n3"])
+        await c.start_all()
+        old = await c.leader()
+        acked = [i for i, _ in await asyncio.gather(*(old.propose(kv(f"a{i}", i)) for i in range(20)))]
+        c.net.isolate(old.id)
+        new = await c.leader(exclude=old.id)
+        assert new.core.term > old.core.term or old.core.role != Role.LEADER
+        await new.propose(kv("after", 1))
+        # check-quorum: the cut-off leader steps down by itself
+        for _ in range(300):
+            if not old.is_leader:
+                break
+            await asyncio.sleep(TICK)
+        assert not old.is_leader
+        c.net.heal()
+        idx, _ = await new.propose(kv("healed", 1))
+        await c.converge(idx)
+        for f in c.fsms.values():
+            assert all(f.data[f"a{i}"] == i for i in range(20)) and f.data["after"] == 1
+        assert max(acked) < idx
+        await c.stop_all()
+    run(main())
+
+
+def test_restart_from_raft_db_replays_and_catches_up(tmp_path: Path) -> None:
+    async def main() -> None:
+        c = Cluster(tmp_path, ["n1", "n2", "n3"])
+        await c.start_all()
+        lead = await c.leader()
+        victim = next(k for k in c.ids if k != lead.id)
+        await asyncio.gather(*(lead.propose(kv(f"b{i}", i)) for i in range(30)))
+        await c.stop(victim)
+        idx = 0
+        for i in range(30):
+            idx, _ = await lead.propose(kv(f"c{i}", i))
+        node = await c.start(victim, None)  # no bootstrap: everything comes from raft.db
+        assert node.core.log.last_index() >= 31 and node.core.term >= 1
+        await c.converge(idx)
+        assert c.fsms[victim].digest() == c.fsms[lead.id].digest()
+        await c.stop_all()
+    run(main())
+
+
+def test_far_behind_follower_gets_a_snapshot_and_log_is_compacted(tmp_path: Path) -> None:
+    async def main() -> None:
+        c = Cluster(tmp_path, ["n1", "n2", "n3"], snapshot_every=50, trailing=10)
+        await c.start_all()
+        lead = await c.leader()
+        victim = next(k for k in c.ids if k != lead.id)
+        await c.stop(victim)
+        idx = 0
+        for i in range(200):
+            idx, _ = await lead.propose(kv(f"d{i}", i))
+        for _ in range(200):
+            if lead.core.log.offset > 0:
+                break
+            await asyncio.sleep(TICK)
+        assert lead.core.log.offset > 0, "leader never compacted its log"
+        assert lead.storage.first_index() == lead.core.log.offset + 1
+        fsm = KVStateMachine()
+        node = await c.start(victim, None, fsm=fsm)
+        await c.converge(idx)
+        assert fsm.digest() == c.fsms[lead.id].digest()
+        assert any(data == b"<snapshot>" for _, data in fsm.applied_log), "follower caught up without a snapshot"
+        assert node.storage.load().snapshot.index > 0
+        await c.stop_all()
+    run(main())
+
+
+def test_add_voter_then_remove_and_transfer_leadership(tmp_path: Path) -> None:
+    async def main() -> None:
+        c = Cluster(tmp_path, ["n1", "n2", "n3"])
+        await c.start_all()
+        lead = await c.leader()
+        for i in range(20):
+            await lead.propose(kv(f"e{i}", i))
+        await c.start("n4", None)  # empty data, no bootstrap: waits to be added
+        await lead.add_voter("n4", timeout=10)
+        assert "n4" in lead.core.conf.voters
+        gone = next(k for k in c.ids if k != lead.id)
+        await lead.change_membership(ConfChange(ConfChangeType.REMOVE, gone), timeout=10)
+        assert gone not in lead.core.conf.members()
+        await c.stop(gone)
+        new_leader = await lead.transfer_leadership("n4")
+        assert new_leader == "n4"
+        n4 = c.nodes["n4"]
+        idx, _ = await n4.propose(kv("on-n4", 1))
+        await c.converge(idx)
+        assert c.fsms["n4"].digest() == c.fsms[lead.id].digest()
+        await c.stop_all()
+    run(main())
+
+
+def test_no_leader_is_a_clear_error(tmp_path: Path) -> None:
+    async def main() -> None:
+        c = Cluster(tmp_path, ["n1", "n2", "n3"])
+        await c.start("n1", ConfState(("n1", "n2", "n3")))
+        await asyncio.sleep(TICK * 40)  # alone: it can never win an election
+        assert not c.nodes["n1"].is_leader
+        with pytest.raises(NoLeader):
+            await c.nodes["n1"].read_barrier(timeout=1)
+        with pytest.raises(NoLeader):
+            await c.nodes["n1"].propose(kv("x", 1))
+        await c.stop_all()
+    run(main())
