@@ -105,6 +105,7 @@ class Raft:
         self.transferee: NodeId | None = None
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
+        self._ticks = 0  # logical clock: ticks since this core was created
         self.randomized_timeout = config.election_tick
         self._bcast_pending = False
         self._commit_bcast = False
@@ -120,6 +121,7 @@ class Raft:
     # ------------------------------------------------------------------ public surface
 
     def tick(self) -> None:
+        self._ticks += 1
         if self.role == Role.LEADER:
             self._tick_leader()
         else:
@@ -435,7 +437,7 @@ class Raft:
         last = self.log.last_index()
         self.prs = {}
         for n in set(self.conf.members()) | {self.id}:
-            self.prs[n] = Progress(match=0, next=last + 1, learner=n in self.conf.learners, recent_active=True)
+            self.prs[n] = Progress(match=0, next=last + 1, learner=n in self.conf.learners, last_heard=self._ticks)
         self.prs[self.id].match = self.log.stable_index()
         # The term-start no-op commits everything before it; membership changes wait until it is applied.
         self.pending_conf_index = self._append_new(EntryType.NORMAL, b"")
@@ -520,10 +522,10 @@ class Raft:
             if self._transfer_elapsed >= self.cfg.election_tick:
                 self.transferee = None  # the target did not take over in time: keep leading
         if self.election_elapsed >= self.cfg.election_tick:
-            self.election_elapsed = 0
-            if self.cfg.check_quorum and not self._quorum_active():
-                self._become_follower(self.term, None)
-                return
+            self.election_elapsed = 0  # the leader's own lease window (see in_lease in _step)
+        if self.cfg.check_quorum and not self._quorum_active():
+            self._become_follower(self.term, None)
+            return
         timeout = self.cfg.snapshot_timeout_ticks or 3 * self.cfg.election_tick
         for pr in self.prs.values():
             if pr.state == ProgressState.SNAPSHOT:
@@ -536,9 +538,10 @@ class Raft:
             self._bcast_heartbeat()
 
     def _quorum_active(self) -> bool:
-        active = sum(1 for v in self.conf.voters if v == self.id or (v in self.prs and self.prs[v].recent_active))
-        for k, pr in self.prs.items():
-            pr.recent_active = k == self.id
+        """Has a quorum of voters (us included) been heard from within the last election timeout?"""
+        horizon = self._ticks - self.cfg.election_tick
+        active = sum(1 for v in self.conf.voters
+                     if v == self.id or (v in self.prs and self.prs[v].last_heard > horizon))
         return active >= len(self.conf.voters) // 2 + 1
 
     def _step_leader(self, m: Message) -> None:
@@ -550,10 +553,10 @@ class Raft:
             self.dropped["no_progress"] += 1
             return
         if m.type == MsgType.APPEND_RESP:
-            pr.recent_active = True
+            pr.last_heard = self._ticks
             self._handle_append_resp(m, pr)
         elif m.type == MsgType.HEARTBEAT_RESP:
-            pr.recent_active = True
+            pr.last_heard = self._ticks
             pr.probe_sent = False  # the follower is alive: a lost probe is sent again
             if pr.state == ProgressState.REPLICATE and len(pr.inflight) >= self.cfg.max_inflight:
                 pr.inflight.popleft()  # likewise let one more append through a full window
@@ -704,7 +707,7 @@ class Raft:
             return
         for n in self.conf.members():
             if n not in self.prs:
-                self.prs[n] = Progress(match=0, next=self.log.last_index() + 1, recent_active=True)
+                self.prs[n] = Progress(match=0, next=self.log.last_index() + 1, last_heard=self._ticks)
             self.prs[n].learner = n in self.conf.learners
         for n in list(self.prs):
             if n not in self.conf.members():

@@ -21,7 +21,7 @@ class Progress:
     probe_sent: bool = False
     pending_snapshot: int = 0
     snapshot_elapsed: int = 0
-    recent_active: bool = False
+    last_heard: int = 0  # leader tick at which this peer last answered (check-quorum)
     inflight: deque[int] = field(default_factory=deque)  # last index of each unacknowledged append
 
     def become_probe(self) -> None:
