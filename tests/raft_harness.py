@@ -44,8 +44,8 @@ class Net:
                 r = self.nodes[i]
                 if r.has_ready():
                     rd = r.ready()
-                    self.queue.extend(rd.messages)
-                    self.sent.extend(rd.messages)
+                    self.queue.extend(rd.early_messages + rd.messages)
+                    self.sent.extend(rd.early_messages + rd.messages)
                     self.applied[i].extend(rd.committed)
                     self.reads[i].extend(rd.read_states)
                     r.advance(rd)

@@ -196,3 +196,48 @@ def test_no_leader_is_a_clear_error(tmp_path: Path) -> None:
             await c.nodes["n1"].propose(kv("x", 1))
         await c.stop_all()
     run(main())
+
+
+class SlowCountingStorage(RaftStorage):
+    """Real raft.db; counts transactions and can make them slow (a disk stalling under load)."""
+    delay = 0.0
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.saves = 0
+
+    def save(self, *a, **kw):
+        import time
+        self.saves += 1
+        if self.delay:
+            time.sleep(self.delay)
+        return super().save(*a, **kw)
+
+
+def test_group_commit_and_slow_fsync_does_not_stall_heartbeats(tmp_path: Path) -> None:
+    async def main() -> None:
+        c = Cluster(tmp_path, ["n1", "n2", "n3"])
+        ids = c.ids
+        for nid in ids:  # same as Cluster.start, with the counting storage
+            storage = SlowCountingStorage(tmp_path / f"{nid}.raft.db")
+            fsm = KVStateMachine()
+            node = RaftNode(Config(nid), storage, fsm, c.net.transport(nid), options=c.opts,
+                            seed=hash(nid) & 0xffff, bootstrap=ConfState(tuple(ids)))
+            c.net.attach(nid, node.receive)
+            await node.start()
+            c.nodes[nid], c.fsms[nid] = node, fsm
+        lead = await c.leader()
+        term = lead.core.term
+        before = lead.storage.saves
+        await asyncio.gather(*(lead.propose(kv(f"g{i}", i)) for i in range(200)))
+        assert lead.storage.saves - before < 100, "proposals were not grouped into shared transactions"
+        # Every leader write now takes 5 election timeouts; heartbeats must keep flowing meanwhile.
+        lead.storage.delay = 5 * TICK * lead.cfg.election_tick
+        idx, _ = await lead.propose(kv("slow", 1), timeout=10)
+        await lead.propose(kv("slow2", 1), timeout=10)
+        lead.storage.delay = 0
+        assert lead.is_leader and lead.core.term == term
+        assert all(n.core.term == term for n in c.nodes.values())
+        await c.converge(idx)
+        await c.stop_all()
+    run(main())

@@ -79,11 +79,11 @@ def test_figure8_previous_term_entry_is_not_committed_by_counting_replicas() -> 
             r = net[i]
             if r.has_ready():
                 rd = r.ready()
-                net.queue.extend(rd.messages)
+                net.queue.extend(rd.early_messages + rd.messages)
                 r.advance(rd)
         if s1.has_ready():
             rd = s1.ready()
-            net.queue.extend(rd.messages)
+            net.queue.extend(rd.early_messages + rd.messages)
             # persist only what is at or below index 2: the term-4 entry stays unstable
             rd.entries = [e for e in rd.entries if e.index <= 2]
             s1.advance(rd)
@@ -96,7 +96,7 @@ def test_figure8_previous_term_entry_is_not_committed_by_counting_replicas() -> 
     assert s1.log.committed == 0, "a term-2 entry was committed by counting replicas (Figure 8)"
     # Once its own term-4 entry is durable and replicated, everything up to it commits.
     rd = s1.ready()
-    net.queue.extend(rd.messages)
+    net.queue.extend(rd.early_messages + rd.messages)
     s1.advance(rd)
     net.heal()
     net.settle()
@@ -110,7 +110,7 @@ def test_leader_counts_itself_only_for_persisted_entries() -> None:
     idx = lead.propose(b"x")
     rd = lead.ready()  # the leader does not persist (no advance) ...
     net.drop = lambda m: m.to == "c"
-    for m in rd.messages:
+    for m in rd.early_messages + rd.messages:
         net[m.to].step(m) if not net.drop(m) else None
     for i in ("b",):
         r = net[i]

@@ -27,6 +27,10 @@ TRANSFER_CONTEXT = b"transfer"  # marks votes started by TimeoutNow: they bypass
 
 _VOTE_RESP = {MsgType.VOTE: MsgType.VOTE_RESP, MsgType.PRE_VOTE: MsgType.PRE_VOTE_RESP}
 _FROM_LEADER = (MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT)
+# Messages that depend on nothing unpersisted but their term (sent early only once that term is durable): the
+# leader's replication traffic (it counts itself only after its own write), heartbeats and their replies, reads.
+_EARLY = frozenset({MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT, MsgType.TIMEOUT_NOW,
+                    MsgType.READ_INDEX_RESP, MsgType.HEARTBEAT_RESP, MsgType.READ_INDEX})
 
 
 class NotLeader(Exception):
@@ -115,6 +119,7 @@ class Raft:
         self._read_round = 0
         self._read_acks: dict[NodeId, int] = {}
         self._prev_hard = HardState(self.term, self.vote, self.log.committed)
+        self._durable_term = self.term
         self._prev_soft = SoftState(None, Role.FOLLOWER)
         self._reset_timeout()
 
@@ -242,11 +247,26 @@ class Raft:
         if hi > self.applying:
             rd.committed = self.log.entries[self.applying - self.log.offset: hi - self.log.offset]
             self.applying = hi
+        rd.early_messages = self._split_early()
         rd.messages, self.msgs = self.msgs, []
         rd.read_states, self.read_states = self.read_states, []
         return rd
 
+    def take_early_messages(self) -> list[Message]:
+        """While a Ready is being persisted: the messages that may leave now (heartbeats, a leader's appends)."""
+        if self.role == Role.LEADER:
+            self._flush_leader()
+        return self._split_early()
+
+    def _split_early(self) -> list[Message]:
+        early = [m for m in self.msgs if m.type in _EARLY and m.term <= self._durable_term]
+        if early:
+            self.msgs = [m for m in self.msgs if not (m.type in _EARLY and m.term <= self._durable_term)]
+        return early
+
     def advance(self, rd: Ready) -> None:
+        if rd.hard_state is not None:
+            self._durable_term = rd.hard_state.term
         if rd.snapshot is not None:
             self.applied = max(self.applied, rd.snapshot.index)
             if rd.snapshot.index > self.snapshot.index:

@@ -66,6 +66,7 @@ class NodeOptions:
     snapshot_every: int = 10_000  # applied entries between snapshots; 0 disables
     snapshot_trailing: int = 5_000  # entries kept behind a snapshot for slow followers
     apply_batch: int = 4096
+    inline_apply: int = 16  # at most this many committed entries are applied on the event loop itself
 
 
 class RaftNode:
@@ -98,6 +99,7 @@ class RaftNode:
         self._payloads: dict[tuple[int, int], Any] = {}
         self._read_seq = itertools.count(1)
         self._snapshotting = False
+        self._local_snapshot: SnapshotMeta | None = None
         self._last_snapshot = st.snapshot.index
         self._running = False
         self.applied = self.core.applied
@@ -224,8 +226,15 @@ class RaftNode:
             self._wake.clear()
             while self._running and self.core.has_ready():
                 rd = self.core.ready()
+                self._send_all(rd.early_messages)
                 try:
-                    results = await loop.run_in_executor(self._io, self._persist_and_apply_io, rd, loop)
+                    if self._nothing_to_persist(rd) and len(rd.committed) <= self.opts.inline_apply:
+                        # Nothing to fsync and little to apply: a thread hop would cost more than the work.
+                        self._send_all(rd.messages)
+                        results = self._apply(rd)
+                    else:
+                        results = await self._io_with_early_sends(
+                            loop.run_in_executor(self._io, self._persist_and_apply_io, rd, loop))
                 except Exception:  # storage failure: we cannot go on safely without durable state
                     log.exception("raft node %s: persisting a Ready failed; stopping the node", self.id)
                     self._running = False
@@ -233,16 +242,34 @@ class RaftNode:
                     raise
                 self._after_io(rd, results)
 
+    async def _io_with_early_sends(self, io: asyncio.Future) -> list[Any]:
+        """Wait for the I/O thread, meanwhile sending heartbeats and new appends so a slow disk stalls nobody."""
+        while True:
+            waker = asyncio.ensure_future(self._wake.wait())
+            done, _ = await asyncio.wait({io, waker}, return_when=asyncio.FIRST_COMPLETED)
+            if io in done:
+                waker.cancel()
+                return io.result()
+            self._wake.clear()
+            self._send_all(self.core.take_early_messages())
+
     def _persist_and_apply_io(self, rd: Ready, loop: asyncio.AbstractEventLoop) -> list[Any]:
         """On the I/O thread: install snapshot, persist, send, apply (the Ready contract's order)."""
         if rd.snapshot is not None:
             payload = self._payloads.pop((rd.snapshot.index, rd.snapshot.term), None)
             self.fsm.restore(rd.snapshot, payload)
-        if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
+        if not self._nothing_to_persist(rd):
             self.storage.save(rd.hard_state, rd.entries, rd.snapshot)
         if rd.messages:
             # Durable now: the loop thread sends while this thread applies.
             loop.call_soon_threadsafe(self._send_all, rd.messages)
+        return self._apply(rd)
+
+    @staticmethod
+    def _nothing_to_persist(rd: Ready) -> bool:
+        return rd.snapshot is None and not rd.entries and rd.hard_state is None
+
+    def _apply(self, rd: Ready) -> list[Any]:
         apply_batch = getattr(self.fsm, "apply_batch", None)
         normal = [e for e in rd.committed if e.type == EntryType.NORMAL]
         if apply_batch is not None:
@@ -300,6 +327,7 @@ class RaftNode:
                 self._fail_reads()
             if self.on_role_change is not None:
                 self.on_role_change(rd.soft_state.role, rd.soft_state.leader)
+        self._use_local_snapshot()
         self._maybe_snapshot()
 
     async def _wait_entry(self, index: int, timeout: float | None) -> Any:
@@ -359,6 +387,17 @@ class RaftNode:
         if meta is None or meta.index <= self.core.snapshot.index:
             return
         self._last_snapshot = meta.index
+        # The FSM applies on the I/O thread before the core hears of it (advance): it may be ahead of the core.
+        self._local_snapshot = meta
+        self._use_local_snapshot()
+
+    def _use_local_snapshot(self) -> None:
+        meta = self._local_snapshot
+        if meta is None or meta.index > self.core.applied:
+            return
+        self._local_snapshot = None
+        if meta.index <= self.core.snapshot.index:
+            return
         self.core.set_snapshot(meta)
         compact_to = min(meta.index - self.opts.snapshot_trailing, self.core.applied)
         if compact_to > self.core.log.offset:

@@ -238,6 +238,8 @@ class Ready:
     """One batch of work handed from the core to its driver.
 
     The driver must, in this order:
+      0. send ``early_messages`` (a leader's replication traffic: it may go out while the leader's own write is
+         in progress, Raft thesis section 10.2.1; the leader counts itself only once its write is durable);
       1. if ``snapshot`` is set, install that snapshot's data into the state machine and record it in storage;
       2. persist ``entries`` (replacing any stored entries from ``entries[0].index`` on) and ``hard_state`` in ONE
          durable transaction;
@@ -250,9 +252,10 @@ class Ready:
     entries: list[Entry] = field(default_factory=list)
     snapshot: SnapshotMeta | None = None
     messages: list[Message] = field(default_factory=list)
+    early_messages: list[Message] = field(default_factory=list)
     committed: list[Entry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
 
     def empty(self) -> bool:
         return (self.soft_state is None and self.hard_state is None and not self.entries and self.snapshot is None
-                and not self.messages and not self.committed and not self.read_states)
+                and not self.messages and not self.early_messages and not self.committed and not self.read_states)
