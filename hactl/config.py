@@ -1,0 +1,251 @@
+"""The controller's configuration file (config/cluster.yaml): typed, defaulted, validated.
+
+Errors name the file, the dotted key and what is wrong. Unknown keys are errors too: a misspelt key that is
+silently ignored is how an operator ends up running with a default they thought they had changed. Relative paths
+are resolved against the configuration file's directory, so the same file works from any working directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+NODE_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    def __init__(self, file: str, key: str, problem: str):
+        super().__init__(f"{file}: {key}: {problem}")
+        self.file, self.key, self.problem = file, key, problem
+
+
+@dataclass
+class ClusterConfig:
+    trust_domain: str = "hactl.local"
+    # Bootstrap only (empty data dir): every initial member's id -> control-channel address. Empty: this node
+    # waits to be added to a running cluster with `hactl agent cluster add`.
+    initial_cluster: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ControlConfig:
+    listen: str = "0.0.0.0:6262"
+    advertise: str = "127.0.0.1:6262"  # what the other controllers dial
+    max_frame_bytes: int = 4 << 20
+
+
+@dataclass
+class ApiConfig:
+    listen: str = "127.0.0.1:9993"
+    token_file: str = "api-token"  # created with the cluster; one secret shared by every node
+    max_body_bytes: int = 1 << 20
+
+
+@dataclass
+class RaftConfig:
+    tick_ms: int = 100
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    max_msg_entries: int = 256
+    max_inflight: int = 128
+    apply_timeout_s: float = 10.0
+    proposal_queue: int = 4096  # proposals waiting on the leader beyond this are refused with 429
+
+
+@dataclass
+class SnapshotConfig:
+    every_entries: int = 10_000
+    interval_s: float = 3600.0  # also snapshot on this timer when anything was applied; 0 disables
+    retain: int = 5
+    trailing_entries: int = 5_000
+
+
+@dataclass
+class PkiConfig:
+    ca: str = "pki/ca.crt"
+    cert: str = "pki/controller.crt"
+    key: str = "pki/controller.key"
+
+
+@dataclass
+class AgentConfig:
+    socket: str = ""  # default: <data_dir>/agent.sock
+
+
+@dataclass
+class LogConfig:
+    level: str = "info"
+
+
+@dataclass
+class Config:
+    id: str = ""
+    data_dir: str = "data"
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    raft: RaftConfig = field(default_factory=RaftConfig)
+    snapshots: SnapshotConfig = field(default_factory=SnapshotConfig)
+    pki: PkiConfig = field(default_factory=PkiConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str = field(default="<defaults>", compare=False)
+
+    @property
+    def agent_socket(self) -> str:
+        return self.agent.socket or str(Path(self.data_dir) / "agent.sock")
+
+
+def load(path: str | Path, *, overrides: dict[str, Any] | None = None) -> Config:
+    """Read, default and validate a configuration file; `overrides` are dotted keys from the command line."""
+    p = Path(path)
+    src = str(p)
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(src, "-", "file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(src, "-", f"cannot read: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(src, "-", f"not valid YAML: {e}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(src, "-", "the top level must be a mapping of keys")
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = value
+    cfg = _build(Config, raw, src, "")
+    cfg.source = src
+    _resolve_paths(cfg, p.parent)
+    validate(cfg)
+    return cfg
+
+
+def _build(cls: type, raw: Any, src: str, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(src, prefix or "-", f"expected a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(src, prefix + str(unknown[0]), f"unknown key (known here: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        key = prefix + name
+        value = raw[name]
+        kind = f.type if isinstance(f.type, type) else eval(f.type, globals())  # annotations are strings
+        if dataclasses.is_dataclass(kind):
+            kwargs[name] = _build(kind, value if value is not None else {}, src, key + ".")
+        else:
+            kwargs[name] = _coerce(value, kind, src, key)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, kind: Any, src: str, key: str) -> Any:
+    origin = getattr(kind, "__origin__", None)
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(src, key, f"expected a mapping of id: address, got {type(value).__name__}")
+        return {str(k): _coerce(v, str, src, f"{key}.{k}") for k, v in value.items()}
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(src, key, f"expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(src, key, f"expected an integer, got {value!r}")
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(src, key, f"expected a number, got {value!r}")
+    if kind is str:
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(src, key, f"expected a string, got {value!r}")
+    raise ConfigError(src, key, f"unsupported type {kind!r}")
+
+
+def _resolve_paths(cfg: Config, base: Path) -> None:
+    def res(p: str) -> str:
+        return p if not p or Path(p).is_absolute() else str((base / p).resolve())
+    cfg.data_dir = res(cfg.data_dir)
+    cfg.api.token_file = res(cfg.api.token_file)
+    cfg.pki.ca, cfg.pki.cert, cfg.pki.key = res(cfg.pki.ca), res(cfg.pki.cert), res(cfg.pki.key)
+    cfg.agent.socket = res(cfg.agent.socket)
+
+
+def parse_hostport(value: str, src: str, key: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(src, key, f"expected host:port, got {value!r}")
+    return host, int(port)
+
+
+def validate(cfg: Config) -> None:
+    src = cfg.source
+    if not cfg.id:
+        raise ConfigError(src, "id", "required: this controller's id (it must match its certificate)")
+    if not NODE_ID_RE.match(cfg.id):
+        raise ConfigError(src, "id", f"{cfg.id!r} is not a valid id ([A-Za-z0-9._-], 1-64 characters)")
+    for key in ("control.listen", "control.advertise", "api.listen"):
+        section, name = key.split(".")
+        parse_hostport(getattr(getattr(cfg, section), name), src, key)
+    for nid, addr in cfg.cluster.initial_cluster.items():
+        if not NODE_ID_RE.match(nid):
+            raise ConfigError(src, f"cluster.initial_cluster.{nid}", "not a valid node id")
+        parse_hostport(addr, src, f"cluster.initial_cluster.{nid}")
+    if cfg.cluster.initial_cluster and cfg.id not in cfg.cluster.initial_cluster:
+        raise ConfigError(src, "cluster.initial_cluster", f"does not list this node ({cfg.id})")
+    if not re.match(r"^[a-z0-9.-]{1,253}$", cfg.cluster.trust_domain):
+        raise ConfigError(src, "cluster.trust_domain", f"{cfg.cluster.trust_domain!r} is not a valid trust domain")
+    r = cfg.raft
+    _positive(src, "raft.tick_ms", r.tick_ms)
+    _positive(src, "raft.heartbeat_ticks", r.heartbeat_ticks)
+    if r.election_ticks <= r.heartbeat_ticks:
+        raise ConfigError(src, "raft.election_ticks", "must be greater than raft.heartbeat_ticks")
+    for key, val in (("raft.max_msg_entries", r.max_msg_entries), ("raft.max_inflight", r.max_inflight),
+                     ("raft.proposal_queue", r.proposal_queue), ("snapshots.retain", cfg.snapshots.retain),
+                     ("control.max_frame_bytes", cfg.control.max_frame_bytes),
+                     ("api.max_body_bytes", cfg.api.max_body_bytes)):
+        _positive(src, key, val)
+    if r.apply_timeout_s <= 0:
+        raise ConfigError(src, "raft.apply_timeout_s", "must be > 0")
+    s = cfg.snapshots
+    if s.every_entries < 0 or s.trailing_entries < 0 or s.interval_s < 0:
+        raise ConfigError(src, "snapshots", "every_entries, trailing_entries and interval_s must be >= 0")
+    if cfg.log.level not in LOG_LEVELS:
+        raise ConfigError(src, "log.level", f"expected one of {', '.join(LOG_LEVELS)}, got {cfg.log.level!r}")
+    host, _ = parse_hostport(cfg.control.advertise, src, "control.advertise")
+    try:
+        if ipaddress.ip_address(host).is_unspecified:
+            raise ConfigError(src, "control.advertise", "must be an address other nodes can dial, not 0.0.0.0")
+    except ValueError:
+        pass  # a DNS name
+
+
+def _positive(src: str, key: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(src, key, f"must be >= 1, got {value}")
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    d.pop("source", None)
+    return d

@@ -1,0 +1,45 @@
+"""Crash-test writer for tests/test_storage.py, run as a subprocess: ``python helpers_storage_crash.py DB SEED``.
+
+Opens raft.db (continuing whatever is there), then saves batches forever and prints ``ack LAST TERM COMMIT`` to
+stdout after each save() returns. The test SIGKILLs it at some point and checks that every acknowledged write
+survived. Entry data is ``b"<index>:<term>"`` so the reader can tell a torn or misplaced entry.
+"""
+from __future__ import annotations
+
+import random
+import sys
+
+from hactl.raft.storage import RaftStorage
+from hactl.raft.types import Entry, EntryType, HardState, SnapshotMeta
+
+
+def main() -> None:
+    path, seed = sys.argv[1], int(sys.argv[2])
+    rng = random.Random(seed)
+    st = RaftStorage(path)
+    state = st.load()
+    term = max(state.hard_state.term, 1)
+    commit = state.hard_state.commit
+    while True:
+        last = st.last_index()
+        lo = last + 1
+        if rng.random() < 0.1 and last > commit:
+            # A new leader overrides an uncommitted suffix.
+            term += 1
+            lo = rng.randint(commit + 1, last + 1)
+        n = rng.randint(1, 64)
+        entries = [Entry(i, term, EntryType.NORMAL, f"{i}:{term}".encode()) for i in range(lo, lo + n)]
+        commit = lo - 1  # everything before this batch counts as committed (never truncated later)
+        st.save(HardState(term, "n1", commit), entries)
+        last = lo + n - 1
+        if rng.random() < 0.05 and commit > 0:
+            # A local snapshot at the commit point, then compaction behind it.
+            t = st.term(commit)
+            assert t is not None
+            st.set_snapshot(SnapshotMeta(commit, t))
+            st.compact(max(0, commit - rng.randint(0, 50)))
+        print(f"ack {last} {term} {commit}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
