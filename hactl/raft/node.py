@@ -198,6 +198,15 @@ class RaftNode:
         self._applied_waiters.append((index, fut))
         await asyncio.wait_for(fut, timeout)
 
+    def report_snapshot(self, to: str, ok: bool) -> None:
+        """The transport finished (or gave up) streaming a snapshot to `to`."""
+        self.core.report_snapshot(to, ok)
+        self._wake.set()
+
+    def report_unreachable(self, to: str) -> None:
+        self.core.report_unreachable(to)
+        self._wake.set()
+
     def status(self) -> Status:
         st = self.core.status()
         st.applied = self.applied
