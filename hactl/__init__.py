@@ -1,1 +1,3 @@
-"""hactl: a free, self-hosted, highly available network controller on Raft."""
+"""hactl: a free, self-hosted, highly available network controller."""
+
+__version__ = "0.1.0"

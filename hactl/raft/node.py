@@ -15,7 +15,8 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
-from .core import Config, NotLeader, ProposalRefused, Raft, Status, bootstrap_state, conf_after
+from .core import (Config, NotLeader, ProposalRefused, Raft, Status, bootstrap_state, conf_after,
+                   decode_conf_change)
 from .storage import RaftStorage
 from .types import ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, MsgType, Ready, Role, SnapshotMeta
 
@@ -72,7 +73,9 @@ class NodeOptions:
 class RaftNode:
     def __init__(self, config: Config, storage: RaftStorage, fsm: FSM, transport: Transport, *,
                  options: NodeOptions | None = None, seed: int | None = None,
-                 bootstrap: ConfState | None = None):
+                 bootstrap: ConfState | None = None, restored: SnapshotMeta | None = None):
+        """`restored`: the snapshot the FSM was actually rebuilt from, when the caller rebuilt it (it may be newer
+        than raft.db's marker after a crash mid-install, or older if the newest snapshot turned out corrupt)."""
         self.cfg = config
         self.id = config.id
         self.storage = storage
@@ -84,11 +87,21 @@ class RaftNode:
             hard, entries = bootstrap_state(bootstrap.voters)
             storage.save(hard, entries)
             st = storage.load()
-        conf = st.snapshot.conf if st.snapshot.index else st.conf
+        if restored is not None and restored.index > st.snapshot.index:
+            storage.save(None, [], snapshot=restored)  # committed state we hold but did not record yet
+            st = storage.load()
+        snap = st.snapshot
+        if restored is not None and restored.index < snap.index:
+            if st.first_index > restored.index + 1:
+                raise RaftError(f"{storage.path}: the state machine was rebuilt from snapshot {restored.index} "
+                                f"but the journal starts at {st.first_index}; this node cannot replay the gap. "
+                                "Move its data directory aside and add it back to the cluster.")
+            snap = restored
+        conf = snap.conf if snap.index else st.conf
         entries = storage.entries(st.first_index, st.last_index + 1) if st.last_index >= st.first_index else []
-        self.core = Raft(config, random.Random(seed), hard_state=st.hard_state, conf=conf, snapshot=st.snapshot,
+        self.core = Raft(config, random.Random(seed), hard_state=st.hard_state, conf=conf, snapshot=snap,
                          log_start=(st.first_index - 1, st.log_start_term), entries=entries)
-        self._conf_history: list[tuple[int, ConfState]] = [(st.snapshot.index, conf)]
+        self._conf_history: list[tuple[int, ConfState]] = [(snap.index, conf)]
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raft-io-{self.id}")
         self._snap_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raft-snap-{self.id}")
         self._wake = asyncio.Event()
@@ -100,10 +113,11 @@ class RaftNode:
         self._read_seq = itertools.count(1)
         self._snapshotting = False
         self._local_snapshot: SnapshotMeta | None = None
-        self._last_snapshot = st.snapshot.index
+        self._last_snapshot = snap.index
         self._running = False
         self.applied = self.core.applied
         self.on_role_change: Callable[[Role, str | None], None] | None = None
+        self.on_conf_change: Callable[[ConfChange, ConfState], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -279,11 +293,13 @@ class RaftNode:
         return rd.snapshot is None and not rd.entries and rd.hard_state is None
 
     def _apply(self, rd: Ready) -> list[Any]:
+        # Every committed index goes to the FSM (membership entries as empty data) so its applied index is
+        # exactly raft's.
+        batch = [(e.index, e.term, e.data if e.type == EntryType.NORMAL else b"") for e in rd.committed]
         apply_batch = getattr(self.fsm, "apply_batch", None)
-        normal = [e for e in rd.committed if e.type == EntryType.NORMAL]
         if apply_batch is not None:
-            return list(apply_batch([(e.index, e.term, e.data) for e in normal]))
-        return [self.fsm.apply(e.index, e.term, e.data) for e in normal]
+            return list(apply_batch(batch))
+        return [self.fsm.apply(*b) for b in batch]
 
     def _send_all(self, msgs: list[Message]) -> None:
         for m in msgs:
@@ -302,13 +318,14 @@ class RaftNode:
                 _, fut = self._proposals.pop(idx)
                 if not fut.done():
                     fut.set_exception(ResultUnknown(f"entry {idx} was covered by an installed snapshot"))
-        it = iter(results)
-        for e in rd.committed:
+        for e, result in zip(rd.committed, results):
             if e.type == EntryType.CONF_CHANGE:
                 new = conf_after(self._conf_history[-1][1], e.data)
                 if new is not None:
                     self._conf_history.append((e.index, new))
-            result = next(it) if e.type == EntryType.NORMAL else None
+                    if self.on_conf_change is not None:
+                        self.on_conf_change(decode_conf_change(e.data), new)
+                result = None
             waiter = self._proposals.pop(e.index, None)
             if waiter is not None and not waiter[1].done():
                 if waiter[0] == e.term:

@@ -1,0 +1,67 @@
+"""The `hactl` command."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from hactl import __version__
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _controller_run(args: argparse.Namespace) -> int:
+    from hactl.config import ConfigError, load
+    from hactl.controller import EXIT_CONFIG, Controller, StartupError
+    from hactl.raft.storage import StorageError
+    from hactl.snapshots.store import SnapshotError
+    try:
+        cfg = load(args.config, overrides={"id": args.id, "data_dir": args.data})
+    except ConfigError as e:
+        print(f"hactl: configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    _setup_logging(cfg.log.level)
+    try:
+        return asyncio.run(Controller(cfg).run())
+    except (StartupError, StorageError, SnapshotError) as e:
+        logging.getLogger("hactl").error("cannot start: %s", e)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="hactl", description="highly available network controller")
+    ap.add_argument("--version", action="version", version=f"hactl {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    ctl = sub.add_parser("controller", help="run a controller").add_subparsers(dest="sub", required=True)
+    run = ctl.add_parser("run", help="run one controller process in the foreground")
+    run.add_argument("--config", required=True, help="path to cluster.yaml")
+    run.add_argument("--id", help="override the config's id")
+    run.add_argument("--data", help="override the config's data_dir")
+    run.set_defaults(func=_controller_run)
+
+    from hactl.transport.pki import add_pki_commands
+    add_pki_commands(sub)
+    from hactl.snapshots.inspect import add_db_commands
+    add_db_commands(sub)
+    try:
+        from hactl.devcluster import add_dev_commands
+        add_dev_commands(sub)
+    except ImportError:
+        pass
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
