@@ -27,7 +27,7 @@ from hactl.fsm.result import Result
 from hactl.raft import core as raft_core
 from hactl.raft.node import NodeOptions, NoLeader, ProposalDropped, RaftError, RaftNode, ResultUnknown
 from hactl.raft.storage import RaftStorage
-from hactl.raft.types import ConfChange, ConfState, Role, SnapshotMeta
+from hactl.raft.types import ConfChange, ConfChangeType, ConfState, Role, SnapshotMeta
 from hactl.replicated import ReplicatedModel, conf_from_json
 from hactl.snapshots.rebuild import rebuild_ctrl_db
 from hactl.snapshots.store import SnapshotStore
@@ -169,8 +169,9 @@ class Controller:
                 return None
             info = infos[-1]
         conf, addrs = conf_from_json(info.conf)
-        for k, v in addrs.items():
-            self._addresses.setdefault(k, v)
+        # The snapshot's membership supersedes initial_cluster (members may have been removed or added since).
+        self._addresses = {k: v for k, v in self._addresses.items() if k in conf.members()}
+        self._addresses.update(addrs)
         return SnapshotMeta(info.index, info.term, conf)
 
     def _lock_data_dir(self) -> None:
@@ -233,10 +234,18 @@ class Controller:
             self._tasks.append(asyncio.create_task(self._ensure_initialized()))
 
     def _on_conf_change(self, cc: ConfChange, conf: ConfState) -> None:
-        if cc.context:
-            self._addresses[cc.node] = cc.context.decode("utf-8", "replace")
-        for gone in [k for k in self._addresses if k not in conf.members()]:
-            self._addresses.pop(gone)
+        # An address book, not a mirror of the membership: while the bootstrap entries replay one member at a
+        # time, the others are briefly not members yet, and dropping their connections would be churn.
+        if cc.type == ConfChangeType.REMOVE:
+            if self._addresses.pop(cc.node, None) is None:
+                return
+        elif cc.context:
+            addr = cc.context.decode("utf-8", "replace")
+            if self._addresses.get(cc.node) == addr:
+                return
+            self._addresses[cc.node] = addr
+        else:
+            return
         if self.mesh is not None:
             self.mesh.update_peers({k: v for k, v in self._addresses.items() if k != self.node_id})
 
@@ -292,7 +301,8 @@ class Controller:
         st = self.node.status()
         return {"id": self.node_id, "role": st.role.name.lower(), "term": st.term, "leader": st.leader,
                 "commit": st.commit, "applied": st.applied, "voters": list(st.conf.voters),
-                "learners": list(st.conf.learners)}
+                "learners": list(st.conf.learners), "peers_connected": sorted(self.mesh.connected()),
+                "routers": [{"id": r.id, "addr": r.addr, "hello": r.hello} for r in self.mesh.routers()]}
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         st = self.node.status()

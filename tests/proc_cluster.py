@@ -1,0 +1,196 @@
+"""Real controller processes on loopback for tests and benchmarks: start, kill -9, SIGSTOP, restart, HTTP calls.
+
+The harness is its own supervisor (so tests decide when a killed node comes back), except that a controller
+exiting with code 3 (a restart it asked for, e.g. to load an installed snapshot) is restarted at once, like
+`hactl dev up` does.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from hactl.devcluster import init_cluster
+
+
+def free_port_block(n: int) -> int:
+    """A base port such that base..base+n-1 are all free on 127.0.0.1 right now."""
+    for _ in range(200):
+        base = 20000 + (uuid.uuid4().int % 20000)
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                s.bind(("127.0.0.1", p))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port block found")
+
+
+class ProcCluster:
+    def __init__(self, root: Path, nodes: int = 3, config: dict[str, Any] | None = None):
+        self.root = root
+        self.specs = {s.id: s for s in init_cluster(root, nodes, base_port=free_port_block(2 * nodes))}
+        self.ids = sorted(self.specs)
+        for s in self.specs.values():  # test-specific settings on top of what dev init writes
+            doc = yaml.safe_load(s.config.read_text())
+            for section, values in (config or {}).items():
+                doc.setdefault(section, {}).update(values)
+            s.config.write_text(yaml.safe_dump(doc))
+        self.token = (root / "api-token").read_text().strip()
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.restarts: dict[str, int] = {i: 0 for i in self.ids}
+        self._watch_stop = threading.Event()
+        self._lock = threading.Lock()
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
+        self._watcher.start()
+
+    # ------------------------------------------------------------------ processes
+
+    def start(self, nid: str) -> None:
+        log = open(self.root / f"{nid}.log", "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", GRPC_VERBOSITY="NONE")
+        with self._lock:
+            self.procs[nid] = subprocess.Popen(
+                [sys.executable, "-m", "hactl.cli", "controller", "run", "--config", str(self.specs[nid].config)],
+                stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+
+    def start_all(self) -> None:
+        for nid in self.ids:
+            self.start(nid)
+
+    def _watch(self) -> None:
+        while not self._watch_stop.wait(0.1):
+            with self._lock:
+                exited = [(k, p) for k, p in self.procs.items() if p.poll() == 3]
+            for nid, _ in exited:
+                self.restarts[nid] += 1
+                self.start(nid)
+
+    def signal(self, nid: str, sig: int) -> None:
+        self.procs[nid].send_signal(sig)
+
+    def kill(self, nid: str) -> None:
+        with self._lock:
+            p = self.procs.pop(nid)
+        p.kill()
+        p.wait()
+
+    def stop(self, nid: str, timeout: float = 20) -> int:
+        with self._lock:
+            p = self.procs.pop(nid)
+        p.send_signal(signal.SIGTERM)
+        return p.wait(timeout)
+
+    def close(self) -> None:
+        self._watch_stop.set()
+        self._watcher.join()
+        for nid, p in list(self.procs.items()):
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+            p.wait()
+        self.procs.clear()
+
+    def log(self, nid: str) -> str:
+        return (self.root / f"{nid}.log").read_text(errors="replace")
+
+    # ------------------------------------------------------------------ HTTP
+
+    def port(self, nid: str) -> int:
+        return int(self.specs[nid].api_url.rsplit(":", 1)[1])
+
+    def request(self, nid: str, method: str, path: str, body: Any = None, *, headers: dict[str, str] | None = None,
+                timeout: float = 15, auth: bool = True) -> tuple[int, Any, dict[str, str]]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port(nid), timeout=timeout)
+        hdrs = {"X-ZT1-Auth": self.token} if auth else {}
+        hdrs.update(headers or {})
+        data = None
+        if body is not None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            hdrs["Content-Type"] = "application/json"
+        try:
+            conn.request(method, path, body=data, headers=hdrs)
+            resp = conn.getresponse()
+            raw = resp.read()
+            try:
+                parsed = json.loads(raw) if raw else None
+            except ValueError:
+                parsed = raw
+            return resp.status, parsed, {k.lower(): v for k, v in resp.getheaders()}
+        finally:
+            conn.close()
+
+    def status(self, nid: str) -> dict[str, Any] | None:
+        try:
+            code, body, _ = self.request(nid, "GET", "/status", timeout=2)
+        except OSError:
+            return None
+        return body if code == 200 else None
+
+    def wait(self, cond: Callable[[], Any], timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                value = cond()
+            except OSError:
+                value = None
+            if value:
+                return value
+            time.sleep(0.1)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}\n" +
+                             "\n".join(f"--- {n} ---\n{self.log(n)[-3000:]}" for n in self.ids))
+
+    def leader(self, among: list[str] | None = None, timeout: float = 20) -> str:
+        def find() -> str | None:
+            seen = set()
+            for nid in among or list(self.procs):
+                st = self.status(nid)
+                if st and st["cluster"]["role"] == "leader":
+                    seen.add(nid)
+            return seen.pop() if len(seen) == 1 else None
+        return self.wait(find, timeout, "a single leader")
+
+    def wait_ready(self, nids: list[str] | None = None, timeout: float = 30) -> str:
+        """Until every given node answers /status with the cluster's controller address and a leader."""
+        def ready() -> bool:
+            for nid in nids or self.ids:
+                st = self.status(nid)
+                if not st or not st.get("address") or not st["cluster"]["leader"]:
+                    return False
+            return True
+        self.wait(ready, timeout, "cluster ready")
+        return self.status((nids or self.ids)[0])["address"]
+
+    def write(self, nid: str, method: str, path: str, body: Any, *, key: str | None = None,
+              timeout: float = 30) -> tuple[int, Any]:
+        """A client that retries 503/504 and connection errors with one Idempotency-Key until success."""
+        key = key or uuid.uuid4().hex
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                code, body_, _ = self.request(nid, method, path, body, headers={"Idempotency-Key": key})
+                if code not in (503, 504):
+                    return code, body_
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{method} {path} on {nid} kept failing for {timeout}s")
+            time.sleep(0.1)

@@ -1,0 +1,242 @@
+"""Three real controller processes on loopback: forming, kill -9, SIGSTOP, restarts, snapshots, refusals."""
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.proc_cluster import ProcCluster
+
+
+@pytest.fixture
+def cluster(tmp_path: Path):
+    clusters: list[ProcCluster] = []
+
+    def make(**config) -> ProcCluster:
+        c = ProcCluster(tmp_path / f"c{len(clusters)}", 3, config=config)
+        clusters.append(c)
+        c.start_all()
+        return c
+    yield make
+    for c in clusters:
+        c.close()
+
+
+def member_addr(i: int, salt: int = 0) -> str:
+    return f"{(0x1000000000 + salt * 0x10000000 + i):010x}"
+
+
+def net_path(addr: str) -> str:
+    return f"/controller/network/{addr}______"
+
+
+def test_forms_writes_anywhere_read_everywhere_and_sigterm_exits_0(cluster) -> None:
+    c: ProcCluster = cluster()
+    ctrl = c.wait_ready()
+    assert len(ctrl) == 10 and all(c.status(n)["address"] == ctrl for n in c.ids)  # one logical controller
+    nets = {}
+    for nid in c.ids:
+        code, net = c.write(nid, "POST", net_path(ctrl), {"name": f"via-{nid}"})
+        assert code == 200 and net["id"].startswith(ctrl)
+        nets[nid] = net["id"]
+        # read-your-writes on the node that took the write, even with a local read
+        code, got, _ = c.request(nid, "GET", f"/controller/network/{net['id']}?consistency=local")
+        assert code == 200 and got["name"] == f"via-{nid}"
+    follower = next(n for n in c.ids if c.status(n)["cluster"]["role"] == "follower")
+    code, m = c.write(follower, "POST", f"/controller/network/{nets[c.ids[0]]}/member/{member_addr(1)}",
+                      {"authorized": True})
+    assert code == 200 and m["authorized"] is True
+    for nid in c.ids:  # linearizable reads on every node see every acknowledged write
+        code, ids, _ = c.request(nid, "GET", "/controller/network")
+        assert code == 200 and sorted(ids) == sorted(nets.values())
+        code, members, _ = c.request(nid, "GET", f"/controller/network/{nets[c.ids[0]]}/member")
+        assert code == 200 and members == {member_addr(1): 1}
+    for nid in c.ids:
+        assert c.stop(nid) == 0
+
+
+def test_kill_leader_loses_no_acknowledged_write_and_restart_catches_up(cluster) -> None:
+    c: ProcCluster = cluster()
+    ctrl = c.wait_ready()
+    _, net = c.write(c.ids[0], "POST", net_path(ctrl), {"name": "kill-test"})
+    nwid = net["id"]
+    leader = c.leader()
+    survivors = [n for n in c.ids if n != leader]
+    acked: set[str] = set()
+    stop = threading.Event()
+    killed = threading.Event()
+    lock = threading.Lock()
+
+    def writer(k: int) -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            addr = member_addr(i, salt=k + 1)
+            targets = survivors if killed.is_set() else c.ids
+            try:
+                code, _ = c.write(targets[i % len(targets)], "POST",
+                                  f"/controller/network/{nwid}/member/{addr}", {"name": addr}, timeout=20)
+            except (AssertionError, OSError):
+                continue  # this client gave up on the node it chose; nothing acknowledged
+            if code == 200:
+                with lock:
+                    acked.add(addr)
+
+    with ThreadPoolExecutor(6) as pool:
+        for k in range(6):
+            pool.submit(writer, k)
+        time.sleep(2)
+        before = len(acked)
+        c.kill(leader)
+        killed.set()
+        t_kill = time.monotonic()
+        c.wait(lambda: len(acked) > before + 20, 20, "writes to succeed again through the survivors")
+        recovered = time.monotonic() - t_kill
+        time.sleep(1)
+        stop.set()
+    assert recovered < 15
+    new_leader = c.leader(among=survivors)
+    assert new_leader in survivors
+    c.start(leader)  # the killed node comes back from its raft.db and catches up
+
+    def caught_up() -> bool:
+        code, members, _ = c.request(leader, "GET", f"/controller/network/{nwid}/member?consistency=local")
+        return code == 200 and acked <= set(members)
+    c.wait(caught_up, 30, "the restarted node to hold every acknowledged write")
+    views = [set(c.request(n, "GET", f"/controller/network/{nwid}/member")[1]) for n in c.ids]
+    assert views[0] == views[1] == views[2] and acked <= views[0]
+
+
+def test_follower_down_during_20000_writes_rejoins_through_a_snapshot(cluster) -> None:
+    c: ProcCluster = cluster(snapshots={"every_entries": 2000, "trailing_entries": 500})
+    ctrl = c.wait_ready()
+    _, net = c.write(c.ids[0], "POST", net_path(ctrl), {"name": "bulk"})
+    nwid = net["id"]
+    leader = c.leader()
+    down = next(n for n in c.ids if n != leader)
+    assert c.stop(down) == 0
+    up = [n for n in c.ids if n != down]
+    total = 20_000
+
+    def write_range(k: int) -> int:
+        ok = 0
+        for i in range(k, total, 32):
+            code, _ = c.write(up[i % 2], "POST", f"/controller/network/{nwid}/member/{member_addr(i)}", {})
+            ok += code == 200
+        return ok
+    with ThreadPoolExecutor(32) as pool:
+        assert sum(pool.map(write_range, range(32))) == total
+    c.start(down)
+
+    def caught_up() -> bool:
+        code, members, _ = c.request(down, "GET", f"/controller/network/{nwid}/member?consistency=local")
+        return code == 200 and len(members) == total
+    c.wait(caught_up, 120, "the stopped follower to catch up")
+    assert c.restarts[down] >= 1, "the follower caught up without installing a snapshot"
+    assert "snapshot" in c.log(down)
+    code, members, _ = c.request(leader, "GET", f"/controller/network/{nwid}/member")
+    assert len(members) == total
+
+
+def test_frozen_leader_steps_down_nothing_acknowledged_lost_or_doubled(cluster) -> None:
+    c: ProcCluster = cluster()
+    ctrl = c.wait_ready()
+    leader = c.leader()
+    acked: dict[str, str] = {}  # idempotency key -> network id
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def writer(k: int) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            key = f"w{k}-{n}-{uuid.uuid4().hex[:6]}"
+            target = c.ids[(k + n) % 3]  # some of these land on the frozen leader and wait
+            try:
+                code, net = c.write(target, "POST", net_path(ctrl), {"name": key}, key=key, timeout=40)
+            except (AssertionError, OSError):
+                continue
+            if code == 200:
+                with lock:
+                    acked[key] = net["id"]
+
+    with ThreadPoolExecutor(6) as pool:
+        for k in range(6):
+            pool.submit(writer, k)
+        time.sleep(1.5)
+        c.signal(leader, signal.SIGSTOP)
+        others = [n for n in c.ids if n != leader]
+        new_leader = c.leader(among=others, timeout=15)
+        assert new_leader != leader
+        time.sleep(10)
+        c.signal(leader, signal.SIGCONT)
+        c.wait(lambda: (c.status(leader) or {}).get("cluster", {}).get("role") == "follower", 20,
+               "the old leader to step down after SIGCONT")
+        time.sleep(2)
+        stop.set()
+    names: dict[str, list[str]] = {}
+    code, ids, _ = c.request(new_leader, "GET", "/controller/network")
+    for nwid in ids:
+        _, net, _ = c.request(new_leader, "GET", f"/controller/network/{nwid}")
+        names.setdefault(net["name"], []).append(nwid)
+    doubled = {k: v for k, v in names.items() if len(v) > 1}
+    assert not doubled, f"writes applied twice: {doubled}"
+    lost = {k for k in acked if k not in names}
+    assert not lost, f"acknowledged writes lost: {sorted(lost)[:5]}"
+    assert all(names[k] == [v] for k, v in acked.items())
+    for nid in c.ids:
+        _, ids_n, _ = c.request(nid, "GET", "/controller/network")
+        assert sorted(ids_n) == sorted(ids)
+
+
+def test_foreign_ca_refused_and_a_connection_without_hello_is_a_router(cluster, tmp_path: Path) -> None:
+    from hactl.transport import pki
+    from hactl.transport.channel import open_stream
+    from hactl.transport.frames import decode
+
+    c: ProcCluster = cluster()
+    c.wait_ready()
+    target = c.ids[0]
+    ctrl_addr = c.specs[target].ctrl_addr
+    pki.init_ca(tmp_path / "foreign-ca", "hactl.local")
+    pki.issue(tmp_path / "foreign-ca", tmp_path / "foreign", kind="controller", node_id="ctrl9",
+              trust_domain="hactl.local")
+    pki.issue(c.root / "pki" / "ca", tmp_path / "router", kind="router", node_id="edge1", trust_domain="hactl.local")
+
+    async def probe() -> None:
+        foreign = open_stream(ctrl_addr, pki.load_identity_dir(tmp_path / "foreign"))
+        with pytest.raises(Exception):
+            await asyncio.wait_for(foreign.read(), 10)  # TLS refuses a certificate from another CA
+        await foreign.close()
+        router = open_stream(ctrl_addr, pki.load_identity_dir(tmp_path / "router"))
+        first = decode(await asyncio.wait_for(router.read(), 10))  # says nothing: becomes a router
+        assert getattr(first, "id", None) == target
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            routers = c.status(target)["cluster"]["routers"]
+            if routers:
+                assert routers[0]["id"] == "edge1" and routers[0]["hello"] is False
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("the silent connection was not listed as a router")
+        await router.close()
+    asyncio.run(probe())
+    assert c.status(target)["cluster"]["leader"] is not None  # the cluster did not notice
+
+
+def test_bad_config_exits_nonzero_naming_file_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("id: ctrl1\nraft:\n  tick_ms: soon\n")
+    out = subprocess.run([sys.executable, "-m", "hactl.cli", "controller", "run", "--config", str(bad)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert str(bad) in out.stderr and "raft.tick_ms" in out.stderr and "expected an integer" in out.stderr
