@@ -1,0 +1,405 @@
+"""The command schema (one dataclass per command), its msgpack codec, and the builders proposers call.
+
+Wire form (schema version 1): a msgpack map
+    {"v": 1, "type": "<type>", "request_id": str, "time": int ms, ...the type's fields}
+Types and their fields:
+    noop
+    cluster.init      cluster_id: str, timeline_id: str, address: str (10 hex), signing_key: bin (32-byte raw
+                      Ed25519 private key), token_hash: str
+    network.create    start: int (1..2^24-1: the proposer's random candidate; see below), changes: map
+    network.update    nwid: str, changes: map            (create or update, as POST /controller/network/{nwid})
+    network.delete    nwid: str
+    member.create     nwid: str, address: str, changes: map   (fails CONFLICT if the member exists)
+    member.update     nwid: str, address: str, changes: map   (create or update, as POST .../member/{addr})
+    member.delete     nwid: str, address: str
+    member.authorize  nwid: str, address: str, authorized: bool   (fails NOT_FOUND if the member does not exist)
+    restore.begin     restore_id: str, timeline_id: str, address: str, signing_key: bin, token_hash: str | nil
+    restore.chunk     restore_id: str, seq: int (0, 1, ...), networks: [map], members: [map]
+    restore.commit    restore_id: str, chunks: int, networks: int, members: int
+    restore.abort     restore_id: str
+``changes`` is the canonical output of the validator (validate.py); records in restore chunks are whole objects
+as ``hactl db dump`` prints them.
+
+Network ids: ``network.create`` carries a random 24-bit ``start`` chosen by the proposer. Apply takes the first
+free n of start, start+1, ..., 2^24-1, 1, 2, ... so every node picks the same id, and creation fails (FULL) only
+when all 2^24-1 ids are taken.
+
+Everything time- or random-dependent is chosen here, on the proposer, and carried: apply reads no clock and no RNG.
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, ClassVar, Iterable, Iterator
+
+import msgpack
+
+from hactl.fsm.coerce import ValidationError
+from hactl.fsm.model import NETWORK_N_MAX, format_address, format_nwid
+from hactl.fsm.validate import (member_record, network_record, parse_address, parse_label, parse_nwid,
+                                parse_request_id, parse_time, parse_token_hash, signing_public_key,
+                                validate_member_changes, validate_network_changes)
+
+SCHEMA_VERSION = 1
+MAX_COMMAND_BYTES = 4 << 20  # entries bigger than this are refused by decode (a bound on msgpack allocations)
+
+
+class CommandError(ValueError):
+    """Bytes that are not a command of a schema this node knows; ``field`` names the offending part."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
+
+
+# -------------------------------------------------------------------------------------------- wire checkers
+
+def _str(v: Any, f: str) -> str:
+    if not isinstance(v, str):
+        raise CommandError(f"expected a string, got {type(v).__name__}", f)
+    return v
+
+
+def _opt_str(v: Any, f: str) -> str | None:
+    return None if v is None else _str(v, f)
+
+
+def _int(v: Any, f: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise CommandError(f"expected an integer, got {type(v).__name__}", f)
+    return v
+
+
+def _bool(v: Any, f: str) -> bool:
+    if not isinstance(v, bool):
+        raise CommandError(f"expected a boolean, got {type(v).__name__}", f)
+    return v
+
+
+def _bin(v: Any, f: str) -> bytes:
+    if not isinstance(v, (bytes, bytearray)):
+        raise CommandError(f"expected binary, got {type(v).__name__}", f)
+    return bytes(v)
+
+
+def _map(v: Any, f: str) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise CommandError(f"expected a map, got {type(v).__name__}", f)
+    return v
+
+
+def _maps(v: Any, f: str) -> list[dict[str, Any]]:
+    if not isinstance(v, list):
+        raise CommandError(f"expected an array, got {type(v).__name__}", f)
+    return [_map(x, f"{f}[{i}]") for i, x in enumerate(v)]
+
+
+Checker = Callable[[Any, str], Any]
+
+
+# ------------------------------------------------------------------------------------------------- commands
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Command:
+    TYPE: ClassVar[str] = ""
+    WIRE: ClassVar[dict[str, Checker]] = {}  # the type's own fields and their wire checks
+    request_id: str
+    time: int  # ms since the epoch, the proposer's clock
+    version: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NoOp(Command):
+    TYPE: ClassVar[str] = "noop"
+    WIRE: ClassVar[dict[str, Checker]] = {}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterInit(Command):
+    TYPE: ClassVar[str] = "cluster.init"
+    WIRE: ClassVar[dict[str, Checker]] = {"cluster_id": _str, "timeline_id": _str, "address": _str,
+                                          "signing_key": _bin, "token_hash": _str}
+    cluster_id: str
+    timeline_id: str
+    address: str
+    signing_key: bytes = field(repr=False)
+    token_hash: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NetworkCreate(Command):
+    TYPE: ClassVar[str] = "network.create"
+    WIRE: ClassVar[dict[str, Checker]] = {"start": _int, "changes": _map}
+    start: int
+    changes: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NetworkUpdate(Command):
+    TYPE: ClassVar[str] = "network.update"
+    WIRE: ClassVar[dict[str, Checker]] = {"nwid": _str, "changes": _map}
+    nwid: str
+    changes: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NetworkDelete(Command):
+    TYPE: ClassVar[str] = "network.delete"
+    WIRE: ClassVar[dict[str, Checker]] = {"nwid": _str}
+    nwid: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberCreate(Command):
+    TYPE: ClassVar[str] = "member.create"
+    WIRE: ClassVar[dict[str, Checker]] = {"nwid": _str, "address": _str, "changes": _map}
+    nwid: str
+    address: str
+    changes: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberUpdate(Command):
+    TYPE: ClassVar[str] = "member.update"
+    WIRE: ClassVar[dict[str, Checker]] = {"nwid": _str, "address": _str, "changes": _map}
+    nwid: str
+    address: str
+    changes: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberDelete(Command):
+    TYPE: ClassVar[str] = "member.delete"
+    WIRE: ClassVar[dict[str, Checker]] = {"nwid": _str, "address": _str}
+    nwid: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberAuthorize(Command):
+    TYPE: ClassVar[str] = "member.authorize"
+    WIRE: ClassVar[dict[str, Checker]] = {"nwid": _str, "address": _str, "authorized": _bool}
+    nwid: str
+    address: str
+    authorized: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestoreBegin(Command):
+    TYPE: ClassVar[str] = "restore.begin"
+    WIRE: ClassVar[dict[str, Checker]] = {"restore_id": _str, "timeline_id": _str, "address": _str,
+                                          "signing_key": _bin, "token_hash": _opt_str}
+    restore_id: str
+    timeline_id: str  # the timeline the restored model starts
+    address: str  # the restored controller's address and key: its networks live under that address
+    signing_key: bytes = field(repr=False)
+    token_hash: str | None  # None keeps the current API token
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestoreChunk(Command):
+    TYPE: ClassVar[str] = "restore.chunk"
+    WIRE: ClassVar[dict[str, Checker]] = {"restore_id": _str, "seq": _int, "networks": _maps, "members": _maps}
+    restore_id: str
+    seq: int
+    networks: list[dict[str, Any]]
+    members: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestoreCommit(Command):
+    TYPE: ClassVar[str] = "restore.commit"
+    WIRE: ClassVar[dict[str, Checker]] = {"restore_id": _str, "chunks": _int, "networks": _int, "members": _int}
+    restore_id: str
+    chunks: int
+    networks: int
+    members: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestoreAbort(Command):
+    TYPE: ClassVar[str] = "restore.abort"
+    WIRE: ClassVar[dict[str, Checker]] = {"restore_id": _str}
+    restore_id: str
+
+
+COMMAND_TYPES: dict[str, type[Command]] = {c.TYPE: c for c in (
+    NoOp, ClusterInit, NetworkCreate, NetworkUpdate, NetworkDelete, MemberCreate, MemberUpdate, MemberDelete,
+    MemberAuthorize, RestoreBegin, RestoreChunk, RestoreCommit, RestoreAbort)}
+
+
+# ---------------------------------------------------------------------------------------------------- codec
+
+def encode(cmd: Command) -> bytes:
+    wire: dict[str, Any] = {"v": cmd.version, "type": cmd.TYPE, "request_id": cmd.request_id, "time": cmd.time}
+    for name in cmd.WIRE:
+        wire[name] = getattr(cmd, name)
+    data: bytes = msgpack.packb(wire, use_bin_type=True)
+    return data
+
+
+def decode(data: bytes) -> Command:
+    """Bytes -> Command, or CommandError naming what is wrong (never another exception)."""
+    if len(data) > MAX_COMMAND_BYTES:
+        raise CommandError(f"command of {len(data)} bytes exceeds {MAX_COMMAND_BYTES}")
+    try:
+        wire = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    except Exception as e:  # msgpack raises several unrelated types for damaged input
+        raise CommandError(f"not msgpack: {type(e).__name__}: {e}") from None
+    if not isinstance(wire, dict):
+        raise CommandError(f"expected a map, got {type(wire).__name__}")
+    v = wire.get("v")
+    if type(v) is not int or v != SCHEMA_VERSION:  # (True == 1 in Python: the type check keeps bools out)
+        newer = isinstance(v, int) and not isinstance(v, bool) and v > SCHEMA_VERSION
+        raise CommandError(f"schema version {v!r} is {'newer than' if newer else 'not'} "
+                           f"supported (this node knows {SCHEMA_VERSION})", "v")
+    cls = COMMAND_TYPES.get(wire.get("type"))  # type: ignore[arg-type]
+    if cls is None:
+        raise CommandError(f"unknown command type {wire.get('type')!r}", "type")
+    try:
+        kwargs: dict[str, Any] = {"request_id": parse_request_id(wire.get("request_id")),
+                                  "time": parse_time(wire.get("time")), "version": v}
+    except ValidationError as e:
+        raise CommandError(e.message, e.field) from None
+    for name, check in cls.WIRE.items():
+        if name not in wire:
+            raise CommandError("missing", name)
+        kwargs[name] = check(wire[name], name)
+    return cls(**kwargs)
+
+
+# ------------------------------------------------------------------------------------- proposer-side helpers
+
+def new_signing_key() -> bytes:
+    """A fresh raw Ed25519 private key (32 bytes) for cluster.init."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+    return Ed25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+
+
+def new_controller_address() -> str:
+    """A random 10-hex controller address that is not reserved (0, ff........)."""
+    while True:
+        a = secrets.randbits(40)
+        if a and a >> 32 != 0xFF:
+            return format_address(a)
+
+
+def random_network_start() -> int:
+    return secrets.randbelow(NETWORK_N_MAX) + 1
+
+
+# ----------------------------------------------------------------------------------------------- builders
+# Each validates with the same validator apply uses (raising ValidationError(field, message)) and returns the
+# encoded command. request_id and time are the proposer's.
+
+def _canon_nwid(nwid: str) -> str:
+    return format_nwid(parse_nwid(nwid))
+
+
+def _canon_address(address: str) -> str:
+    return format_address(parse_address(address))
+
+
+def _envelope(request_id: str, time: int) -> dict[str, Any]:
+    return {"request_id": parse_request_id(request_id), "time": parse_time(time)}
+
+
+def build_noop(request_id: str, time: int) -> bytes:
+    return encode(NoOp(**_envelope(request_id, time)))
+
+
+def build_cluster_init(request_id: str, time: int, *, cluster_id: str, timeline_id: str, address: str,
+                       signing_key: bytes, token_hash: str) -> bytes:
+    signing_public_key(signing_key)
+    return encode(ClusterInit(**_envelope(request_id, time), cluster_id=parse_label(cluster_id, "cluster_id"),
+                              timeline_id=parse_label(timeline_id, "timeline_id"),
+                              address=_canon_address(address), signing_key=bytes(signing_key),
+                              token_hash=parse_token_hash(token_hash)))
+
+
+def build_network_create(request_id: str, time: int, body: Any, *, start: int | None = None) -> bytes:
+    """POST /controller/network/{ctrl}______ ; ``start`` defaults to a fresh random candidate."""
+    start = random_network_start() if start is None else start
+    if isinstance(start, bool) or not isinstance(start, int) or not 1 <= start <= NETWORK_N_MAX:
+        raise ValidationError("start", f"expected 1..{NETWORK_N_MAX}")
+    return encode(NetworkCreate(**_envelope(request_id, time), start=start,
+                                changes=validate_network_changes(body)))
+
+
+def build_network_update(request_id: str, time: int, nwid: str, body: Any) -> bytes:
+    return encode(NetworkUpdate(**_envelope(request_id, time), nwid=_canon_nwid(nwid),
+                                changes=validate_network_changes(body)))
+
+
+def build_network_delete(request_id: str, time: int, nwid: str) -> bytes:
+    return encode(NetworkDelete(**_envelope(request_id, time), nwid=_canon_nwid(nwid)))
+
+
+def build_member_create(request_id: str, time: int, nwid: str, address: str, body: Any) -> bytes:
+    return encode(MemberCreate(**_envelope(request_id, time), nwid=_canon_nwid(nwid),
+                               address=_canon_address(address), changes=validate_member_changes(body)))
+
+
+def build_member_update(request_id: str, time: int, nwid: str, address: str, body: Any) -> bytes:
+    return encode(MemberUpdate(**_envelope(request_id, time), nwid=_canon_nwid(nwid),
+                               address=_canon_address(address), changes=validate_member_changes(body)))
+
+
+def build_member_delete(request_id: str, time: int, nwid: str, address: str) -> bytes:
+    return encode(MemberDelete(**_envelope(request_id, time), nwid=_canon_nwid(nwid),
+                               address=_canon_address(address)))
+
+
+def build_member_authorize(request_id: str, time: int, nwid: str, address: str, authorized: bool) -> bytes:
+    return encode(MemberAuthorize(**_envelope(request_id, time), nwid=_canon_nwid(nwid),
+                                  address=_canon_address(address), authorized=bool(authorized)))
+
+
+def build_restore(networks: Iterable[dict[str, Any]], members: Iterable[dict[str, Any]], *, request_id: str,
+                  time: int, restore_id: str, timeline_id: str, address: str, signing_key: bytes,
+                  token_hash: str | None = None, chunk_bytes: int = 256 << 10) -> Iterator[bytes]:
+    """The whole restore sequence: begin, chunks of whole records (networks first), commit.
+
+    Request ids are ``request_id`` + "/begin", "/0", "/1", ..., "/commit". Records are validated here, so a
+    bad backup fails before anything is proposed. Streams: memory is bounded by ``chunk_bytes``.
+    """
+    controller = parse_address(address)
+    signing_public_key(signing_key)
+    if token_hash is not None:
+        parse_token_hash(token_hash)
+    parse_label(restore_id, "restore_id")
+    env = _envelope(request_id + "/begin", time)
+    yield encode(RestoreBegin(**env, restore_id=restore_id, timeline_id=parse_label(timeline_id, "timeline_id"),
+                              address=format_address(controller), signing_key=bytes(signing_key),
+                              token_hash=token_hash))
+    seq, counts, size = 0, {"networks": 0, "members": 0}, 0
+    batch: dict[str, list[dict[str, Any]]] = {"networks": [], "members": []}
+
+    def flush() -> bytes:
+        nonlocal seq, size, batch
+        out = encode(RestoreChunk(**_envelope(f"{request_id}/{seq}", time), restore_id=restore_id, seq=seq,
+                                  networks=batch["networks"], members=batch["members"]))
+        seq, size, batch = seq + 1, 0, {"networks": [], "members": []}
+        return out
+
+    def records() -> Iterator[tuple[str, dict[str, Any]]]:
+        for n in networks:
+            network_record(n, controller)
+            yield "networks", n
+        for m in members:
+            member_record(m)
+            yield "members", m
+
+    for kind, rec in records():
+        packed = len(msgpack.packb(rec, use_bin_type=True))
+        if size and size + packed > chunk_bytes:
+            yield flush()
+        batch[kind].append(rec)
+        counts[kind] += 1
+        size += packed
+    if size:
+        yield flush()
+    yield encode(RestoreCommit(**_envelope(request_id + "/commit", time), restore_id=restore_id, chunks=seq,
+                               networks=counts["networks"], members=counts["members"]))

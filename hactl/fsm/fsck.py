@@ -1,0 +1,126 @@
+"""Consistency check of a ctrl.db: every record canonical, every index and count agreeing with the records.
+
+Streams with cursors and point lookups; the only Python container grows with the number of networks (at most
+2^24-1 by construction), never with the number of members.
+"""
+from __future__ import annotations
+
+import msgpack
+
+from hactl.fsm import layout as L
+from hactl.fsm.coerce import ValidationError
+from hactl.fsm.machine import StateMachine
+from hactl.fsm.model import (format_address, format_nwid, member_view, network_view, unpack_member,
+                             unpack_network)
+from hactl.fsm.validate import member_record, network_record
+
+MAX_PROBLEMS = 100
+
+
+def check_machine(machine: StateMachine) -> list[str]:
+    """Problems found in an open ctrl.db (empty when consistent); at most MAX_PROBLEMS are listed."""
+    problems: list[str] = []
+    extra = 0
+
+    def bad(msg: str) -> None:
+        nonlocal extra
+        if len(problems) < MAX_PROBLEMS:
+            problems.append(f"{machine.path}: {msg}")
+        else:
+            extra += 1
+
+    env, db = machine.tables()
+    with env.begin() as txn:
+        meta = db["meta"]
+        raw_controller = txn.get(L.META_CONTROLLER, db=meta)
+        raw_cluster = txn.get(L.META_CLUSTER, db=meta)
+        controller = None if raw_controller is None else int.from_bytes(raw_controller, "big")
+        if (raw_controller is None) != (raw_cluster is None):
+            bad("cluster info and controller address disagree on whether the cluster is initialised")
+        elif raw_cluster is not None:
+            info = msgpack.unpackb(raw_cluster, raw=False)
+            if info.get("address") != format_address(controller or 0):
+                bad(f"cluster address {info.get('address')} differs from the controller key {controller:010x}")
+            if txn.get(L.META_SIGNING_KEY, db=meta) is None:
+                bad("the signing key is missing")
+
+        counts: dict[int, list[int]] = {}
+        for k, v in txn.cursor(db=db["networks"]):
+            if len(k) != 8:
+                bad(f"networks: malformed key {k.hex()}")
+                continue
+            nwid = L.read_u64(k)
+            counts[nwid] = [0, 0]
+            try:
+                rec = unpack_network(v)
+                if controller is None:
+                    raise ValidationError("id", "a network exists before cluster initialisation")
+                if network_record(network_view(nwid, rec), controller)[1] != rec:
+                    bad(f"network {format_nwid(nwid)}: record is not in canonical form")
+            except (ValidationError, ValueError, TypeError, KeyError) as e:
+                bad(f"network {format_nwid(nwid)}: {e}")
+        raw_count = txn.get(b"netcount", db=meta)
+        stored = 0 if raw_count is None else L.read_u64(raw_count)
+        if stored != len(counts):
+            bad(f"network count says {stored}, there are {len(counts)}")
+
+        ip_total = 0
+        for k, v in txn.cursor(db=db["members"]):
+            if len(k) != 13:
+                bad(f"members: malformed key {k.hex()}")
+                continue
+            nwid, address = L.split_member_key(k)
+            where = f"member {format_nwid(nwid)}/{format_address(address)}"
+            if nwid not in counts:
+                bad(f"{where}: its network does not exist")
+                continue
+            try:
+                rec = unpack_member(v)
+                if member_record(member_view(nwid, address, rec))[2] != rec:
+                    bad(f"{where}: record is not in canonical form")
+            except (ValidationError, ValueError, TypeError, KeyError) as e:
+                bad(f"{where}: {e}")
+                continue
+            counts[nwid][0] += 1
+            counts[nwid][1] += bool(rec["authorized"])
+            for ip in rec["ipAssignments"]:
+                ip_total += 1
+                if txn.get(L.ip_key(nwid, ip), db=db["ips"]) != L.address_bytes(address):
+                    bad(f"{where}: {ip} is missing from the address index")
+
+        ip_entries = 0
+        for k, v in txn.cursor(db=db["ips"]):
+            ip_entries += 1
+            nwid = L.read_u64(k[:8])
+            raw = txn.get(L.network_key(nwid) + v, db=db["members"])
+            ip = L.ip_from_key(k)
+            if raw is None or ip not in unpack_member(raw)["ipAssignments"]:
+                bad(f"address index: {format_nwid(nwid)} {ip} -> {v.hex()}, which does not hold it")
+        if ip_entries != ip_total:
+            bad(f"address index has {ip_entries} entries, members hold {ip_total} addresses")
+
+        seen_stats = 0
+        for k, v in txn.cursor(db=db["netstat"]):
+            seen_stats += 1
+            nwid = L.read_u64(k)
+            want = counts.get(nwid)
+            got = list(L.unpack_counts(v))
+            if want is None:
+                bad(f"member counts kept for missing network {format_nwid(nwid)}")
+            elif got != want:
+                bad(f"network {format_nwid(nwid)}: counts say {got} (total, authorized), members say {want}")
+        if seen_stats != len(counts):
+            bad(f"member counts kept for {seen_stats} networks, there are {len(counts)}")
+
+        logged = 0
+        for k, v in txn.cursor(db=db["reqlog"]):
+            logged += 1
+            if txn.get(v, db=db["requests"]) is None:
+                bad(f"request log entry {L.read_u64(k)} names a forgotten request")
+        remembered = txn.stat(db["requests"])["entries"]
+        if remembered != logged:
+            bad(f"{remembered} remembered requests, {logged} in the request log")
+    if extra:
+        problems.append(f"{machine.path}: ... and {extra} more problems")
+    return problems
+

@@ -1,0 +1,101 @@
+"""ctrl.db's LMDB layout: named sub-databases, key encodings and meta keys (shared by machine.py and fsck.py).
+
+    meta        format, applied (index, term), cluster info, signing key, controller address, network count,
+                pending restore
+    networks    nwid (8 bytes BE)                      -> packed network record (model.py)
+    members     nwid (8) + address (5)                 -> packed member record; a network's members are one range
+    ips         nwid (8) + version (1) + ip (4 or 16)  -> member address (5): every address assigned on a network,
+                                                          so auto-assignment and conflict checks are point lookups
+    netstat     nwid (8)                               -> total members (8) + authorized members (8)
+    requests    request id (UTF-8)                     -> first result of that request (exactly-once)
+    reqlog      applied index (8)                      -> request id, oldest first, for pruning
+    s_*         the same four model tables, staging a restore until restore.commit swaps them in
+
+Big-endian integers make LMDB's byte order the numeric order, so cursors walk networks by id and members by
+address.
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import lmdb
+
+if TYPE_CHECKING:
+    Txn = lmdb.Transaction[bytes]  # transactions opened without buffers=True: values are bytes
+else:
+    Txn = lmdb.Transaction
+
+MODEL_TABLES = ("networks", "members", "ips", "netstat")
+DB_NAMES = ("meta", *MODEL_TABLES, "requests", "reqlog", *(f"s_{t}" for t in MODEL_TABLES))
+
+META_FORMAT = b"format"
+META_APPLIED = b"applied"
+META_CLUSTER = b"cluster"  # msgpack map: the public cluster info
+META_SIGNING_KEY = b"signing_key"  # raw Ed25519 private key (replicated state, kept out of cluster info)
+META_CONTROLLER = b"controller"  # the controller address, 5 bytes: read by every model command
+META_RESTORE = b"restore"  # msgpack map: the restore being staged, if any
+
+_U64 = struct.Struct(">Q")
+_U64x2 = struct.Struct(">QQ")
+
+
+@dataclass(frozen=True, slots=True)
+class Tables:
+    """One set of model tables (live or restore staging) and the meta key holding its network count."""
+    networks: lmdb._Database
+    members: lmdb._Database
+    ips: lmdb._Database
+    netstat: lmdb._Database
+    netcount_key: bytes
+
+
+def u64(n: int) -> bytes:
+    return _U64.pack(n)
+
+
+def read_u64(b: bytes) -> int:
+    n: int = _U64.unpack(b)[0]
+    return n
+
+
+def pack_applied(index: int, term: int) -> bytes:
+    return _U64x2.pack(index, term)
+
+
+def unpack_applied(b: bytes | None) -> tuple[int, int]:
+    return (0, 0) if b is None else _U64x2.unpack(b)
+
+
+pack_counts = pack_applied  # (total, authorized): the same two-u64 layout
+unpack_counts = unpack_applied
+
+
+def network_key(nwid: int) -> bytes:
+    return _U64.pack(nwid)
+
+
+def address_bytes(address: int) -> bytes:
+    return address.to_bytes(5, "big")
+
+
+def member_key(nwid: int, address: int) -> bytes:
+    return _U64.pack(nwid) + address.to_bytes(5, "big")
+
+
+def split_member_key(key: bytes) -> tuple[int, int]:
+    return _U64.unpack_from(key)[0], int.from_bytes(key[8:13], "big")
+
+
+def ip_key(nwid: int, ip: str) -> bytes:
+    """``ip`` is canonical (validated): inet_pton is the fast path, ~10x ipaddress."""
+    if ":" in ip:
+        return _U64.pack(nwid) + b"\x06" + socket.inet_pton(socket.AF_INET6, ip)
+    return _U64.pack(nwid) + b"\x04" + socket.inet_pton(socket.AF_INET, ip)
+
+
+def ip_from_key(key: bytes) -> str:
+    return str(ipaddress.ip_address(key[9:]))

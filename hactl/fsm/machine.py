@@ -1,0 +1,721 @@
+"""The deterministic state machine: applies journal entries to ctrl.db (LMDB) and serves reads from it.
+
+Each ``apply_batch`` is one LMDB write transaction that also stores the applied (index, term), so ctrl.db is
+always exactly the result of applying the journal up to that index. Each command runs in a nested transaction:
+a command that fails (deterministically: bad input, missing network, address conflict, even a bug) is rolled
+back alone and yields an error Result; only environment failures (disk, map full) abort the batch and raise.
+
+Nothing here reads a clock or an RNG; nothing keeps model data in Python containers between calls.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+from typing import Any, Callable, Iterator, Sequence
+
+import lmdb
+import msgpack
+
+from hactl.fsm import layout as L
+from hactl.fsm.coerce import ValidationError
+from hactl.fsm.commands import (ClusterInit, Command, CommandError, MemberAuthorize, MemberCreate, MemberDelete,
+                                MemberUpdate, NetworkCreate, NetworkDelete, NetworkUpdate, NoOp, RestoreAbort,
+                                RestoreBegin, RestoreChunk, RestoreCommit, decode)
+from hactl.fsm.ipassign import V4Plan, has_routed_v4, pick_v4
+from hactl.fsm.model import (ARRAY_MAX, NETWORK_N_MAX, RECORD_FORMAT, format_address, format_nwid,
+                             member_defaults, member_revision, member_view, network_defaults, network_id,
+                             network_view, pack_member, pack_network, unpack_member, unpack_network)
+from hactl.fsm.result import ErrorCode, Result
+from hactl.fsm.validate import (check_network_id, member_record, network_record, parse_address, parse_label,
+                                parse_nwid, parse_token_hash, signing_public_key, validate_member_changes,
+                                validate_network_changes)
+
+log = logging.getLogger("hactl.fsm")
+
+# Request ids are remembered for the last DEDUPE_WINDOW entries: a retry landing later than that is applied
+# again. Pruning by index (not time) keeps it deterministic, and bounds the table (~25 MB) however fast writes come.
+DEDUPE_WINDOW = 100_000
+_PRUNE_EVERY = 64  # commands at indexes that are multiples of this prune (a cursor per command costs ~5%)
+_PRUNE_MAX = 4 * _PRUNE_EVERY  # > _PRUNE_EVERY, so a backlog (pruning indexes that held no command) drains
+DEFAULT_MAP_SIZE = 64 << 30  # address space only; the file grows as needed
+
+
+# Commands that never read, copy or delete member-count rows: count changes may stay summed in memory across
+# them (see _bump_counts). Every other command first writes the sums out.
+_COUNTS_MAY_WAIT = (MemberCreate, MemberUpdate, MemberAuthorize, MemberDelete, NoOp)
+
+
+class FormatError(RuntimeError):
+    """ctrl.db was written by an incompatible version (its record format differs)."""
+
+
+class _Fail(Exception):
+    """A deterministic failure of one command: becomes its error Result."""
+
+    def __init__(self, code: ErrorCode, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.field = code, message, field
+
+
+class StateMachine:
+    def __init__(self, path: str | os.PathLike[str], *, sync: bool = False, readonly: bool = False,
+                 lock: bool = True, map_size: int = DEFAULT_MAP_SIZE) -> None:
+        """Open (creating unless ``readonly``) the ctrl.db file at ``path``.
+
+        lock=False is only for files no process writes (snapshot copies): it skips LMDB's lock file.
+
+        sync=False by default: ctrl.db is not the system of record. raft.db is fsynced; ctrl.db is rebuilt from
+        a snapshot plus the journal on every start, so losing (or tearing) its last transactions in a crash
+        costs nothing, and skipping fsync per batch is most of the apply throughput.
+        """
+        self.path = os.fspath(path)
+        self.readonly = readonly
+        self._apply_lock = threading.Lock()
+        self._packed: bytes | None = None  # the member record the current command wrote (see _pack_result)
+        self._deltas: dict[tuple[bytes, int], list[int]] = {}  # count changes of this batch, not yet written
+        self._cmd_deltas: dict[tuple[bytes, int], list[int]] = {}  # ... of the command being applied
+        if readonly and not os.path.exists(self.path):
+            raise FileNotFoundError(f"{self.path}: no ctrl.db here")
+        # mode 0600: ctrl.db holds the controller's private signing key.
+        self._env = lmdb.open(self.path, subdir=False, map_size=map_size, max_dbs=len(L.DB_NAMES) + 1,
+                              sync=sync, metasync=sync, readonly=readonly, lock=lock, max_readers=256,
+                              mode=0o600)
+        try:
+            self._open_tables()
+        except Exception:
+            self._env.close()
+            raise
+
+    def _open_tables(self) -> None:
+        try:  # (py-lmdb keeps handles opened without an explicit txn; read-only ones need create=False)
+            dbs = {n: self._env.open_db(n.encode(), create=not self.readonly) for n in L.DB_NAMES}
+        except lmdb.NotFoundError:
+            raise FormatError(f"{self.path}: not a ctrl.db (missing tables)") from None
+        self._db = dbs
+        self._meta, self._requests, self._reqlog = dbs["meta"], dbs["requests"], dbs["reqlog"]
+        self._live = L.Tables(dbs["networks"], dbs["members"], dbs["ips"], dbs["netstat"], b"netcount")
+        self._staging = L.Tables(dbs["s_networks"], dbs["s_members"], dbs["s_ips"], dbs["s_netstat"],
+                                 b"s_netcount")
+        with self._env.begin(write=not self.readonly) as txn:
+            fmt = txn.get(L.META_FORMAT, db=self._meta)
+            if fmt is None and not self.readonly:
+                txn.put(L.META_FORMAT, L.u64(RECORD_FORMAT), db=self._meta)
+            elif fmt is None or L.read_u64(fmt) != RECORD_FORMAT:
+                found = "none" if fmt is None else L.read_u64(fmt)
+                raise FormatError(f"{self.path}: record format {found}, this version reads {RECORD_FORMAT}")
+            self._applied = L.unpack_applied(txn.get(L.META_APPLIED, db=self._meta))
+        self._handlers: dict[type[Command], Callable[[L.Txn, Any, int], Result]] = {
+            NoOp: self._noop, ClusterInit: self._cluster_init,
+            NetworkCreate: self._network_create, NetworkUpdate: self._network_update,
+            NetworkDelete: self._network_delete,
+            MemberCreate: self._member_upsert, MemberUpdate: self._member_upsert,
+            MemberAuthorize: self._member_upsert, MemberDelete: self._member_delete,
+            RestoreBegin: self._restore_begin, RestoreChunk: self._restore_chunk,
+            RestoreCommit: self._restore_commit, RestoreAbort: self._restore_abort,
+        }
+
+    def close(self) -> None:
+        self._env.close()
+
+    def __enter__(self) -> "StateMachine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ================================================================================================ apply
+
+    def apply_batch(self, entries: Sequence[tuple[int, int, bytes]]) -> list[Result | None]:
+        """Apply (index, term, data) entries, in index order, in one write transaction.
+
+        Empty data (raft's term-start no-op) and entries at or below the applied index give None. The applied
+        index still advances over empty entries, so the driver should hand over every committed index.
+        """
+        results: list[Result | None] = []
+        with self._apply_lock:  # one applier at a time: the per-batch scratch state below is the instance's
+            index0, term0 = last = self._applied
+            self._deltas = {}
+            try:
+                with self._env.begin(write=True) as txn:
+                    for index, term, data in entries:
+                        if index <= last[0]:
+                            results.append(None)
+                            continue
+                        results.append(self._apply_one(txn, index, data) if data else None)
+                        last = (index, term)
+                    self._flush_counts(txn)
+                    if last != (index0, term0):
+                        txn.put(L.META_APPLIED, L.pack_applied(*last), db=self._meta)
+            finally:
+                self._deltas = {}
+            self._applied = last
+        return results
+
+    def apply(self, index: int, term: int, data: bytes) -> Result | None:
+        return self.apply_batch([(index, term, data)])[0]
+
+    def applied(self) -> tuple[int, int]:
+        return self._applied
+
+    def _apply_one(self, txn: L.Txn, index: int, data: bytes) -> Result:
+        try:
+            cmd = decode(bytes(data))
+        except CommandError as e:
+            return Result.failure(ErrorCode.BAD_COMMAND, e.message, e.field)
+        rid = cmd.request_id.encode("utf-8", "surrogatepass")
+        prior = txn.get(rid, db=self._requests)
+        if prior is not None:
+            return _unpack_result(prior)
+        if type(cmd) not in _COUNTS_MAY_WAIT:
+            self._flush_counts(txn)
+        child = self._env.begin(write=True, parent=txn)
+        self._packed = None
+        self._cmd_deltas = {}
+        try:
+            result = self._handlers[type(cmd)](child, cmd, index)
+            child.commit()
+            for k, (total, authorized) in self._cmd_deltas.items():
+                d = self._deltas.setdefault(k, [0, 0])
+                d[0] += total
+                d[1] += authorized
+        except (lmdb.Error, MemoryError, OSError):
+            child.abort()
+            raise  # the environment failed, not the command: must not become a (node-local) result
+        except _Fail as e:
+            child.abort()
+            result = Result.failure(e.code, e.message, e.field)
+        except ValidationError as e:
+            child.abort()
+            result = Result.failure(ErrorCode.INVALID, e.message, e.field)
+        except Exception as e:  # a bug: every node hits it identically, so its result is deterministic too
+            child.abort()
+            log.exception("apply of entry %d (%s) failed", index, cmd.TYPE)
+            result = Result.failure(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")
+        self._remember(txn, index, rid, result, self._packed if result.ok else None)
+        return result
+
+    def _remember(self, txn: L.Txn, index: int, rid: bytes, result: Result,
+                  packed: bytes | None) -> None:
+        txn.put(rid, _pack_result(index, result, packed), db=self._requests)
+        txn.put(L.u64(index), rid, db=self._reqlog)
+        if index % _PRUNE_EVERY:
+            return
+        # Pruning is decided by the entry's index alone, never by how the driver batched entries, so every
+        # node forgets the same request ids at the same point of the journal.
+        cur = txn.cursor(db=self._reqlog)
+        limit = index - DEDUPE_WINDOW
+        for _ in range(_PRUNE_MAX):
+            if not cur.first() or L.read_u64(cur.key()) > limit:
+                break
+            txn.delete(cur.value(), db=self._requests)
+            cur.delete()
+
+    # ============================================================================================ handlers
+
+    def _noop(self, txn: L.Txn, cmd: NoOp, index: int) -> Result:
+        return Result.success()
+
+    def _controller(self, txn: L.Txn) -> int:
+        c = txn.get(L.META_CONTROLLER, db=self._meta)
+        if c is None:
+            raise _Fail(ErrorCode.NOT_INITIALIZED, "the cluster has not been initialised")
+        return int.from_bytes(c, "big")
+
+    def _cluster_init(self, txn: L.Txn, cmd: ClusterInit, index: int) -> Result:
+        if txn.get(L.META_CONTROLLER, db=self._meta) is not None:
+            raise _Fail(ErrorCode.ALREADY_INITIALIZED, "the cluster is already initialised")
+        info = {"cluster_id": parse_label(cmd.cluster_id, "cluster_id"),
+                "timeline_id": parse_label(cmd.timeline_id, "timeline_id"),
+                "address": format_address(parse_address(cmd.address)),
+                "public_key": signing_public_key(cmd.signing_key).hex(),
+                "token_hash": parse_token_hash(cmd.token_hash),
+                "initialized_time": cmd.time}
+        self._put_cluster(txn, info, cmd.signing_key)
+        return Result.success(dict(info))
+
+    def _put_cluster(self, txn: L.Txn, info: dict[str, Any], signing_key: bytes) -> None:
+        txn.put(L.META_CLUSTER, msgpack.packb(info, use_bin_type=True), db=self._meta)
+        txn.put(L.META_SIGNING_KEY, bytes(signing_key), db=self._meta)
+        txn.put(L.META_CONTROLLER, L.address_bytes(int(info["address"], 16)), db=self._meta)
+
+    # ------------------------------------------------------------------------------------------- networks
+
+    def _network_create(self, txn: L.Txn, cmd: NetworkCreate, index: int) -> Result:
+        controller = self._controller(txn)
+        if not 1 <= cmd.start <= NETWORK_N_MAX:
+            raise ValidationError("start", f"expected 1..{NETWORK_N_MAX}, got {cmd.start}")
+        changes = validate_network_changes(cmd.changes)
+        if self._count(txn, self._live) >= NETWORK_N_MAX:
+            raise _Fail(ErrorCode.FULL, f"all {NETWORK_N_MAX} network ids of this controller are taken")
+        nwid = network_id(controller, self._free_n(txn, controller, cmd.start))
+        return Result.success(self._write_network(txn, self._live, nwid, None, changes, cmd.time))
+
+    def _free_n(self, txn: L.Txn, controller: int, start: int) -> int:
+        """The first free n probing start, start+1, ..., NETWORK_N_MAX, 1, 2, ... The cursor walks the run of
+        taken ids, so the cost is that run's length, not the number of networks."""
+        cur = txn.cursor(db=self._live.networks)
+        n = start
+        for _ in range(2):  # the second pass is the wrap-around to 1
+            found = cur.set_range(L.network_key(network_id(controller, n)))
+            while found and cur.key() == L.network_key(network_id(controller, n)):
+                if n == NETWORK_N_MAX:
+                    break
+                n += 1
+                found = cur.next()
+            else:
+                return n
+            n = 1
+        raise _Fail(ErrorCode.FULL, f"all {NETWORK_N_MAX} network ids of this controller are taken")
+
+    def _network_update(self, txn: L.Txn, cmd: NetworkUpdate, index: int) -> Result:
+        controller = self._controller(txn)
+        nwid = parse_nwid(cmd.nwid)
+        check_network_id(nwid, controller, "nwid")
+        changes = validate_network_changes(cmd.changes)
+        raw = txn.get(L.network_key(nwid), db=self._live.networks)
+        old = None if raw is None else unpack_network(raw)
+        return Result.success(self._write_network(txn, self._live, nwid, old, changes, cmd.time))
+
+    def _write_network(self, txn: L.Txn, t: L.Tables, nwid: int, old: dict[str, Any] | None,
+                       changes: dict[str, Any], time: int) -> dict[str, Any]:
+        rec = dict(old) if old is not None else network_defaults(time)
+        rec.update(changes)
+        if old is not None and rec == old:
+            return network_view(nwid, old)  # nothing changed: no write, same revision
+        rec["revision"] = 1 if old is None else old["revision"] + 1
+        self._store_network(txn, t, nwid, rec, created=old is None)
+        return network_view(nwid, rec)
+
+    def _store_network(self, txn: L.Txn, t: L.Tables, nwid: int, rec: dict[str, Any], *,
+                       created: bool) -> None:
+        txn.put(L.network_key(nwid), pack_network(rec), db=t.networks)
+        if created:
+            txn.put(L.network_key(nwid), L.pack_counts(0, 0), db=t.netstat)
+            txn.put(t.netcount_key, L.u64(self._count(txn, t) + 1), db=self._meta)
+
+    def _count(self, txn: L.Txn, t: L.Tables) -> int:
+        raw = txn.get(t.netcount_key, db=self._meta)
+        return 0 if raw is None else L.read_u64(raw)
+
+    def _network_delete(self, txn: L.Txn, cmd: NetworkDelete, index: int) -> Result:
+        self._controller(txn)
+        nwid = parse_nwid(cmd.nwid)
+        key = L.network_key(nwid)
+        raw = txn.get(key, db=self._live.networks)
+        if raw is None:
+            raise _Fail(ErrorCode.NOT_FOUND, f"network {format_nwid(nwid)} not found", "nwid")
+        for db in (self._live.members, self._live.ips):  # the cascade: one key range per table
+            cur = txn.cursor(db=db)
+            if cur.set_range(key):
+                while cur.key()[:8] == key and cur.delete():
+                    pass
+        txn.delete(key, db=self._live.netstat)
+        txn.delete(key, db=self._live.networks)
+        txn.put(self._live.netcount_key, L.u64(self._count(txn, self._live) - 1), db=self._meta)
+        return Result.success(network_view(nwid, unpack_network(raw)))
+
+    # -------------------------------------------------------------------------------------------- members
+
+    def _member_target(self, txn: L.Txn, cmd: Any) -> tuple[int, int, bytes]:
+        """(nwid, address, the network's packed record) or the deterministic failure."""
+        nwid = parse_nwid(cmd.nwid)
+        address = parse_address(cmd.address)
+        net_raw = txn.get(L.network_key(nwid), db=self._live.networks)
+        if net_raw is None:
+            self._controller(txn)  # (a network exists only in an initialised cluster: checked when none does)
+            raise _Fail(ErrorCode.NOT_FOUND, f"network {format_nwid(nwid)} not found", "nwid")
+        return nwid, address, net_raw
+
+    def _member_upsert(self, txn: L.Txn, cmd: MemberCreate | MemberUpdate | MemberAuthorize,
+                       index: int) -> Result:
+        nwid, address, net_raw = self._member_target(txn, cmd)
+        if isinstance(cmd, MemberAuthorize):
+            changes: dict[str, Any] = {"authorized": cmd.authorized}
+        else:
+            changes = validate_member_changes(cmd.changes)
+        old_raw = txn.get(L.member_key(nwid, address), db=self._live.members)
+        if old_raw is not None and isinstance(cmd, MemberCreate):
+            raise _Fail(ErrorCode.CONFLICT, f"member {format_address(address)} already exists", "address")
+        if old_raw is None and isinstance(cmd, MemberAuthorize):
+            raise _Fail(ErrorCode.NOT_FOUND, f"member {format_address(address)} not found", "address")
+        old = None if old_raw is None else unpack_member(old_raw)
+        rec = dict(old) if old is not None else member_defaults(cmd.time)
+        for k, v in changes.items():
+            if k != "authorized":
+                rec[k] = v
+            elif v != rec["authorized"]:
+                rec["authorized"] = v
+                rec["lastAuthorizedTime" if v else "lastDeauthorizedTime"] = cmd.time
+                rec["lastAuthorizedCredentialType"] = "api"
+        fresh_ip = None
+        # Assign when this command authorizes the member, or changes what assignment depends on for an
+        # authorized one; a rename of an authorized member assigns nothing (its next config request may).
+        if rec["authorized"] and not rec["noAutoAssignIps"] and (
+                old is None or not old["authorized"] or "ipAssignments" in changes or "noAutoAssignIps" in changes):
+            fresh_ip = self._auto_assign(txn, nwid, address, net_raw, rec)
+        if old is not None and rec == old:
+            return Result.success(member_view(nwid, address, old))
+        rec["revision"] = 1 if old is None else old["revision"] + 1
+        self._packed = self._store_member(txn, self._live, nwid, address, old, rec, fresh_ip)
+        return Result.success(member_view(nwid, address, rec))
+
+    def _auto_assign(self, txn: L.Txn, nwid: int, address: int, net_raw: bytes,
+                     rec: dict[str, Any]) -> str | None:
+        """Our addition to ZeroTier: assign when authorized through the API, so the address shows at once.
+        Returns the address added (known free), if any."""
+        ips = rec["ipAssignments"]
+        plan = _v4_plan(net_raw)
+        if plan is None or len(ips) >= ARRAY_MAX or has_routed_v4(ips, plan):
+            return None
+        db, prefix, get = self._live.ips, L.network_key(nwid) + b"\x04", txn.get
+        ip = pick_v4(address, plan, lambda n: get(prefix + n.to_bytes(4, "big"), db=db) is not None)
+        if ip is not None:
+            rec["ipAssignments"] = [*ips, ip]
+        return ip
+
+    def _store_member(self, txn: L.Txn, t: L.Tables, nwid: int, address: int,
+                      old: dict[str, Any] | None, rec: dict[str, Any], fresh_ip: str | None = None) -> bytes:
+        """Write a member and keep the address index and counts in step; CONFLICT if an address is taken.
+        Returns the packed record."""
+        me = L.address_bytes(address)
+        old_ips = set() if old is None else set(old["ipAssignments"])
+        new_ips = rec["ipAssignments"]
+        for ip in new_ips:
+            if ip not in old_ips:
+                holder = None if ip == fresh_ip else txn.get(L.ip_key(nwid, ip), db=t.ips)
+                if holder is not None and holder != me:
+                    raise _Fail(ErrorCode.CONFLICT, f"{ip} is already assigned to member {holder.hex()}",
+                                "ipAssignments")
+                txn.put(L.ip_key(nwid, ip), me, db=t.ips)
+        for ip in old_ips.difference(new_ips):
+            txn.delete(L.ip_key(nwid, ip), db=t.ips)
+        total_delta = 1 if old is None else 0
+        auth_delta = int(rec["authorized"]) - (0 if old is None else int(old["authorized"]))
+        if total_delta or auth_delta:
+            self._bump_counts(t, nwid, total_delta, auth_delta)
+        packed = pack_member(rec)
+        txn.put(L.member_key(nwid, address), packed, db=t.members)
+        return packed
+
+    def _bump_counts(self, t: L.Tables, nwid: int, total: int, authorized: int) -> None:
+        """Member count changes are summed in memory and written once per network per batch (see
+        _flush_counts): a read-modify-write of the counts row per member write was ~6% of apply time."""
+        d = self._cmd_deltas.setdefault((t.netcount_key, nwid), [0, 0])
+        d[0] += total
+        d[1] += authorized
+
+    def _flush_counts(self, txn: L.Txn) -> None:
+        """Write the summed count changes. Runs in the batch transaction (never inside a command's nested one,
+        which could roll back after the sums were cleared): before every command that is not a member write
+        (those read, copy or delete count rows) and at the end of the batch."""
+        for (table_key, nwid), (total, authorized) in self._deltas.items():
+            if total or authorized:
+                db = self._live.netstat if table_key == self._live.netcount_key else self._staging.netstat
+                key = L.network_key(nwid)
+                a, b = L.unpack_counts(txn.get(key, db=db))
+                txn.put(key, L.pack_counts(a + total, b + authorized), db=db)
+        self._deltas = {}
+
+    def _member_delete(self, txn: L.Txn, cmd: MemberDelete, index: int) -> Result:
+        nwid, address, _ = self._member_target(txn, cmd)
+        key = L.member_key(nwid, address)
+        raw = txn.get(key, db=self._live.members)
+        if raw is None:
+            raise _Fail(ErrorCode.NOT_FOUND, f"member {format_address(address)} not found", "address")
+        old = unpack_member(raw)
+        for ip in old["ipAssignments"]:
+            txn.delete(L.ip_key(nwid, ip), db=self._live.ips)
+        self._bump_counts(self._live, nwid, -1, -int(old["authorized"]))
+        txn.delete(key, db=self._live.members)
+        return Result.success(member_view(nwid, address, old))
+
+    # -------------------------------------------------------------------------------------------- restore
+
+    def _restore_begin(self, txn: L.Txn, cmd: RestoreBegin, index: int) -> Result:
+        self._controller(txn)  # restoring needs a running (initialised) cluster
+        pending = {"restore_id": parse_label(cmd.restore_id, "restore_id"),
+                   "timeline_id": parse_label(cmd.timeline_id, "timeline_id"),
+                   "address": format_address(parse_address(cmd.address)),
+                   "public_key": signing_public_key(cmd.signing_key).hex(),
+                   "signing_key": bytes(cmd.signing_key),
+                   "token_hash": None if cmd.token_hash is None else parse_token_hash(cmd.token_hash),
+                   "next_seq": 0, "networks": 0, "members": 0}
+        self._clear(txn, self._staging)  # a begin discards whatever an abandoned restore left behind
+        txn.put(L.META_RESTORE, msgpack.packb(pending, use_bin_type=True), db=self._meta)
+        return Result.success({"restore_id": pending["restore_id"], "state": "begun"})
+
+    def _pending(self, txn: L.Txn, restore_id: str) -> dict[str, Any]:
+        raw = txn.get(L.META_RESTORE, db=self._meta)
+        pending: dict[str, Any] | None = None if raw is None else msgpack.unpackb(raw, raw=False)
+        if pending is None or pending["restore_id"] != restore_id:
+            raise _Fail(ErrorCode.RESTORE, f"no restore {restore_id!r} is in progress", "restore_id")
+        return pending
+
+    def _restore_chunk(self, txn: L.Txn, cmd: RestoreChunk, index: int) -> Result:
+        pending = self._pending(txn, cmd.restore_id)
+        if cmd.seq != pending["next_seq"]:
+            raise _Fail(ErrorCode.RESTORE, f"expected chunk {pending['next_seq']}, got {cmd.seq}", "seq")
+        t = self._staging
+        controller = int(pending["address"], 16)
+        for i, d in enumerate(cmd.networks):
+            try:
+                nwid, rec = network_record(d, controller)
+            except ValidationError as e:
+                raise ValidationError(f"networks[{i}].{e.field}" if e.field else f"networks[{i}]", e.message)
+            if txn.get(L.network_key(nwid), db=t.networks) is not None:
+                raise _Fail(ErrorCode.CONFLICT, f"network {format_nwid(nwid)} appears twice", f"networks[{i}]")
+            self._store_network(txn, t, nwid, rec, created=True)
+        for i, d in enumerate(cmd.members):
+            try:
+                nwid, address, rec = member_record(d)
+            except ValidationError as e:
+                raise ValidationError(f"members[{i}].{e.field}" if e.field else f"members[{i}]", e.message)
+            if txn.get(L.network_key(nwid), db=t.networks) is None:
+                raise _Fail(ErrorCode.NOT_FOUND, f"member of unknown network {format_nwid(nwid)}",
+                            f"members[{i}].nwid")
+            if txn.get(L.member_key(nwid, address), db=t.members) is not None:
+                raise _Fail(ErrorCode.CONFLICT, f"member {format_address(address)} appears twice",
+                            f"members[{i}]")
+            try:
+                self._store_member(txn, t, nwid, address, None, rec)
+            except _Fail as e:
+                raise _Fail(e.code, e.message, f"members[{i}].{e.field}") from None
+        pending["next_seq"] += 1
+        pending["networks"] += len(cmd.networks)
+        pending["members"] += len(cmd.members)
+        txn.put(L.META_RESTORE, msgpack.packb(pending, use_bin_type=True), db=self._meta)
+        return Result.success({"restore_id": cmd.restore_id, "seq": cmd.seq})
+
+    def _restore_commit(self, txn: L.Txn, cmd: RestoreCommit, index: int) -> Result:
+        pending = self._pending(txn, cmd.restore_id)
+        want = {"chunks": pending["next_seq"], "networks": pending["networks"], "members": pending["members"]}
+        got = {"chunks": cmd.chunks, "networks": cmd.networks, "members": cmd.members}
+        if want != got:
+            raise _Fail(ErrorCode.RESTORE, f"staged {want}, the commit expects {got}")
+        self._clear(txn, self._live)
+        for name in ("networks", "members", "ips", "netstat"):
+            src = txn.cursor(db=getattr(self._staging, name))
+            txn.cursor(db=getattr(self._live, name)).putmulti(src.iternext(), append=True)
+        txn.put(self._live.netcount_key, L.u64(self._count(txn, self._staging)), db=self._meta)
+        self._clear(txn, self._staging)
+        info = msgpack.unpackb(txn.get(L.META_CLUSTER, db=self._meta), raw=False)
+        info.update(timeline_id=pending["timeline_id"], address=pending["address"],
+                    public_key=pending["public_key"])
+        if pending["token_hash"] is not None:
+            info["token_hash"] = pending["token_hash"]
+        self._put_cluster(txn, info, pending["signing_key"])
+        txn.delete(L.META_RESTORE, db=self._meta)
+        return Result.success({"restore_id": cmd.restore_id, "timeline_id": pending["timeline_id"],
+                               "networks": pending["networks"], "members": pending["members"]})
+
+    def _restore_abort(self, txn: L.Txn, cmd: RestoreAbort, index: int) -> Result:
+        self._pending(txn, cmd.restore_id)
+        self._clear(txn, self._staging)
+        txn.delete(L.META_RESTORE, db=self._meta)
+        return Result.success({"restore_id": cmd.restore_id, "state": "aborted"})
+
+    def _clear(self, txn: L.Txn, t: L.Tables) -> None:
+        for db in (t.networks, t.members, t.ips, t.netstat):
+            txn.drop(db, delete=False)
+        txn.put(t.netcount_key, L.u64(0), db=self._meta)
+
+    # ================================================================================================ reads
+
+    def cluster_info(self) -> dict[str, Any] | None:
+        """cluster_id, timeline_id, address, public_key (hex), token_hash, initialized_time; None before init."""
+        with self._env.begin() as txn:
+            raw = txn.get(L.META_CLUSTER, db=self._meta)
+        info: dict[str, Any] | None = None if raw is None else msgpack.unpackb(raw, raw=False)
+        return info
+
+    def signing_key(self) -> bytes | None:
+        """The controller's raw Ed25519 private key (kept out of cluster_info so it is not shown by accident)."""
+        with self._env.begin() as txn:
+            return txn.get(L.META_SIGNING_KEY, db=self._meta)
+
+    def restore_pending(self) -> dict[str, Any] | None:
+        """The restore being staged (restore_id, next_seq, counts), without its key material."""
+        with self._env.begin() as txn:
+            raw = txn.get(L.META_RESTORE, db=self._meta)
+        if raw is None:
+            return None
+        p = msgpack.unpackb(raw, raw=False)
+        return {k: p[k] for k in ("restore_id", "timeline_id", "address", "next_seq", "networks", "members")}
+
+    def result_for(self, request_id: str) -> Result | None:
+        """The result of an applied request (for a follower answering a forwarded write), if still remembered."""
+        with self._env.begin() as txn:
+            raw = txn.get(request_id.encode("utf-8", "surrogatepass"), db=self._requests)
+        return None if raw is None else _unpack_result(raw)
+
+    def get_network(self, nwid: str) -> dict[str, Any] | None:
+        n = _nwid_or_none(nwid)
+        if n is None:
+            return None
+        with self._env.begin() as txn:
+            raw = txn.get(L.network_key(n), db=self._live.networks)
+        return None if raw is None else network_view(n, unpack_network(raw))
+
+    def list_networks(self) -> list[str]:
+        with self._env.begin() as txn:
+            return [format_nwid(L.read_u64(k)) for k in txn.cursor(db=self._live.networks).iternext(values=False)]
+
+    def network_count(self) -> int:
+        with self._env.begin() as txn:
+            return self._count(txn, self._live)
+
+    def iter_networks(self) -> Iterator[dict[str, Any]]:
+        """Every network in id order, from one read transaction (consume or close() the iterator)."""
+        with self._env.begin() as txn:
+            for k, v in txn.cursor(db=self._live.networks):
+                yield network_view(L.read_u64(k), unpack_network(v))
+
+    def get_member(self, nwid: str, address: str) -> dict[str, Any] | None:
+        n, a = _nwid_or_none(nwid), _address_or_none(address)
+        if n is None or a is None:
+            return None
+        with self._env.begin() as txn:
+            raw = txn.get(L.member_key(n, a), db=self._live.members)
+        return None if raw is None else member_view(n, a, unpack_member(raw))
+
+    def list_members(self, nwid: str) -> dict[str, int] | None:
+        """{address: revision} of a network's members, or None if there is no such network. For very large
+        networks prefer iter_member_revisions, which streams."""
+        n = _nwid_or_none(nwid)
+        if n is None or self.get_network(nwid) is None:
+            return None
+        return dict(self.iter_member_revisions(nwid))
+
+    def iter_member_revisions(self, nwid: str) -> Iterator[tuple[str, int]]:
+        """(address, revision) of a network's members in address order, from one read transaction, without
+        building member dicts (GET .../member can stream its JSON from this)."""
+        n = _nwid_or_none(nwid)
+        if n is None:
+            return
+        with self._env.begin() as txn:
+            for k, v in self._member_range(txn, n):
+                yield format_address(L.split_member_key(k)[1]), member_revision(v)
+
+    def iter_members(self, nwid: str) -> Iterator[dict[str, Any]]:
+        """A network's members in address order, from one read transaction (consume or close() it)."""
+        n = _nwid_or_none(nwid)
+        if n is None:
+            return
+        with self._env.begin() as txn:
+            for k, v in self._member_range(txn, n):
+                yield member_view(n, L.split_member_key(k)[1], unpack_member(v))
+
+    def iter_all_members(self) -> Iterator[dict[str, Any]]:
+        """Every member ordered by (nwid, address), from one read transaction."""
+        with self._env.begin() as txn:
+            for k, v in txn.cursor(db=self._live.members):
+                n, a = L.split_member_key(k)
+                yield member_view(n, a, unpack_member(v))
+
+    def iter_model(self) -> Iterator[dict[str, Any]]:
+        """Networks by id, then members by (nwid, address), all from one read transaction (one consistent view:
+        what `hactl db dump` prints)."""
+        with self._env.begin() as txn:
+            for k, v in txn.cursor(db=self._live.networks):
+                yield network_view(L.read_u64(k), unpack_network(v))
+            for k, v in txn.cursor(db=self._live.members):
+                n, a = L.split_member_key(k)
+                yield member_view(n, a, unpack_member(v))
+
+    def _member_range(self, txn: L.Txn, nwid: int) -> Iterator[tuple[bytes, bytes]]:
+        prefix = L.network_key(nwid)
+        cur = txn.cursor(db=self._live.members)
+        if not cur.set_range(prefix):
+            return
+        for k, v in cur.iternext():
+            if k[:8] != prefix:
+                return
+            yield k, v
+
+    def counts(self, nwid: str) -> tuple[int, int]:
+        """(total members, authorized members); (0, 0) for an unknown network."""
+        n = _nwid_or_none(nwid)
+        if n is None:
+            return 0, 0
+        with self._env.begin() as txn:
+            return L.unpack_counts(txn.get(L.network_key(n), db=self._live.netstat))
+
+    # ============================================================================================ snapshots
+
+    def copy_consistent(self, fd: int) -> tuple[int, int]:
+        """Write a compacted copy of ctrl.db to ``fd`` and return the applied (index, term) it holds.
+
+        The index is read in the same read transaction the copy is made from, so the pair always matches
+        (LMDB copies the snapshot that transaction sees). Applies continue meanwhile: the copy releases the GIL
+        and LMDB readers never block the writer.
+        """
+        with self._env.begin() as txn:
+            applied = L.unpack_applied(txn.get(L.META_APPLIED, db=self._meta))
+            self._env.copyfd(fd, compact=True, txn=txn)
+        return applied
+
+    def tables(self) -> tuple[lmdb.Environment, dict[str, Any]]:
+        """The environment and named sub-databases, for the consistency checker (fsck.py)."""
+        return self._env, dict(self._db)
+
+
+# =================================================================================================== helpers
+
+def _nwid_or_none(s: str) -> int | None:
+    try:
+        return parse_nwid(s)
+    except ValidationError:
+        return None
+
+
+def _address_or_none(s: str) -> int | None:
+    try:
+        return parse_address(s)
+    except ValidationError:
+        return None
+
+
+@functools.lru_cache(maxsize=16)  # keyed by whole network records: keep it small
+def _v4_plan(net_raw: bytes) -> V4Plan | None:
+    """The auto-assign plan of a packed network, None if it does not auto-assign IPv4. Cached by the packed
+    bytes (a pure function of them), so a burst of member writes parses its network once."""
+    net = unpack_network(net_raw)
+    if not net["v4AssignMode"]["zt"] or not net["ipAssignmentPools"]:
+        return None
+    return V4Plan.of(net["routes"], net["ipAssignmentPools"])
+
+
+# A remembered result is stored compactly, as [index, kind, ...]: a member or network value in its packed record
+# form with a binary id (a member result is ~75 bytes rather than ~400 as a map). This table is written once per
+# command, so its size is apply time as well as disk.
+_FAILED, _PLAIN, _MEMBER, _NETWORK = 0, 1, 2, 3
+
+
+def _pack_result(index: int, r: Result, packed: bytes | None = None) -> bytes:
+    """``packed``: the member record as just written, when the value is that member (saves packing twice)."""
+    v = r.value
+    if not r.ok:
+        wire: list[Any] = [index, _FAILED, r.error, r.field, r.message]
+    elif v is not None and v.get("objtype") == "member":
+        wire = [index, _MEMBER, bytes.fromhex(v["nwid"] + v["id"]), packed or pack_member(v)]
+    elif v is not None and v.get("objtype") == "network":
+        wire = [index, _NETWORK, bytes.fromhex(v["id"]), pack_network(v)]
+    else:
+        wire = [index, _PLAIN, v]
+    out: bytes = msgpack.packb(wire, use_bin_type=True)
+    return out
+
+
+def _unpack_result(raw: bytes) -> Result:
+    wire = msgpack.unpackb(raw, raw=False)
+    kind = wire[1]
+    if kind == _FAILED:
+        return Result(False, None, wire[2], wire[3], wire[4])
+    if kind == _MEMBER:
+        nwid, address = L.split_member_key(wire[2])
+        return Result(True, member_view(nwid, address, unpack_member(wire[3])))
+    if kind == _NETWORK:
+        return Result(True, network_view(L.read_u64(wire[2]), unpack_network(wire[3])))
+    return Result(True, wire[2])

@@ -1,0 +1,332 @@
+"""The one validator: API bodies and stored records into canonical form, or a ValidationError naming the field.
+
+Used by the proposer (to answer 400 before anything is proposed) and again by apply (so a command from a buggy
+or newer proposer cannot write a non-canonical record). Canonicalising is idempotent: validating a canonical
+change set returns it unchanged, which is what lets apply re-run it.
+
+Unknown fields and read-only fields (id, revision, creationTime...) in a body are ignored, as ZeroTier does.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from hactl.fsm.coerce import (ValidationError, sub, to_bool, to_dict, to_hex, to_int, to_ip, to_list,
+                              to_network, to_str)
+from hactl.fsm.model import (MEMBER_SETTABLE, MTU_MAX, MTU_MIN, NETWORK_N_MAX, NETWORK_SETTABLE, member_defaults,
+                             network_defaults)
+from hactl.fsm.rules import parse_rules
+
+__all__ = [
+    "ValidationError", "validate_network_changes", "validate_member_changes", "network_record", "member_record",
+    "parse_nwid", "parse_address", "check_network_id", "parse_request_id", "parse_time", "parse_label",
+    "parse_token_hash", "signing_public_key",
+]
+
+U32 = 0xFFFFFFFF
+NAME_MAX = 1024  # ZeroTier truncates names in configs to 127; we store what fits a sane request and reject more
+DOMAIN_MAX = 255
+IDENTITY_MAX = 1024
+REQUEST_ID_MAX = 256  # bytes of UTF-8: it is an LMDB key (max 511)
+LABEL_MAX = 128  # cluster id, timeline id, restore id
+TOKEN_HASH_MAX = 512
+TIME_MAX = (1 << 63) - 1
+
+Field = Callable[[Any, str], Any]
+
+
+# ---------------------------------------------------------------------------------------------- identifiers
+
+def _fixed_hex(v: Any, digits: int) -> int | None:
+    """``digits`` hex digits (any case) as an int, else None. bytes.fromhex is strict about digits and, with
+    the length checked on both sides, about separators too; it is several times faster than a regex."""
+    if isinstance(v, str) and len(v) == digits:
+        try:
+            b = bytes.fromhex(v)
+        except ValueError:
+            return None
+        if len(b) * 2 == digits:
+            return int.from_bytes(b, "big")
+    return None
+
+
+def parse_nwid(v: Any, field: str = "nwid") -> int:
+    """16 hex digits, any case."""
+    n = _fixed_hex(v, 16)
+    if n is None:
+        raise ValidationError(field, f"expected a 16-hex-digit network id, got {v!r}")
+    return n
+
+
+def parse_address(v: Any, field: str = "address") -> int:
+    """10 hex digits, any case; 0 and ff........ are reserved."""
+    a = _fixed_hex(v, 10)
+    if a is None:
+        raise ValidationError(field, f"expected a 10-hex-digit address, got {v!r}")
+    if a == 0 or a >> 32 == 0xFF:
+        raise ValidationError(field, f"{v!r} is a reserved address (0 or starting with ff)")
+    return a
+
+
+def check_network_id(nwid: int, controller: int, field: str = "id") -> None:
+    """A network id must be (controller << 24) | n with n in 1..2^24-1."""
+    if nwid >> 24 != controller:
+        raise ValidationError(field, f"network {nwid:016x} is not under this controller ({controller:010x})")
+    if not 1 <= nwid & 0xFFFFFF <= NETWORK_N_MAX:
+        raise ValidationError(field, f"network {nwid:016x}: the last 6 hex digits must not be 000000")
+
+
+def parse_request_id(v: Any, field: str = "request_id") -> str:
+    if not isinstance(v, str) or not v or len(v.encode("utf-8", "surrogatepass")) > REQUEST_ID_MAX:
+        raise ValidationError(field, f"expected a non-empty string of at most {REQUEST_ID_MAX} bytes, got {v!r}")
+    return v
+
+
+def parse_time(v: Any, field: str = "time") -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= TIME_MAX:
+        raise ValidationError(field, f"expected milliseconds since the epoch (an integer >= 0), got {v!r}")
+    return v
+
+
+def parse_label(v: Any, field: str) -> str:
+    if not isinstance(v, str) or not v or len(v) > LABEL_MAX or not v.isprintable():
+        raise ValidationError(field, f"expected a non-empty printable string of at most {LABEL_MAX} chars")
+    return v
+
+
+def parse_token_hash(v: Any, field: str = "token_hash") -> str:
+    if not isinstance(v, str) or not v or len(v) > TOKEN_HASH_MAX or not v.isascii():
+        raise ValidationError(field, f"expected a non-empty ASCII string of at most {TOKEN_HASH_MAX} chars")
+    return v
+
+
+def signing_public_key(v: Any, field: str = "signing_key") -> bytes:
+    """The Ed25519 public key of a 32-byte raw private key (validating it)."""
+    if not isinstance(v, (bytes, bytearray)) or len(v) != 32:
+        raise ValidationError(field, "expected a 32-byte raw Ed25519 private key")
+    key = Ed25519PrivateKey.from_private_bytes(bytes(v))
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+# -------------------------------------------------------------------------------------------- network fields
+
+def _name(v: Any, f: str) -> str:
+    return to_str(v, f, NAME_MAX)
+
+
+def _v4_assign_mode(v: Any, f: str) -> dict[str, bool]:
+    if isinstance(v, str):  # legacy form
+        if v in ("zt", "none", ""):
+            return {"zt": v == "zt"}
+        raise ValidationError(f, f"expected an object or the legacy string 'zt', got {v!r}")
+    d = to_dict(v, f)
+    return {"zt": to_bool(d.get("zt", False), sub(f, "zt"))}
+
+
+_V6_MODES = ("rfc4193", "zt", "6plane")
+
+
+def _v6_assign_mode(v: Any, f: str) -> dict[str, bool]:
+    if isinstance(v, str):  # legacy form: comma-separated mode names
+        words = {w.strip() for w in v.split(",") if w.strip()} - {"none"}
+        bad = words - set(_V6_MODES)
+        if bad:
+            raise ValidationError(f, f"unknown IPv6 assign mode(s) {sorted(bad)}")
+        return {m: m in words for m in _V6_MODES}
+    d = to_dict(v, f)
+    return {m: to_bool(d.get(m, False), sub(f, m)) for m in _V6_MODES}
+
+
+def _mtu(v: Any, f: str) -> int:
+    return min(max(to_int(v, f, -(1 << 63), 1 << 63), MTU_MIN), MTU_MAX)  # clamped, as ZeroTier does
+
+
+def _u32(v: Any, f: str) -> int:
+    return to_int(v, f, 0, U32)
+
+
+def _routes(v: Any, f: str) -> list[dict[str, Any]]:
+    out = []
+    for i, r in enumerate(to_list(v, f)):
+        fi = sub(f, i)
+        r = to_dict(r, fi)
+        if "target" not in r:
+            raise ValidationError(sub(fi, "target"), "required")
+        target = to_network(r["target"], sub(fi, "target"))
+        via = r.get("via")
+        if via is None or via == "":
+            via_s = None
+        else:
+            ip = to_ip(via, sub(fi, "via"))
+            if ip.version != target.version:
+                raise ValidationError(sub(fi, "via"), f"IPv{ip.version} gateway for an IPv{target.version} target")
+            via_s = str(ip)
+        out.append({"target": str(target), "via": via_s})
+    return out
+
+
+def _pools(v: Any, f: str) -> list[dict[str, str]]:
+    out = []
+    for i, p in enumerate(to_list(v, f)):
+        fi = sub(f, i)
+        p = to_dict(p, fi)
+        for k in ("ipRangeStart", "ipRangeEnd"):
+            if k not in p:
+                raise ValidationError(sub(fi, k), "required")
+        start = to_ip(p["ipRangeStart"], sub(fi, "ipRangeStart"))
+        end = to_ip(p["ipRangeEnd"], sub(fi, "ipRangeEnd"))
+        if start.version != end.version:
+            raise ValidationError(sub(fi, "ipRangeEnd"), "start and end are different IP versions")
+        if int(end) < int(start):
+            raise ValidationError(sub(fi, "ipRangeEnd"), "must not be below ipRangeStart")
+        out.append({"ipRangeStart": str(start), "ipRangeEnd": str(end)})
+    return out
+
+
+def _rules(v: Any, f: str) -> list[dict[str, Any]]:
+    return parse_rules(v, f)
+
+
+def _network_capabilities(v: Any, f: str) -> list[dict[str, Any]]:
+    by_id: dict[int, dict[str, Any]] = {}  # ZeroTier keys capabilities by id: a later duplicate wins
+    for i, c in enumerate(to_list(v, f)):
+        fi = sub(f, i)
+        c = to_dict(c, fi)
+        if "id" not in c:
+            raise ValidationError(sub(fi, "id"), "required")
+        cid = _u32(c["id"], sub(fi, "id"))
+        by_id[cid] = {"id": cid, "default": to_bool(c.get("default", False), sub(fi, "default")),
+                      "rules": parse_rules(c.get("rules", []), sub(fi, "rules"))}
+    return [by_id[k] for k in sorted(by_id)]
+
+
+def _network_tags(v: Any, f: str) -> list[dict[str, Any]]:
+    by_id: dict[int, dict[str, Any]] = {}
+    for i, t in enumerate(to_list(v, f)):
+        fi = sub(f, i)
+        t = to_dict(t, fi)
+        if "id" not in t:
+            raise ValidationError(sub(fi, "id"), "required")
+        tid = _u32(t["id"], sub(fi, "id"))
+        dflt = t.get("default")
+        by_id[tid] = {"id": tid, "default": None if dflt is None else _u32(dflt, sub(fi, "default"))}
+    return [by_id[k] for k in sorted(by_id)]
+
+
+def _dns(v: Any, f: str) -> dict[str, Any]:
+    d = to_dict(v, f)
+    domain = d.get("domain")
+    domain = "" if domain is None else to_str(domain, sub(f, "domain"), DOMAIN_MAX)
+    servers = d.get("servers")
+    servers = [] if servers is None else to_list(servers, sub(f, "servers"))
+    return {"domain": domain,
+            "servers": [str(to_ip(s, sub(sub(f, "servers"), i))) for i, s in enumerate(servers)]}
+
+
+_NETWORK_FIELDS: dict[str, Field] = {
+    "name": _name,
+    "private": to_bool,
+    "enableBroadcast": to_bool,
+    "v4AssignMode": _v4_assign_mode,
+    "v6AssignMode": _v6_assign_mode,
+    "mtu": _mtu,
+    "multicastLimit": _u32,
+    "routes": _routes,
+    "ipAssignmentPools": _pools,
+    "rules": _rules,
+    "capabilities": _network_capabilities,
+    "tags": _network_tags,
+    "dns": _dns,
+}
+assert tuple(_NETWORK_FIELDS) == NETWORK_SETTABLE
+
+
+# --------------------------------------------------------------------------------------------- member fields
+
+def _ip_assignments(v: Any, f: str) -> list[str]:
+    seen: dict[str, None] = {}  # ordered set: a repeated address is kept once, in first position
+    for i, s in enumerate(to_list(v, f)):
+        seen.setdefault(str(to_ip(s, sub(f, i))), None)
+    return list(seen)
+
+
+def _member_tags(v: Any, f: str) -> list[list[int]]:
+    by_id: dict[int, int] = {}
+    for i, t in enumerate(to_list(v, f)):
+        fi = sub(f, i)
+        if not isinstance(t, (list, tuple)) or len(t) != 2:
+            raise ValidationError(fi, f"expected an [id, value] pair, got {t!r}")
+        by_id[_u32(t[0], sub(fi, 0))] = _u32(t[1], sub(fi, 1))
+    return [[k, by_id[k]] for k in sorted(by_id)]
+
+
+def _member_capabilities(v: Any, f: str) -> list[int]:
+    return sorted({_u32(c, sub(f, i)) for i, c in enumerate(to_list(v, f))})
+
+
+_MEMBER_FIELDS: dict[str, Field] = {
+    "name": _name,
+    "authorized": to_bool,
+    "activeBridge": to_bool,
+    "noAutoAssignIps": to_bool,
+    "ipAssignments": _ip_assignments,
+    "tags": _member_tags,
+    "capabilities": _member_capabilities,
+}
+assert tuple(_MEMBER_FIELDS) == MEMBER_SETTABLE
+
+
+# ----------------------------------------------------------------------------------------------- change sets
+
+def _changes(body: Any, fields: dict[str, Field]) -> dict[str, Any]:
+    b = to_dict(body, None)
+    return {k: parse(b[k], k) for k, parse in fields.items() if k in b}
+
+
+def validate_network_changes(body: Any) -> dict[str, Any]:
+    """The settable network fields present in ``body``, canonical, in record order."""
+    return _changes(body, _NETWORK_FIELDS)
+
+
+def validate_member_changes(body: Any) -> dict[str, Any]:
+    """The settable member fields present in ``body``, canonical, in record order."""
+    return _changes(body, _MEMBER_FIELDS)
+
+
+# ------------------------------------------------------------------------------------ whole records (restore)
+
+def _int_field(d: Mapping[str, Any], key: str, lo: int, hi: int, default: int) -> int:
+    return to_int(d.get(key, default), key, lo, hi)
+
+
+def network_record(d: Any, controller: int) -> tuple[int, dict[str, Any]]:
+    """A whole network as ``db dump`` prints it -> (nwid, canonical stored record)."""
+    d = to_dict(d, None)
+    nwid = parse_nwid(d.get("id", d.get("nwid")), "id")
+    check_network_id(nwid, controller)
+    rec = network_defaults(_int_field(d, "creationTime", 0, TIME_MAX, 0))
+    rec.update(validate_network_changes(d))
+    rec["revision"] = _int_field(d, "revision", 1, TIME_MAX, 1)
+    return nwid, rec
+
+
+def member_record(d: Any) -> tuple[int, int, dict[str, Any]]:
+    """A whole member as ``db dump`` prints it -> (nwid, address, canonical stored record)."""
+    d = to_dict(d, None)
+    nwid = parse_nwid(d.get("nwid"), "nwid")
+    address = parse_address(d.get("id", d.get("address")), "id")
+    rec = member_defaults(_int_field(d, "creationTime", 0, TIME_MAX, 0))
+    rec.update(validate_member_changes(d))
+    identity = d.get("identity")
+    rec["identity"] = "" if identity is None else to_str(identity, "identity", IDENTITY_MAX)
+    rec["revision"] = _int_field(d, "revision", 1, TIME_MAX, 1)
+    rec["lastAuthorizedTime"] = _int_field(d, "lastAuthorizedTime", 0, TIME_MAX, 0)
+    rec["lastDeauthorizedTime"] = _int_field(d, "lastDeauthorizedTime", 0, TIME_MAX, 0)
+    ct = d.get("lastAuthorizedCredentialType")
+    rec["lastAuthorizedCredentialType"] = None if ct is None else to_str(ct, "lastAuthorizedCredentialType", 64)
+    for k in ("vMajor", "vMinor", "vRev", "vProto"):
+        rec[k] = _int_field(d, k, -1, U32, -1)
+    return nwid, address, rec
+

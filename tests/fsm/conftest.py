@@ -1,0 +1,116 @@
+"""Shared fixtures for the state machine and snapshot tests: a machine, and a driver that numbers entries."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from hactl.fsm import commands as C
+from hactl.fsm.machine import StateMachine
+from hactl.fsm.result import Result
+
+CONTROLLER = "a1b2c3d4e5"
+SIGNING_KEY = bytes(range(32))
+POOL_NET = {
+    "v4AssignMode": {"zt": True},
+    "ipAssignmentPools": [{"ipRangeStart": "10.0.0.1", "ipRangeEnd": "10.0.0.254"}],
+    "routes": [{"target": "10.0.0.0/24", "via": None}],
+}
+
+
+class Driver:
+    """Feeds a machine one entry at a time with fresh indexes, request ids and times."""
+
+    controller = CONTROLLER
+    pool_net = POOL_NET
+
+    def __init__(self, machine: StateMachine, term: int = 1) -> None:
+        self.m = machine
+        self.term = term
+        self.index = machine.applied()[0]
+        self._ids = itertools.count(1)
+        self.time = 1_700_000_000_000
+
+    def rid(self) -> str:
+        return f"req-{next(self._ids)}"
+
+    def tick(self) -> int:
+        self.time += 1000
+        return self.time
+
+    def apply(self, data: bytes) -> Result:
+        self.index += 1
+        r = self.m.apply(self.index, self.term, data)
+        assert r is not None
+        return r
+
+    def init(self, **kw: Any) -> Result:
+        args: dict[str, Any] = dict(cluster_id="cluster-1", timeline_id="timeline-1", address=CONTROLLER,
+                                    signing_key=SIGNING_KEY, token_hash="sha256:abc")
+        args.update(kw)
+        return self.apply(C.build_cluster_init(self.rid(), self.tick(), **args))
+
+    def network(self, body: dict[str, Any] | None = None, *, start: int = 1) -> Result:
+        return self.apply(C.build_network_create(self.rid(), self.tick(), body or {}, start=start))
+
+    def nwid(self, body: dict[str, Any] | None = None, *, start: int = 1) -> str:
+        r = self.network(body, start=start)
+        assert r.ok, r
+        assert r.value is not None
+        return str(r.value["id"])
+
+    def update_network(self, nwid: str, body: dict[str, Any]) -> Result:
+        return self.apply(C.build_network_update(self.rid(), self.tick(), nwid, body))
+
+    def delete_network(self, nwid: str) -> Result:
+        return self.apply(C.build_network_delete(self.rid(), self.tick(), nwid))
+
+    def member(self, nwid: str, address: str, body: dict[str, Any] | None = None) -> Result:
+        return self.apply(C.build_member_update(self.rid(), self.tick(), nwid, address, body or {}))
+
+    def create_member(self, nwid: str, address: str, body: dict[str, Any] | None = None) -> Result:
+        return self.apply(C.build_member_create(self.rid(), self.tick(), nwid, address, body or {}))
+
+    def authorize(self, nwid: str, address: str, authorized: bool = True) -> Result:
+        return self.apply(C.build_member_authorize(self.rid(), self.tick(), nwid, address, authorized))
+
+    def delete_member(self, nwid: str, address: str) -> Result:
+        return self.apply(C.build_member_delete(self.rid(), self.tick(), nwid, address))
+
+
+@pytest.fixture
+def machine(tmp_path: Path) -> Iterator[StateMachine]:
+    m = StateMachine(tmp_path / "ctrl.db")
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def raw(machine: StateMachine) -> Driver:
+    """A driver on an uninitialised machine."""
+    return Driver(machine)
+
+
+@pytest.fixture
+def drv(machine: StateMachine) -> Driver:
+    """A driver on an initialised machine (controller a1b2c3d4e5)."""
+    d = Driver(machine)
+    assert d.init().ok
+    return d
+
+
+@pytest.fixture
+def make_driver(tmp_path: Path) -> Iterator[Callable[[str], Driver]]:
+    """A factory of drivers on further (uninitialised) machines in the test's directory."""
+    opened: list[StateMachine] = []
+
+    def make(name: str) -> Driver:
+        m = StateMachine(tmp_path / name)
+        opened.append(m)
+        return Driver(m)
+
+    yield make
+    for m in opened:
+        m.close()
