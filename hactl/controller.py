@@ -95,6 +95,8 @@ class Controller:
         self._leader_commit_seen = 0
         self._last_snapshot_time = time.monotonic()
         self._api: Any = None
+        self._agent: Any = None
+        self.ops: Any = None
         self.storage: RaftStorage | None = None
         self.model: ReplicatedModel | None = None
         self.node: RaftNode | None = None
@@ -104,9 +106,11 @@ class Controller:
 
     async def start(self) -> None:
         cfg = self.cfg
+        self._loop = asyncio.get_running_loop()
         self.data.mkdir(parents=True, exist_ok=True)
         os.chmod(self.data, 0o700)
         self._lock_data_dir()
+        self._check_node_id()
         try:
             identity = load_identity(cfg.pki.cert, cfg.pki.key, cfg.pki.ca)
         except Exception as e:
@@ -141,13 +145,20 @@ class Controller:
             self.storage, self.model, transport,
             options=NodeOptions(tick_interval=r.tick_ms / 1000, snapshot_every=cfg.snapshots.every_entries,
                                 snapshot_trailing=cfg.snapshots.trailing_entries),
-            bootstrap=bootstrap, restored=restored)
+            bootstrap=bootstrap, restored=restored,
+            bootstrap_contexts={k: v.encode() for k, v in cfg.cluster.initial_cluster.items()})
+        self.model.conf_at = self.node.conf_at
         self.node.on_role_change = self._on_role_change
         self.node.on_conf_change = self._on_conf_change
         transport.set_receiver(self.node.receive)
         self.mesh.register(FORWARD_METHOD, self._serve_forwarded_propose)
+        from hactl.operations import Operations
+        self.ops = Operations(self)
         await self.mesh.start()
         await self.node.start()
+        from hactl.agent.server import AgentServer
+        self._agent = AgentServer(self.ops, cfg.agent_socket)
+        await self._agent.start()
         from hactl.api.server import serve  # the API sits above the controller's parts; imported late
         host, port = parse_hostport(cfg.api.listen, cfg.source, "api.listen")
         self._api = await serve(self, host, port, max_body_bytes=cfg.api.max_body_bytes, version=__version__)
@@ -174,6 +185,20 @@ class Controller:
         self._addresses.update(addrs)
         return SnapshotMeta(info.index, info.term, conf)
 
+    def _check_node_id(self) -> None:
+        """A data directory belongs to one node id for life (`hactl cluster recover` reads it from here too)."""
+        path = self.data / "node-id"
+        try:
+            owner = path.read_text().strip()
+        except FileNotFoundError:
+            path.write_text(self.node_id + "\n")
+            return
+        if owner != self.node_id:
+            raise StartupError(f"{self.data} belongs to controller {owner}, not {self.node_id}")
+
+    def addresses(self) -> dict[str, str]:
+        return dict(self._addresses)
+
     def _lock_data_dir(self) -> None:
         path = self.data / "LOCK"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -194,6 +219,8 @@ class Controller:
                 await t
             except (asyncio.CancelledError, Exception):
                 pass
+        if self._agent is not None:
+            await self._agent.stop()
         if self._api is not None:
             await self._api.stop()
         if self.node is not None:
@@ -221,9 +248,10 @@ class Controller:
         return self.exit_code
 
     def _restart_needed(self, reason: str) -> None:
+        """May be called from the I/O thread; the stop waits a moment so answers in flight still go out."""
         log.warning("controller %s restarting (exit code %d): %s", self.node_id, EXIT_RESTART, reason)
         self.exit_code = EXIT_RESTART
-        self._stopping.set()
+        self._loop.call_soon_threadsafe(self._loop.call_later, 1.0, self._stopping.set)
 
     # ------------------------------------------------------------------ raft callbacks and housekeeping
 

@@ -56,13 +56,31 @@ class ReplicatedModel:
         self._on_restart_needed = on_restart_needed
         self.restart_reason: str | None = None
         self._lock = threading.Lock()  # a snapshot copy and a restore never overlap
+        self.conf_at: Callable[[int], ConfState] | None = None  # set by the controller once the node exists
+        self._timeline = (machine.cluster_info() or {}).get("timeline_id")
 
     # raft FSM protocol -------------------------------------------------------------------------------
 
     def apply_batch(self, entries: Sequence[tuple[int, int, bytes]]) -> list[Result | None]:
         if self.restart_reason is not None:
             return [None] * len(entries)  # stale ctrl.db: the restart rebuilds it from the snapshot and journal
-        return self.machine.apply_batch(entries)
+        results = self.machine.apply_batch(entries)
+        if any(r is not None and r.ok and r.value and "timeline_id" in r.value for r in results):
+            self._check_timeline()
+        return results
+
+    def _check_timeline(self) -> None:
+        """A committed restore starts a new timeline: snapshot right here (so the restarted process starts from
+        the restored model and never applies the restore twice), then restart to load it."""
+        timeline = (self.machine.cluster_info() or {}).get("timeline_id")
+        if timeline == self._timeline:
+            return
+        previous, self._timeline = self._timeline, timeline
+        if previous is None or self.conf_at is None:
+            return  # cluster initialisation, not a restore
+        meta = self.snapshot(self.conf_at)
+        self.restart_reason = f"restored model on timeline {timeline} (snapshot {meta and meta.index})"
+        self._on_restart_needed(self.restart_reason)
 
     def apply(self, index: int, term: int, data: bytes) -> Result | None:
         return self.apply_batch([(index, term, data)])[0]

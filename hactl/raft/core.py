@@ -763,7 +763,8 @@ def conf_after(conf: ConfState, entry_data: bytes) -> ConfState | None:
     return ConfState(tuple(voters), tuple(learners))
 
 
-def bootstrap_state(voters: Sequence[NodeId]) -> tuple[HardState, list[Entry]]:
+def bootstrap_state(voters: Sequence[NodeId],
+                    contexts: dict[NodeId, bytes] | None = None) -> tuple[HardState, list[Entry]]:
     """The identical, already-committed start of every initial member's log: one ADD_LEARNER + PROMOTE per voter.
 
     Membership lives in the log from index 1, so a node added later that replays the log from the start learns
@@ -772,7 +773,8 @@ def bootstrap_state(voters: Sequence[NodeId]) -> tuple[HardState, list[Entry]]:
     entries: list[Entry] = []
     for v in sorted(set(voters)):
         for t in (ConfChangeType.ADD_LEARNER, ConfChangeType.PROMOTE):
-            entries.append(Entry(len(entries) + 1, 1, EntryType.CONF_CHANGE, encode_conf_change(ConfChange(t, v))))
+            cc = ConfChange(t, v, (contexts or {}).get(v, b""))  # e.g. its address, for nodes that join later
+            entries.append(Entry(len(entries) + 1, 1, EntryType.CONF_CHANGE, encode_conf_change(cc)))
     return HardState(1, None, len(entries)), entries
 
 

@@ -73,7 +73,8 @@ class NodeOptions:
 class RaftNode:
     def __init__(self, config: Config, storage: RaftStorage, fsm: FSM, transport: Transport, *,
                  options: NodeOptions | None = None, seed: int | None = None,
-                 bootstrap: ConfState | None = None, restored: SnapshotMeta | None = None):
+                 bootstrap: ConfState | None = None, restored: SnapshotMeta | None = None,
+                 bootstrap_contexts: dict[str, bytes] | None = None):
         """`restored`: the snapshot the FSM was actually rebuilt from, when the caller rebuilt it (it may be newer
         than raft.db's marker after a crash mid-install, or older if the newest snapshot turned out corrupt)."""
         self.cfg = config
@@ -84,7 +85,7 @@ class RaftNode:
         self.opts = options or NodeOptions()
         st = storage.load()
         if bootstrap is not None and st.last_index == 0 and st.hard_state.term == 0 and st.snapshot.index == 0:
-            hard, entries = bootstrap_state(bootstrap.voters)
+            hard, entries = bootstrap_state(bootstrap.voters, bootstrap_contexts)
             storage.save(hard, entries)
             st = storage.load()
         if restored is not None and restored.index > st.snapshot.index:

@@ -540,7 +540,20 @@ class Mesh:
             if self._install(conn):
                 conn.start()
 
+    async def probe(self, addr: str) -> str:
+        """Dial `addr` once and return the controller id its certificate proves (for `cluster add ADDR`)."""
+        stream, hello = await self._handshake(None, addr)
+        await stream.close()
+        return hello.id
+
     async def _dial(self, pid: str, addr: str) -> Connection:
+        stream, frame = await self._handshake(pid, addr)
+        return self._new_conn(stream, kind="controller", peer_id=pid, addr=addr, initiator=self.node_id,
+                              hello=frame)
+
+    async def _handshake(self, pid: str | None, addr: str) -> tuple[Any, Hello]:
+        """Open a stream and exchange hellos; the server must prove it is controller `pid` (or, with None, any
+        controller of this cluster: its certificate names it)."""
         o = self.opts
         stream = open_stream(addr, self.identity, server_name=o.tls_server_name, max_frame=o.max_frame,
                              keepalive_s=o.keepalive)
@@ -560,13 +573,13 @@ class Mesh:
             frame = decode(raw, max_frame=o.max_frame)
             if not isinstance(frame, Hello):
                 raise HandshakeError(f"the peer answered with a {type(frame).__name__} frame instead of a hello")
-            check_server_hello(frame, expected_id=pid, my_id=self.node_id, cluster_id=self.cluster_id,
-                               trust_domain=self.trust_domain, nonce=nonce, ca_cert=self._ca)
+            check_server_hello(frame, expected_id=frame.id if pid is None else pid, my_id=self.node_id,
+                               cluster_id=self.cluster_id, trust_domain=self.trust_domain, nonce=nonce,
+                               ca_cert=self._ca)
         except BaseException:
             await stream.close()
             raise
-        return self._new_conn(stream, kind="controller", peer_id=pid, addr=addr, initiator=self.node_id,
-                              hello=frame)
+        return stream, frame
 
 
 def _jitter(delay: float) -> float:

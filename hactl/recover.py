@@ -1,0 +1,89 @@
+"""`hactl cluster recover --data DIR`: after a permanent loss of quorum, shrink the membership to this node.
+
+Offline (the controller must be stopped). Like etcd's --force-new-cluster it is a deliberate, unsafe-by-nature
+step: entries the lost majority may have committed but this node never heard of are gone for good. What it does:
+drop this node's uncommitted entries (they can never commit now), then append committed membership changes that
+remove every other member (promoting this node first if it was a learner). On its next start the node replays
+them, is the only voter, elects itself, and can take new members with `hactl agent cluster add`.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hactl.raft.core import conf_after, encode_conf_change
+from hactl.raft.storage import RaftStorage, StorageError
+from hactl.raft.types import ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState
+
+
+class RecoverError(Exception):
+    pass
+
+
+def recover(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    data = Path(data_dir)
+    try:
+        node_id = (data / "node-id").read_text().strip()
+    except FileNotFoundError:
+        raise RecoverError(f"{data}: no node-id file: not a controller data directory (or never started)") from None
+    fd = os.open(data / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RecoverError(f"{data}: a controller is running on this data directory; stop it first") from None
+        with RaftStorage(data / "raft.db") as storage:
+            return _rewrite(storage, node_id)
+    finally:
+        os.close(fd)
+
+
+def _rewrite(storage: RaftStorage, node_id: str) -> dict[str, Any]:
+    st = storage.load()
+    commit = st.hard_state.commit
+    conf = st.snapshot.conf if st.snapshot.index else st.conf
+    lo = max(st.first_index, st.snapshot.index + 1)
+    for e in storage.entries(lo, commit + 1) if commit >= lo else []:
+        if e.type == EntryType.CONF_CHANGE:
+            conf = conf_after(conf, e.data) or conf
+    if node_id not in conf.members():
+        raise RecoverError(f"{node_id} is not a member of its own last known membership "
+                           f"(voters {list(conf.voters)}, learners {list(conf.learners)}); nothing to recover")
+    changes = []
+    if node_id in conf.learners:
+        changes.append(ConfChange(ConfChangeType.PROMOTE, node_id))
+    changes += [ConfChange(ConfChangeType.REMOVE, m) for m in conf.members() if m != node_id]
+    term = max(st.hard_state.term, 1)
+    entries = [Entry(commit + 1 + i, term, EntryType.CONF_CHANGE, encode_conf_change(cc))
+               for i, cc in enumerate(changes)]
+    dropped = max(0, st.last_index - commit)
+    if entries:
+        storage.save(HardState(term, st.hard_state.vote, entries[-1].index), entries)
+    elif dropped:
+        raise RecoverError("this node is already the only member; start it normally")
+    return {"id": node_id, "removed": [cc.node for cc in changes if cc.type == ConfChangeType.REMOVE],
+            "dropped_uncommitted": dropped, "membership": ConfState((node_id,)).voters}
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    try:
+        out = recover(args.data)
+    except (RecoverError, StorageError) as e:
+        print(f"hactl cluster recover: {e}", file=sys.stderr)
+        return 1
+    removed = ", ".join(out["removed"]) or "nobody"
+    print(f"{out['id']} is now the only member (removed: {removed}; "
+          f"{out['dropped_uncommitted']} uncommitted entries dropped). Start it, then add new members with "
+          "`hactl agent cluster add ADDR`.")
+    return 0
+
+
+def add_cluster_commands(sub: Any) -> None:
+    cl = sub.add_parser("cluster", help="offline cluster operations").add_subparsers(dest="sub", required=True)
+    p = cl.add_parser("recover", help="after a permanent loss of quorum: make this stopped node the only member")
+    p.add_argument("--data", required=True, help="the stopped controller's data directory")
+    p.set_defaults(func=_cmd)
