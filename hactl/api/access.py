@@ -1,0 +1,39 @@
+"""How handlers reach the model: linearizable (or local) reads, and writes through the replicated log.
+
+Reads: ``?consistency`` is checked first, then the read barrier (ReadIndex), then the local ctrl.db is read.
+Writes: the fsm builder validates (a ValidationError is a 400 and nothing is proposed), then ``submit``
+replicates and returns the Result applied on this node. The controller's exceptions propagate to
+errors.error_middleware, which owns their mapping (503/429/504).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from aiohttp import web
+
+from hactl.api.context import context
+from hactl.api.errors import result_response
+from hactl.api.inputs import request_id, wants_linearizable
+from hactl.fsm.machine import StateMachine
+from hactl.fsm.result import Result
+
+Builder = Callable[[str, int], bytes]  # (request_id, time ms) -> encoded command
+
+
+async def read_model(request: web.Request) -> StateMachine:
+    linearizable = wants_linearizable(request)  # a bad ?consistency is 400 before any waiting
+    cluster = context(request).cluster
+    if linearizable:
+        await cluster.read_barrier()
+    return cluster.machine()
+
+
+async def submit(request: web.Request, build: Builder) -> web.Response:
+    """Validate-and-encode with ``build``, replicate, answer with the Result."""
+    cluster = context(request).cluster
+    rid = request_id(request)
+    command = build(rid, cluster.now_ms())
+    result = await cluster.submit(command, rid)
+    if not isinstance(result, Result):
+        raise TypeError(f"Cluster.submit returned {type(result).__name__}, not a Result")
+    return result_response(result)

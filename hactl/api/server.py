@@ -1,0 +1,87 @@
+"""The HTTP management API application: build_app() for tests and embedding, serve() for the controller.
+
+Middlewares, outermost first: errors (every failure becomes JSON), then auth (401 ``{}`` unless a valid token
+or the open /health). Routes come from the routes_* modules; the same declarations produce /openapi.json.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from hactl.api import openapi, routes_member, routes_network, routes_status
+from hactl.api.auth import auth_middleware
+from hactl.api.cluster import Cluster
+from hactl.api.context import CONTEXT, ApiContext
+from hactl.api.errors import error_middleware
+from hactl.api.spec import Route
+
+log = logging.getLogger("hactl.api")
+access_log = logging.getLogger("hactl.api.access")
+
+
+def all_routes() -> list[Route]:
+    # Order matters where templates overlap: {ctrl}______ is declared before {nwid} in routes_network.
+    return [*routes_status.ROUTES, *routes_network.ROUTES, *routes_member.ROUTES, *openapi.ROUTES]
+
+
+def build_app(cluster: Cluster, *, max_body_bytes: int = 1 << 20, version: str) -> web.Application:
+    if max_body_bytes < 1:
+        raise ValueError("max_body_bytes must be positive")
+    # client_max_size backs up our own limit (inputs.read_body) should anything use aiohttp's body readers.
+    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=max_body_bytes)
+    app[CONTEXT] = ApiContext(cluster=cluster, max_body_bytes=max_body_bytes, version=version)
+    routes = all_routes()
+    for r in routes:
+        app.router.add_route(r.method, r.path, r.handler, name=r.operation_id)
+    app[openapi.DOC_KEY] = openapi.render(routes, version)
+    return app
+
+
+class AccessLogger(AbstractAccessLogger):
+    """Method, path, status, time: never the query string, which may carry ?auth=TOKEN."""
+
+    def log(self, request: Any, response: Any, time: float) -> None:
+        self.logger.info("%s %s %s %s %.1fms", request.remote, request.method, request.path, response.status,
+                         time * 1000)
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+
+class ApiServer:
+    """A running API listener: ``.port`` (the bound port, useful with port 0) and ``await .stop()``."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int) -> None:
+        self._runner = runner
+        self.host = host
+        self.port = port
+
+    @property
+    def app(self) -> web.Application:
+        return self._runner.app
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+
+async def serve(cluster: Cluster, host: str, port: int, *, max_body_bytes: int = 1 << 20, version: str = "0.0.0",
+                shutdown_timeout: float = 5.0) -> ApiServer:
+    """Listen on host:port (0 picks a free port). shutdown_timeout bounds how long stop() waits for
+    requests in flight (a write waiting on the cluster, a long member listing)."""
+    app = build_app(cluster, max_body_bytes=max_body_bytes, version=version)
+    runner = web.AppRunner(app, access_log_class=AccessLogger, access_log=access_log,
+                           shutdown_timeout=shutdown_timeout, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = runner.addresses[0][1] if runner.addresses else port
+    log.info("API listening on %s:%d", host, bound)
+    return ApiServer(runner, host, bound)
