@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_pki_commands(sub)
     from hactl.snapshots.inspect import add_db_commands
     add_db_commands(sub)
+    from hactl.recover import add_cluster_commands
+    add_cluster_commands(sub)
+    try:
+        from hactl.agent.cli import add_agent_commands; add_agent_commands(sub)  # noqa: E702
+    except ImportError:
+        pass
     try:
         from hactl.devcluster import add_dev_commands
         add_dev_commands(sub)

@@ -156,9 +156,12 @@ class Controller:
         self.ops = Operations(self)
         await self.mesh.start()
         await self.node.start()
-        from hactl.agent.server import AgentServer
+        from hactl.agent.server import AgentServer, AgentServerError
         self._agent = AgentServer(self.ops, cfg.agent_socket)
-        await self._agent.start()
+        try:
+            await self._agent.start()
+        except AgentServerError as e:
+            raise StartupError(f"agent socket: {e}") from None
         from hactl.api.server import serve  # the API sits above the controller's parts; imported late
         host, port = parse_hostport(cfg.api.listen, cfg.source, "api.listen")
         self._api = await serve(self, host, port, max_body_bytes=cfg.api.max_body_bytes, version=__version__)
