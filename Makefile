@@ -40,3 +40,14 @@ run: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# hactl vs etcd vs pysyncobj through their HTTP APIs, three nodes each on loopback (bench/api_load.py; ~2 min).
+# Extra flags: make bench-load BENCH_LOAD_ARGS="--targets hactl,etcd --seconds 3"
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+.PHONY: bench-load
+bench-load: $(BENCH_STAMP)
+	$(PY) bench/api_load.py $(BENCH_LOAD_ARGS)
