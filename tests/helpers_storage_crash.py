@@ -1,7 +1,8 @@
 """Crash-test writer for tests/test_storage.py, run as a subprocess: ``python helpers_storage_crash.py DB SEED``.
 
-Opens raft.db (continuing whatever is there), then saves batches forever and prints ``ack LAST TERM COMMIT`` to
-stdout after each save() returns. The test SIGKILLs it at some point and checks that every acknowledged write
+Opens raft.db (continuing whatever is there), then saves batches forever, printing ``next LAST TERM COMMIT`` before
+each save() and ``ack LAST TERM COMMIT`` after it returns (a save may truncate, so after a crash the journal holds
+the last acknowledged state or, if the kill came after the commit but before the ack, the announced next one). The test SIGKILLs it at some point and checks that every acknowledged write
 survived. Entry data is ``b"<index>:<term>"`` so the reader can tell a torn or misplaced entry.
 """
 from __future__ import annotations
@@ -30,8 +31,9 @@ def main() -> None:
         n = rng.randint(1, 64)
         entries = [Entry(i, term, EntryType.NORMAL, f"{i}:{term}".encode()) for i in range(lo, lo + n)]
         commit = lo - 1  # everything before this batch counts as committed (never truncated later)
-        st.save(HardState(term, "n1", commit), entries)
         last = lo + n - 1
+        print(f"next {last} {term} {commit}", flush=True)
+        st.save(HardState(term, "n1", commit), entries)
         if rng.random() < 0.05 and commit > 0:
             # A local snapshot at the commit point, then compaction behind it.
             t = st.term(commit)
