@@ -322,7 +322,9 @@ class Controller:
 
     def check_token(self, token: str) -> bool:
         info = self.model.machine.cluster_info() if self.model else None
-        expected = (info or {}).get("token_hash")
+        if info is None:  # nothing to check against yet: "retry soon", not "wrong token"
+            raise ClusterUnavailable("the cluster is not initialised yet", retry_after=1)
+        expected = info.get("token_hash")
         if not expected or not isinstance(token, str):
             hmac.compare_digest("x", "y")  # same work either way
             return False

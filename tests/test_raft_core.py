@@ -403,7 +403,7 @@ def test_unknown_stale_and_malformed_messages_are_dropped_and_counted() -> None:
     net = Net(["a", "b", "c"])
     lead = net.elect("a")
     b = net["b"]
-    b.step(Message(MsgType.APPEND, "zz", "b", lead.term))
+    b.step(Message(MsgType.VOTE, "zz", "b", lead.term + 5))  # a removed (or unknown) node campaigning
     b.step(Message(MsgType.APPEND, "a", "someone-else", lead.term))
     b.step(Message(MsgType.SNAPSHOT, "a", "b", lead.term))  # snapshot type without a snapshot
     b.step(Message(MsgType.APPEND, "a", "b", lead.term, index=5, entries=(Entry(9, 1),)))

@@ -49,7 +49,8 @@ class Cluster(Protocol):
         commit index as of the last contact."""
 
     def check_token(self, token: str) -> bool:
-        """Constant-time comparison against the cluster's API token (its hash is in ctrl.db)."""
+        """Constant-time comparison against the cluster's API token (its hash is in ctrl.db). Raises
+        ClusterUnavailable while the cluster is not initialised (there is no token to compare with yet)."""
 
     def now_ms(self) -> int:
         """Wall clock for commands (the proposer chooses times; apply never reads a clock)."""

@@ -27,6 +27,8 @@ TRANSFER_CONTEXT = b"transfer"  # marks votes started by TimeoutNow: they bypass
 
 _VOTE_RESP = {MsgType.VOTE: MsgType.VOTE_RESP, MsgType.PRE_VOTE: MsgType.PRE_VOTE_RESP}
 _FROM_LEADER = (MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT)
+_MEMBERS_ONLY = frozenset({MsgType.PRE_VOTE, MsgType.PRE_VOTE_RESP, MsgType.VOTE, MsgType.VOTE_RESP,
+                           MsgType.TIMEOUT_NOW})
 # Messages that depend on nothing unpersisted but their term (sent early only once that term is durable): the
 # leader's replication traffic (it counts itself only after its own write), heartbeats and their replies, reads.
 _EARLY = frozenset({MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT, MsgType.TIMEOUT_NOW,
@@ -327,7 +329,9 @@ class Raft:
         if m.frm == self.id:
             return "from_self"
         members = self.conf.members()
-        if members and m.frm not in members:
+        if members and m.frm not in members and m.type in _MEMBERS_ONLY:
+            # Only what could disrupt: a removed node's campaign. A leader's traffic is accepted whatever our
+            # (possibly stale) membership says: it is how a lagging node learns the current membership.
             return "unknown_sender"
         if (m.snapshot is None) == (m.type == MsgType.SNAPSHOT):
             return "malformed"
