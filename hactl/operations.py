@@ -217,7 +217,7 @@ class Operations:
                 raise
             raise AgentError("unavailable", f"restore interrupted, nothing changed: {e}") from None
         return {"restore_id": restore_id, "timeline_id": timeline_id, **summary,
-                "applied_index": self.ctl.node.applied,
+                "index": self.ctl.node.applied,
                 "note": "every controller restarts (exit code 3) to load the restored model"}
 
     async def _abort(self, restore_id: str, request_id: str) -> None:
@@ -230,24 +230,24 @@ class Operations:
     def _validate_backup(self, p: Path) -> dict[str, Any]:
         """Everything that can be checked before proposing: the file, its checksum, its format, its content."""
         if not p.is_file():
-            raise AgentError("bad_file", f"{p}: no such file")
+            raise AgentError("invalid_db", f"{p}: no such file")
         sidecar = Path(f"{p}.sha256")
         if sidecar.exists():
             want = sidecar.read_text().split()[0] if sidecar.read_text().split() else ""
             got = sha256_file(p)
             if want != got:
-                raise AgentError("bad_file", f"{p}: sha256 {got} does not match {sidecar} ({want}): truncated or "
+                raise AgentError("invalid_db", f"{p}: sha256 {got} does not match {sidecar} ({want}): truncated or "
                                              "altered")
         try:
             backup = StateMachine(p, readonly=True, lock=False)
         except FormatError as e:
-            raise AgentError("bad_file", f"{p}: not a ctrl.db this version can read: {e}") from None
+            raise AgentError("invalid_db", f"{p}: not a ctrl.db this version can read: {e}") from None
         except Exception as e:  # lmdb raises a family of unrelated errors for foreign files
-            raise AgentError("bad_file", f"{p}: not a hactl ctrl.db ({type(e).__name__}: {e})") from None
+            raise AgentError("invalid_db", f"{p}: not a hactl ctrl.db ({type(e).__name__}: {e})") from None
         try:
             info = backup.cluster_info()
             if info is None or not backup.signing_key():
-                raise AgentError("bad_file", f"{p}: holds no cluster initialisation (not a controller's ctrl.db)")
+                raise AgentError("invalid_db", f"{p}: holds no cluster initialisation (not a controller's ctrl.db)")
             networks = backup.network_count()
             members = sum(1 for _ in backup.iter_all_members())
             # A dry run of the whole command stream validates every record before anything is proposed.
@@ -258,7 +258,7 @@ class Operations:
         except AgentError:
             raise
         except Exception as e:
-            raise AgentError("bad_file", f"{p}: invalid content: {e}") from None
+            raise AgentError("invalid_db", f"{p}: invalid content: {e}") from None
         finally:
             backup.close()
         return {"networks": networks, "members": members, "address": info["address"],
