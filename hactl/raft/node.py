@@ -108,7 +108,9 @@ class RaftNode:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._proposals: dict[int, tuple[int, asyncio.Future]] = {}
-        self._reads: dict[bytes, asyncio.Future] = {}
+        self._reads: dict[bytes, list[asyncio.Future]] = {}  # read round context -> its waiting reads
+        self._read_queue: list[asyncio.Future] = []  # reads waiting for the next round
+        self._read_inflight: bytes | None = None
         self._applied_waiters: list[tuple[int, asyncio.Future]] = []
         self._payloads: dict[tuple[int, int], Any] = {}
         self._read_seq = itertools.count(1)
@@ -190,21 +192,47 @@ class RaftNode:
         raise RaftError(f"leadership transfer did not complete within {timeout}s")
 
     async def read_barrier(self, timeout: float | None = None) -> int:
-        """Linearizable read: wait until this node has applied everything committed before the call."""
+        """Linearizable read: wait until this node has applied everything committed before the call.
+
+        Reads are batched: one ReadIndex round is in flight at a time, and reads arriving meanwhile share the
+        next round, which starts after they arrived (so its index covers everything committed before them)."""
+        if self.core.leader is None:
+            raise NoLeader("no leader is known")
+        fut = asyncio.get_running_loop().create_future()
+        self._read_queue.append(fut)
+        if self._read_inflight is None:
+            self._start_read_round()
+        index = await asyncio.wait_for(asyncio.shield(fut), timeout)
+        await self.wait_applied(index, timeout)
+        return index
+
+    def _start_read_round(self) -> None:
+        batch, self._read_queue = [f for f in self._read_queue if not f.done()], []
+        if not batch:
+            return
         ctx = next(self._read_seq).to_bytes(8, "big")
         try:
             self.core.read_index(ctx)
         except NotLeader as e:
-            raise NoLeader(str(e))
-        fut = asyncio.get_running_loop().create_future()
-        self._reads[ctx] = fut
+            for f in batch:
+                f.set_exception(NoLeader(str(e)))
+            return
+        self._read_inflight = ctx
+        self._reads[ctx] = batch
         self._wake.set()
-        try:
-            index = await asyncio.wait_for(fut, timeout)
-        finally:
-            self._reads.pop(ctx, None)
-        await self.wait_applied(index, timeout)
-        return index
+        # An answer lost with a leader change must not block later reads: give up after two election timeouts.
+        asyncio.get_running_loop().call_later(2 * self.cfg.election_tick * self.opts.tick_interval,
+                                              self._read_round_done, ctx, NoLeader("no answer to a read round"))
+
+    def _read_round_done(self, ctx: bytes, outcome: int | Exception) -> None:
+        batch = self._reads.pop(ctx, None)
+        for f in batch or ():
+            if not f.done():
+                f.set_exception(outcome) if isinstance(outcome, Exception) else f.set_result(outcome)
+        if self._read_inflight == ctx:
+            self._read_inflight = None
+            if self._read_queue:
+                self._start_read_round()
 
     async def wait_applied(self, index: int, timeout: float | None = None) -> None:
         if self.applied >= index:
@@ -336,9 +364,7 @@ class RaftNode:
         self.core.advance(rd)
         self.applied = self.core.applied
         for rs in rd.read_states:
-            fut = self._reads.get(rs.context)
-            if fut is not None and not fut.done():
-                fut.set_result(rs.index)
+            self._read_round_done(rs.context, rs.index)
         if self._applied_waiters:
             keep = []
             for index, fut in self._applied_waiters:
@@ -369,10 +395,8 @@ class RaftNode:
             self._proposals.pop(index, None)
 
     def _fail_reads(self) -> None:
-        for fut in self._reads.values():
-            if not fut.done():
-                fut.set_exception(NoLeader("leadership changed during a linearizable read"))
-        self._reads.clear()
+        for ctx in list(self._reads):
+            self._read_round_done(ctx, NoLeader("leadership changed during a linearizable read"))
 
     def _fail_all(self, exc: Exception) -> None:
         for _, fut in self._proposals.values():
