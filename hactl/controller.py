@@ -395,7 +395,10 @@ class Controller:
                 raise ClusterUnavailable(f"the leader refused the write: {e}") from None
             result = self.model.machine.result_for(request_id)
             if result is None:
-                raise OutcomeUnknown(f"write {request_id} applied at {index} but its result is no longer known")
+                # Index `index` holds another leader's entry: this proposal was overwritten and can never commit,
+                # so proposing it again (same request id) cannot apply it twice.
+                log.debug("write %s: entry %d was replaced by another leader's; proposing again", request_id, index)
+                continue
             return result
 
     async def _propose_here(self, command: bytes, timeout: float) -> int:
