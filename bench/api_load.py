@@ -58,6 +58,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.proc_cluster import free_port_block  # noqa: E402  (one port-picking rule for tests and benches)
+
 import aiohttp
 import yaml
 
@@ -80,23 +83,6 @@ def info(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def free_port_block(n: int) -> int:
-    """A base port such that base..base+n-1 are free on 127.0.0.1 now (below the ephemeral range 32768+)."""
-    for _ in range(200):
-        base = 20000 + (uuid.uuid4().int % 12000)
-        socks: list[socket.socket] = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port block found")
 
 
 def payload_value(seq: int, size: int) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hactl import __version__
+from hactl.aio import cancel_and_wait
 from hactl.api.cluster import ClusterUnavailable, OutcomeUnknown, Overloaded
 from hactl.config import Config, parse_hostport
 from hactl.fsm.commands import build_cluster_init, new_controller_address, new_signing_key
@@ -215,13 +216,7 @@ class Controller:
         self._lock_fd = fd
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._tasks)
         if self._agent is not None:
             await self._agent.stop()
         if self._api is not None:

@@ -25,9 +25,10 @@ from hactl.devcluster import init_cluster
 
 
 def free_port_block(n: int) -> int:
-    """A base port such that base..base+n-1 are all free on 127.0.0.1 right now."""
+    """A base port such that base..base+n-1 are all free on 127.0.0.1 right now, below the ephemeral range
+    (32768+) so outgoing connections cannot take them between this check and the bind."""
     for _ in range(200):
-        base = 20000 + (uuid.uuid4().int % 20000)
+        base = 20000 + (uuid.uuid4().int % 12000)
         socks = []
         try:
             for p in range(base, base + n):

@@ -43,19 +43,6 @@ def dump_file(db: Path, scratch: Path) -> str:
     return dump_dir(scratch)
 
 
-@pytest.fixture
-def cluster(tmp_path: Path):
-    made: list[ProcCluster] = []
-
-    def make(**config) -> ProcCluster:
-        c = ProcCluster(tmp_path / f"c{len(made)}", 3, config=config)
-        made.append(c)
-        c.start_all()
-        return c
-    yield make
-    for c in made:
-        c.close()
-
 
 def fill(c: ProcCluster, ctrl: str, name: str, members: int) -> str:
     _, net = c.write(c.ids[0], "POST", net_path(ctrl), {"name": name})

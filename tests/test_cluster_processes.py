@@ -16,19 +16,6 @@ import pytest
 from tests.proc_cluster import ProcCluster
 
 
-@pytest.fixture
-def cluster(tmp_path: Path):
-    clusters: list[ProcCluster] = []
-
-    def make(**config) -> ProcCluster:
-        c = ProcCluster(tmp_path / f"c{len(clusters)}", 3, config=config)
-        clusters.append(c)
-        c.start_all()
-        return c
-    yield make
-    for c in clusters:
-        c.close()
-
 
 def member_addr(i: int, salt: int = 0) -> str:
     return f"{(0x1000000000 + salt * 0x10000000 + i):010x}"

@@ -8,18 +8,10 @@ from pathlib import Path
 import yaml
 
 from hactl.devcluster import init_cluster
+from tests.test_config import keys
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def flat_keys(d: dict, prefix: str = "") -> set[str]:
-    out = set()
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "initial_cluster":
-            out |= flat_keys(v, f"{prefix}{k}.")
-        else:
-            out.add(prefix + k)
-    return out
 
 
 def test_compose_file_is_valid_and_shaped_for_ha() -> None:
@@ -53,7 +45,7 @@ def test_container_and_dev_up_configs_have_the_same_keys(tmp_path: Path) -> None
     compose = init_cluster(tmp_path / "compose", 3, compose=True)
     for a, b in zip(dev, compose):
         da, db = yaml.safe_load(a.config.read_text()), yaml.safe_load(b.config.read_text())
-        assert flat_keys(da) == flat_keys(db)
+        assert keys(da) == keys(db)
         assert da["cluster"]["initial_cluster"].keys() == db["cluster"]["initial_cluster"].keys()
     c1 = yaml.safe_load(compose[0].config.read_text())
     assert c1["control"]["advertise"] == "ctrl1:6262" and c1["api"]["listen"] == "0.0.0.0:9993"

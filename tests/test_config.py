@@ -13,14 +13,19 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "cluster.yaml"
 
 
-def keys(d: dict, prefix: str = "") -> set[str]:
-    out = set()
+def flat(d: dict, prefix: str = "") -> dict:
+    """Dotted key -> value; initial_cluster counts as one key (its own keys are node ids, not settings)."""
+    out = {}
     for k, v in d.items():
         if isinstance(v, dict) and k != "initial_cluster":
-            out |= keys(v, f"{prefix}{k}.")
+            out.update(flat(v, f"{prefix}{k}."))
         else:
-            out.add(prefix + k)
+            out[prefix + k] = v
     return out
+
+
+def keys(d: dict) -> set[str]:
+    return set(flat(d))
 
 
 def test_example_documents_every_key_with_its_default() -> None:
@@ -30,21 +35,12 @@ def test_example_documents_every_key_with_its_default() -> None:
     text = EXAMPLE.read_text()
     for k in keys(defaults):  # every key carries a comment somewhere above it
         assert f"{k.split('.')[-1]}:" in text
-    flat_raw, flat_def = _flat(raw), _flat(defaults)
+    flat_raw, flat_def = flat(raw), flat(defaults)
     for k in keys(defaults) - {"id", "cluster.initial_cluster"}:
         assert flat_raw[k] == flat_def[k], f"{k}: example shows {flat_raw[k]!r}, default is {flat_def[k]!r}"
     cfg = load(EXAMPLE)
     assert cfg.id == "ctrl1" and cfg.raft.tick_ms == 100
 
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "initial_cluster":
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 @pytest.mark.parametrize("text, key, words", [

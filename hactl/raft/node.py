@@ -15,6 +15,8 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
+from hactl.aio import cancel_and_wait
+
 from .core import (Config, NotLeader, ProposalRefused, Raft, Status, bootstrap_state, conf_after,
                    decode_conf_change)
 from .storage import RaftStorage
@@ -132,13 +134,7 @@ class RaftNode:
     async def stop(self) -> None:
         self._running = False
         self._wake.set()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._tasks)
         self._fail_all(RaftError("node stopped"))
         self._io.shutdown(wait=True)
         self._snap_pool.shutdown(wait=True)

@@ -9,7 +9,7 @@ import pytest
 from hactl.raft.types import Message, MsgType
 from hactl.transport.raft_transport import RaftTransport
 
-from transport_helpers import PkiFixture, agree, run, settled, stop_all, test_pki  # noqa: F401 (test_pki is a fixture)
+from transport_helpers import until as _until, PkiFixture, agree, run, settled, stop_all, test_pki  # noqa: F401 (test_pki is a fixture)
 
 
 def test_simultaneous_dial_ends_with_one_connection(test_pki: PkiFixture) -> None:
@@ -117,11 +117,3 @@ def test_update_peers_adds_and_removes(test_pki: PkiFixture) -> None:
             await stop_all(a, b, c)
     run(main())
 
-
-async def _until(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)

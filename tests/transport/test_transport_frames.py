@@ -14,7 +14,7 @@ from hactl.transport import frames as F
 from hactl.transport.channel import open_stream
 from hactl.transport.raft_transport import RaftTransport
 
-from transport_helpers import CLUSTER, PkiFixture, run, start_cluster, stop_all, test_pki  # noqa: F401 (test_pki is a fixture)
+from transport_helpers import until as _until, CLUSTER, PkiFixture, run, start_cluster, stop_all, test_pki  # noqa: F401 (test_pki is a fixture)
 
 
 def test_round_trip_and_validation() -> None:
@@ -131,11 +131,3 @@ def test_bad_frames_close_only_that_connection(test_pki: PkiFixture, caplog: pyt
     assert "closing the connection: bad frame: frame of" in caplog.text
     assert "bad first frame" in caplog.text
 
-
-async def _until(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)

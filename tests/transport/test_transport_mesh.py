@@ -14,7 +14,7 @@ from hactl.transport.errors import HandshakeError
 from hactl.transport.frames import Hello, Ping, Pong, RaftFrame, decode, encode
 from hactl.transport.raft_transport import RaftTransport
 
-from transport_helpers import CLUSTER, TD, PkiFixture, run, start_cluster, stop_all, test_pki  # noqa: F401 (test_pki is a fixture)
+from transport_helpers import until as _until, CLUSTER, TD, PkiFixture, run, start_cluster, stop_all, test_pki  # noqa: F401 (test_pki is a fixture)
 
 
 def msg(frm: str, to: str, term: int = 1, **kw) -> Message:  # type: ignore[no-untyped-def]
@@ -64,14 +64,6 @@ def test_three_nodes_exchange_raft_messages(test_pki: PkiFixture) -> None:
             await stop_all(*meshes.values())
     run(main())
 
-
-async def _until(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 async def _raw_hello(test_pki: PkiFixture, port: int, ident_id: str, *, claimed: str | None = None,

@@ -103,3 +103,13 @@ async def settled(meshes: list[Mesh], timeout: float = 10.0) -> None:
 
 async def stop_all(*meshes: Mesh) -> None:
     await asyncio.gather(*(m.stop() for m in meshes), return_exceptions=True)
+
+
+async def until(cond: Any, timeout: float = 10.0) -> None:
+    """Poll `cond()` on the running loop until it is true; fail the test after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
