@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hactl.raft.core import Config, NotLeader, ProposalRefused, Raft
-from hactl.raft.types import (ConfChange, ConfChangeType, ConfState, Entry, HardState, Message, MsgType, Role,
+from hactl.raft.types import (ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, MsgType, Role,
                               SnapshotMeta)
 from tests.raft_harness import Net
 
@@ -436,3 +436,22 @@ def test_step_never_raises_on_arbitrary_messages(msgs: list[Message]) -> None:
             b.advance(b.ready())
     assert not any(k.startswith("error:") for k in b.dropped), b.dropped
     assert b.log.committed <= b.log.last_index()
+
+
+def test_snapshot_installed_while_a_ready_is_persisted_supersedes_its_membership_changes() -> None:
+    # Found by the simulator (churn seed 49): committed conf changes handed out in a Ready, then a snapshot that
+    # already covers them arrives before that Ready is advanced. Advancing must not re-apply them on top of it.
+    from hactl.raft.core import bootstrap_state, encode_conf_change
+    hs, boot = bootstrap_state(["n1", "n2", "n3"])
+    r = Raft(Config("n2"), random.Random(3), hard_state=hs, entries=boot)
+    r.advance(r.ready())
+    assert r.conf.voters == ("n1", "n2", "n3")
+    add = Entry(7, 2, EntryType.CONF_CHANGE, encode_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, "n4")))
+    rm = Entry(8, 2, EntryType.CONF_CHANGE, encode_conf_change(ConfChange(ConfChangeType.REMOVE, "n4")))
+    r.step(Message(MsgType.APPEND, "n1", "n2", 2, log_term=1, index=6, entries=(add, rm), commit=7))
+    rd1 = r.ready()
+    assert [e.index for e in rd1.committed] == [7]
+    r.step(Message(MsgType.SNAPSHOT, "n1", "n2", 2, snapshot=SnapshotMeta(10, 2, ConfState(("n1", "n2", "n3")))))
+    r.advance(rd1)
+    r.advance(r.ready())
+    assert r.conf == ConfState(("n1", "n2", "n3")) and r.applied == 10

@@ -64,14 +64,14 @@ def test_random_seeds_hold_every_invariant() -> None:
 def test_figure8_fault_pattern_holds_every_invariant() -> None:
     """The fault mix that exposes commit-by-counting (new leaders killed or cut off right away, leaders crashing
     right after they commit) must not trip the checker on the real core."""
-    results = _run_many([(seed, None, STEPS, None, "figure8", ()) for seed in range(1000, 1040)])
+    results = _run_many([(seed, None, STEPS, None, "figure8", ()) for seed in range(0, 40)])
     assert all(res is not None for _, res, _, _ in results), _report(results)
 
 
 def test_membership_and_snapshot_churn_holds_every_invariant() -> None:
     """Learners added, promoted and removed, snapshots taken and installed (also while a slow disk's writes are
     in flight), transfers and reads, all at high rates."""
-    results = _run_many([(seed, None, STEPS, None, "churn", ()) for seed in range(2000, 2040)])
+    results = _run_many([(seed, None, STEPS, None, "churn", ()) for seed in range(0, 60)])
     assert all(res is not None for _, res, _, _ in results), _report(results)
 
 
