@@ -108,6 +108,8 @@ class RaftNode:
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raft-io-{self.id}")
         self._snap_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raft-snap-{self.id}")
         self._wake = asyncio.Event()
+        self._persisting = False
+        self._early_scheduled = False
         self._tasks: list[asyncio.Task] = []
         self._proposals: dict[int, tuple[int, asyncio.Future]] = {}
         self._reads: dict[bytes, list[asyncio.Future]] = {}  # read round context -> its waiting reads
@@ -146,7 +148,7 @@ class RaftNode:
         if msg.type == MsgType.SNAPSHOT and msg.snapshot is not None and payload is not None:
             self._payloads = {(msg.snapshot.index, msg.snapshot.term): payload}  # only the newest is useful
         self.core.step(msg)
-        self._wake.set()
+        self._poke()
 
     async def propose(self, data: bytes, timeout: float | None = None) -> tuple[int, Any]:
         """Replicate one entry; returns (index, the state machine's result) once applied here."""
@@ -178,7 +180,7 @@ class RaftNode:
 
     async def transfer_leadership(self, target: str | None = None, timeout: float = 5.0) -> str:
         self.core.transfer_leadership(target)
-        self._wake.set()
+        self._poke()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
@@ -215,7 +217,7 @@ class RaftNode:
             return
         self._read_inflight = ctx
         self._reads[ctx] = batch
-        self._wake.set()
+        self._poke()
         # An answer lost with a leader change must not block later reads: give up after two election timeouts.
         asyncio.get_running_loop().call_later(2 * self.cfg.election_tick * self.opts.tick_interval,
                                               self._read_round_done, ctx, NoLeader("no answer to a read round"))
@@ -240,11 +242,11 @@ class RaftNode:
     def report_snapshot(self, to: str, ok: bool) -> None:
         """The transport finished (or gave up) streaming a snapshot to `to`."""
         self.core.report_snapshot(to, ok)
-        self._wake.set()
+        self._poke()
 
     def report_unreachable(self, to: str) -> None:
         self.core.report_unreachable(to)
-        self._wake.set()
+        self._poke()
 
     def status(self) -> Status:
         st = self.core.status()
@@ -265,7 +267,7 @@ class RaftNode:
         while self._running:
             await asyncio.sleep(self.opts.tick_interval)
             self.core.tick()
-            self._wake.set()
+            self._poke()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -281,8 +283,11 @@ class RaftNode:
                         self._send_all(rd.messages)
                         results = self._apply(rd)
                     else:
-                        results = await self._io_with_early_sends(
-                            loop.run_in_executor(self._io, self._persist_and_apply_io, rd, loop))
+                        self._persisting = True
+                        try:
+                            results = await loop.run_in_executor(self._io, self._persist_and_apply_io, rd, loop)
+                        finally:
+                            self._persisting = False
                 except Exception:  # storage failure: we cannot go on safely without durable state
                     log.exception("raft node %s: persisting a Ready failed; stopping the node", self.id)
                     self._running = False
@@ -290,15 +295,17 @@ class RaftNode:
                     raise
                 self._after_io(rd, results)
 
-    async def _io_with_early_sends(self, io: asyncio.Future) -> list[Any]:
-        """Wait for the I/O thread, meanwhile sending heartbeats and new appends so a slow disk stalls nobody."""
-        while True:
-            waker = asyncio.ensure_future(self._wake.wait())
-            done, _ = await asyncio.wait({io, waker}, return_when=asyncio.FIRST_COMPLETED)
-            if io in done:
-                waker.cancel()
-                return io.result()
-            self._wake.clear()
+    def _poke(self) -> None:
+        """Something happened (message, tick, proposal, read). While a Ready is being persisted, heartbeats and a
+        leader's new appends go out at once, so a slow disk stalls nobody: one flush per loop iteration."""
+        self._wake.set()
+        if self._persisting and not self._early_scheduled:
+            self._early_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_early)
+
+    def _flush_early(self) -> None:
+        self._early_scheduled = False
+        if self._persisting:
             self._send_all(self.core.take_early_messages())
 
     def _persist_and_apply_io(self, rd: Ready, loop: asyncio.AbstractEventLoop) -> list[Any]:
@@ -382,7 +389,7 @@ class RaftNode:
     async def _wait_entry(self, index: int, timeout: float | None) -> Any:
         fut = asyncio.get_running_loop().create_future()
         self._proposals[index] = (self.core.term, fut)
-        self._wake.set()
+        self._poke()
         try:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
