@@ -207,10 +207,12 @@ class AgentServer:
         cred = peer_cred(writer.get_extra_info("socket"))
         if cred is not None and cred.uid not in self._allowed_uids:
             log.warning("agent: refused a connection from uid %d (pid %d)", cred.uid, cred.pid)
-            await self._send(writer, P.error_reply(P.E_PERMISSION, f"uid {cred.uid} may not use this socket"))
+            await self._refuse(reader, writer, P.error_reply(P.E_PERMISSION,
+                                                             f"uid {cred.uid} may not use this socket"))
             return
         if len(self._conns) > self.max_connections:
-            await self._send(writer, P.error_reply(P.E_BUSY, f"more than {self.max_connections} agent connections"))
+            await self._refuse(reader, writer, P.error_reply(P.E_BUSY,
+                                                             f"more than {self.max_connections} agent connections"))
             return
         who = f"pid {cred.pid} uid {cred.uid}" if cred else "a local client"
         while not self._stopping:
@@ -234,6 +236,29 @@ class AgentServer:
             conn.busy = False
             if not ok:
                 return
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      reply: dict[str, Any]) -> None:
+        """Send the reason, then swallow what the client sent: closing a unix socket with unread data makes the
+        peer's read fail with ECONNRESET, and the client would see a broken connection instead of the reason."""
+        if not await self._send(writer, reply):
+            return
+        try:
+            if writer.can_write_eof():
+                writer.write_eof()  # the client sees the reason and EOF at once, closes, and our drain ends
+        except (ConnectionError, OSError):
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.0
+        budget = self.max_frame + 4
+        try:
+            while budget > 0 and (left := deadline - loop.time()) > 0:
+                chunk = await asyncio.wait_for(reader.read(min(budget, 1 << 16)), left)
+                if not chunk:
+                    return
+                budget -= len(chunk)
+        except (asyncio.TimeoutError, ConnectionError, OSError):
+            pass
 
     async def _send(self, writer: asyncio.StreamWriter, reply: dict[str, Any]) -> bool:
         try:
