@@ -29,12 +29,13 @@ Writes are serialized by a lock; one save() is one LMDB write transaction (group
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import lmdb
 import msgpack
@@ -340,6 +341,23 @@ class RaftStorage:
     def _snap_index(self) -> int:
         return self._snapshot.index if self._snapshot else 0
 
+    @contextlib.contextmanager
+    def _write_txn(self, env: lmdb.Environment) -> Iterator[lmdb.Transaction]:
+        """One write transaction: aborted on any error (LMDB's become StorageError naming the file), committed
+        durably when the block ends normally."""
+        txn = env.begin(write=True)
+        try:
+            yield txn
+        except BaseException as e:
+            txn.abort()
+            if isinstance(e, lmdb.MapFullError):
+                raise self._error(f"full: the log outgrew map_size={self._map_size}; compact it or raise "
+                                  f"map_size") from e
+            if isinstance(e, lmdb.Error):
+                raise self._error(f"write failed: {e}") from e
+            raise
+        self._commit(txn)
+
     def _commit(self, txn: lmdb.Transaction) -> None:
         try:
             txn.commit()
@@ -489,8 +507,7 @@ class RaftStorage:
                 return  # an empty Ready: nothing to make durable
             comp_index, comp_term, last = self._comp_index, self._comp_term, self._last_index
             hs, cf, snap = self._hard_state, self._conf, self._snapshot
-            txn = env.begin(write=True)
-            try:
+            with self._write_txn(env) as txn:
                 cur = txn.cursor(db=self._log_db)
                 if snapshot is not None:
                     snap_index = snap.index if snap else 0
@@ -535,15 +552,6 @@ class RaftStorage:
                     cf = conf
                     txn.put(_K_CONF, _pack(cf.to_wire()), db=self._meta_db)
                 self._check_commit(hs, last, snap)
-            except BaseException as e:
-                txn.abort()
-                if isinstance(e, lmdb.MapFullError):
-                    raise self._error(f"full: the log outgrew map_size={self._map_size}; compact it or raise "
-                                      f"map_size") from e
-                if isinstance(e, lmdb.Error):
-                    raise self._error(f"write failed: {e}") from e
-                raise
-            self._commit(txn)
             self._comp_index, self._comp_term, self._last_index = comp_index, comp_term, last
             self._hard_state, self._conf, self._snapshot = hs, cf, snap
 
@@ -570,19 +578,12 @@ class RaftStorage:
             if meta.index > self._last_index:
                 raise self._error(f"snapshot {meta.index} is beyond the log (last index {self._last_index}); "
                                   f"use save(snapshot=...) to install a received snapshot")
-            txn = env.begin(write=True)
-            try:
+            with self._write_txn(env) as txn:
                 stored = self._stored_term(txn, meta.index, self._comp_index, self._comp_term, self._last_index)
                 if stored != meta.term:
                     raise self._error(f"snapshot {meta.index} has term {meta.term}, the log has term {stored}")
                 txn.put(_K_SNAPSHOT, _pack(meta.to_wire()), db=self._meta_db)
                 txn.put(_K_CONF, _pack(meta.conf.to_wire()), db=self._meta_db)
-            except BaseException as e:
-                txn.abort()
-                if isinstance(e, lmdb.Error):
-                    raise self._error(f"write failed: {e}") from e
-                raise
-            self._commit(txn)
             self._snapshot, self._conf = meta, meta.conf
 
     def compact(self, index: int) -> None:
@@ -601,18 +602,11 @@ class RaftStorage:
                 raise self._error(f"cannot compact through {index}: the newest snapshot is at {snap_index}")
             if index > self._last_index:
                 raise self._error(f"cannot compact through {index}: the log ends at {self._last_index}")
-            txn = env.begin(write=True)
-            try:
+            with self._write_txn(env) as txn:
                 term = self._stored_term(txn, index, self._comp_index, self._comp_term, self._last_index)
                 assert term is not None  # comp_index < index <= last
                 self._delete_through(txn.cursor(db=self._log_db), index)
                 txn.put(_K_COMPACTED, _pack([index, term]), db=self._meta_db)
-            except BaseException as e:
-                txn.abort()
-                if isinstance(e, lmdb.Error):
-                    raise self._error(f"write failed: {e}") from e
-                raise
-            self._commit(txn)
             self._comp_index, self._comp_term = index, term
 
     def bootstrap(self, conf: ConfState) -> None:
@@ -625,15 +619,8 @@ class RaftStorage:
             if (self._last_index != 0 or self._comp_index != 0 or self._hard_state is not None
                     or self._conf is not None or self._snapshot is not None):
                 raise self._error("bootstrap: the journal is not empty (already bootstrapped or joined)")
-            txn = env.begin(write=True)
-            try:
+            with self._write_txn(env) as txn:
                 txn.put(_K_CONF, _pack(conf.to_wire()), db=self._meta_db)
-            except BaseException as e:
-                txn.abort()
-                if isinstance(e, lmdb.Error):
-                    raise self._error(f"write failed: {e}") from e
-                raise
-            self._commit(txn)
             self._conf = conf
 
     def close(self) -> None:
