@@ -136,7 +136,7 @@ def main() -> int:
 
         store = SnapshotStore(work / "snapshots")
         w = time.perf_counter()
-        info = store.create(m, conf={"voters": ["n1"]}, cluster_id="bench", timeline_id="t1", created=time.time())
+        info = store.create(m, cluster_id="bench", timeline_id="t1", created=time.time())
         bench(f"fsm_snapshot_create_{tag}", time.perf_counter() - w, "s")
         bench(f"fsm_snapshot_size_{tag}", info.size / 1e6, "MB")
 
@@ -174,15 +174,16 @@ def main() -> int:
         w = time.perf_counter()
         replayed = 0
 
-        def journal_after(i: int) -> Iterator[Entry]:
+        def journal_after(machine: StateMachine) -> Iterator[Entry]:
             nonlocal replayed
+            i = machine.applied()[0]
             with open(journal_path, "rb") as f:
                 for index, term, data in msgpack.Unpacker(f, use_list=False):
                     if index > i:
                         replayed += 1
                         yield index, term, data
 
-        m = rebuild_ctrl_db(work, store, journal_after, batch_entries=args.batch)
+        m, _ = rebuild_ctrl_db(work, store, journal_after, batch_entries=args.batch)
         rebuild = time.perf_counter() - w
         assert m.applied() == final
         assert m.get_member(nwid, first) == want

@@ -22,15 +22,15 @@ from hactl.raft.core import Config  # noqa: E402
 from hactl.raft.inmem import InmemNetwork, KVStateMachine  # noqa: E402
 from hactl.raft.node import NodeOptions, RaftNode  # noqa: E402
 from hactl.raft.storage import RaftStorage  # noqa: E402
-from hactl.raft.types import ConfState  # noqa: E402
+from hactl.raft.types import ConfState, Entry  # noqa: E402
 
 
 class CountingFSM(KVStateMachine):
     """Applies opaque payloads: the bench measures consensus, not a model."""
 
-    def apply(self, index: int, term: int, data: bytes) -> int:
-        self.index, self.term = index, term
-        return index
+    def apply(self, e: Entry) -> int:
+        self.index, self.term = e.index, e.term
+        return e.index
 
 
 async def run_one(tmp: Path, *, sync: bool, clients: int, seconds: float, size: int) -> dict[str, float]:

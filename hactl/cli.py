@@ -16,7 +16,7 @@ def _setup_logging(level: str) -> None:
 
 def _controller_run(args: argparse.Namespace) -> int:
     from hactl.config import ConfigError, load
-    from hactl.controller import EXIT_CONFIG, Controller, StartupError
+    from hactl.server.controller import EXIT_CONFIG, Controller, StartupError
     from hactl.raft.storage import StorageError
     from hactl.snapshots.store import SnapshotError
     try:
@@ -32,6 +32,21 @@ def _controller_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 0
+
+
+def _cluster_recover(args: argparse.Namespace) -> int:
+    from hactl.raft.recover import RecoverError, recover
+    from hactl.raft.storage import StorageError
+    try:
+        out = recover(args.data)
+    except (RecoverError, StorageError) as e:
+        print(f"hactl cluster recover: {e}", file=sys.stderr)
+        return 1
+    removed = ", ".join(out["removed"]) or "nobody"
+    print(f"{out['id']} is now the only member (removed: {removed}; "
+          f"{out['dropped_uncommitted']} uncommitted entries dropped). Start it, then add new members with "
+          "`hactl agent cluster add ADDR`.")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,17 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_pki_commands(sub)
     from hactl.snapshots.inspect import add_db_commands
     add_db_commands(sub)
-    from hactl.recover import add_cluster_commands
-    add_cluster_commands(sub)
-    try:
-        from hactl.agent.cli import add_agent_commands; add_agent_commands(sub)  # noqa: E702
-    except ImportError:
-        pass
-    try:
-        from hactl.devcluster import add_dev_commands
-        add_dev_commands(sub)
-    except ImportError:
-        pass
+    cl = sub.add_parser("cluster", help="offline cluster operations").add_subparsers(dest="sub", required=True)
+    rec = cl.add_parser("recover", help="after a permanent loss of quorum: make this stopped node the only member")
+    rec.add_argument("--data", required=True, help="the stopped controller's data directory")
+    rec.set_defaults(func=_cluster_recover)
+    from hactl.agent.cli import add_agent_commands
+    add_agent_commands(sub)
+    from hactl.dev.cluster import add_dev_commands
+    add_dev_commands(sub)
     return ap
 
 

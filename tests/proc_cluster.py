@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import yaml
 
-from hactl.devcluster import init_cluster
+from hactl.dev.cluster import init_cluster
 
 
 def free_port_block(n: int) -> int:

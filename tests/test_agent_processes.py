@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hactl.devcluster import TRUST_DOMAIN, render_config
+from hactl.dev.cluster import TRUST_DOMAIN, render_config
 from hactl.transport.pki import issue
 from tests.proc_cluster import ProcCluster, free_port_block
 from tests.test_cluster_processes import member_addr, net_path
@@ -139,7 +139,7 @@ def test_add_learner_promote_remove_and_transfer_with_writes_flowing(cluster, tm
                                      control_listen=f"127.0.0.1:{base + 1}", control_advertise=f"127.0.0.1:{base + 1}",
                                      api_listen=f"127.0.0.1:{base}", token_file="../api-token",
                                      pki_dir="../pki/ctrl4", log_level="info"))
-        from hactl.devcluster import NodeSpec
+        from hactl.dev.cluster import NodeSpec
         c.specs["ctrl4"] = NodeSpec("ctrl4", cfg, c.root / "ctrl4", f"http://127.0.0.1:{base}",
                                     f"127.0.0.1:{base + 1}", c.root / "ctrl4" / "agent.sock")
         c.ids.append("ctrl4")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from hactl.devcluster import init_cluster
+from hactl.dev.cluster import init_cluster
 from tests.test_config import keys
 
 ROOT = Path(__file__).resolve().parent.parent

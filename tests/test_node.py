@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import asyncio
+import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hactl.raft.core import Config, NotLeader
 from hactl.raft.inmem import InmemNetwork, KVStateMachine, kv
-from hactl.raft.node import NodeOptions, NoLeader, RaftNode
-from hactl.raft.storage import RaftStorage
-from hactl.raft.types import ConfChange, ConfChangeType, ConfState, Role
+from hactl.raft.node import NodeFailed, NodeOptions, NoLeader, RaftNode
+from hactl.raft.storage import RaftStorage, StorageError
+from hactl.raft.types import ConfChange, ConfChangeType, ConfState, Message, MsgType, Role, SnapshotMeta
 
 TICK = 0.01
 
@@ -28,7 +30,7 @@ class Cluster:
         storage = RaftStorage(self.tmp / f"{nid}.raft.db")
         fsm = fsm or KVStateMachine()
         node = RaftNode(Config(nid), storage, fsm, self.net.transport(nid), options=self.opts,
-                        seed=hash(nid) & 0xffff, bootstrap=bootstrap)
+                        seed=zlib.crc32(nid.encode()), bootstrap=bootstrap)
         self.net.attach(nid, node.receive)
         await node.start()
         self.nodes[nid], self.fsms[nid] = node, fsm
@@ -222,7 +224,7 @@ def test_group_commit_and_slow_fsync_does_not_stall_heartbeats(tmp_path: Path) -
             storage = SlowCountingStorage(tmp_path / f"{nid}.raft.db")
             fsm = KVStateMachine()
             node = RaftNode(Config(nid), storage, fsm, c.net.transport(nid), options=c.opts,
-                            seed=hash(nid) & 0xffff, bootstrap=ConfState(tuple(ids)))
+                            seed=zlib.crc32(nid.encode()), bootstrap=ConfState(tuple(ids)))
             c.net.attach(nid, node.receive)
             await node.start()
             c.nodes[nid], c.fsms[nid] = node, fsm
@@ -240,4 +242,116 @@ def test_group_commit_and_slow_fsync_does_not_stall_heartbeats(tmp_path: Path) -
         assert all(n.core.term == term for n in c.nodes.values())
         await c.converge(idx)
         await c.stop_all()
+    run(main())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Snapshots travel only with their data; a node whose storage fails stops (fail-stop) instead of lingering.
+
+def _snapshot_msg(index: int, term: int, *, frm: str = "n1", to: str = "n2", msg_term: int = 5) -> Message:
+    return Message(MsgType.SNAPSHOT, frm, to, msg_term,
+                   snapshot=SnapshotMeta(index, term, ConfState(("n1", "n2", "n3"))))
+
+
+def test_a_snapshot_without_data_is_dropped_and_the_node_lives_on(tmp_path: Path) -> None:
+    async def main() -> None:
+        c = Cluster(tmp_path, ["n1", "n2", "n3"])
+        node = await c.start("n2", ConfState(("n1", "n2", "n3")))
+        node.receive(_snapshot_msg(100, 4), None)  # what a pruned leader's fallback used to send
+        for _ in range(20):
+            await asyncio.sleep(TICK)
+        assert node.running and node.core.pending_snapshot is None and node.applied < 100
+        assert node.dropped()["snapshot_without_data"] == 1
+        await c.stop_all()
+    run(main())
+
+
+def test_an_older_snapshot_does_not_evict_the_data_of_an_accepted_one(tmp_path: Path) -> None:
+    async def main() -> None:
+        c = Cluster(tmp_path, ["n1", "n2", "n3"])
+        fsm = KVStateMachine()
+        node = await c.start("n2", ConfState(("n1", "n2", "n3")), fsm=fsm)
+        node.receive(_snapshot_msg(100, 4), {"k": "new"})
+        node.receive(_snapshot_msg(50, 3), {"k": "old"})  # before the first is installed
+        for _ in range(200):
+            if fsm.index == 100:
+                break
+            await asyncio.sleep(TICK)
+        assert node.running, "the node stopped"
+        assert fsm.index == 100 and fsm.data == {"k": "new"}
+        assert node.storage.load().snapshot.index == 100
+        assert node.dropped()["snapshot_not_accepted"] == 1
+        await c.stop_all()
+    run(main())
+
+
+class ForgetfulKV(KVStateMachine):
+    """A leader's state machine whose stored snapshots were pruned until `keep` is set."""
+    keep = False
+
+    def snapshot_payload(self, meta: SnapshotMeta) -> Any:
+        return super().snapshot_payload(meta) if self.keep else None
+
+
+def test_a_leader_whose_snapshot_data_is_gone_sends_nothing_then_catches_the_follower_up(tmp_path: Path) -> None:
+    async def main() -> None:
+        c = Cluster(tmp_path, ["n1", "n2", "n3"], snapshot_every=50, trailing=10)
+        fsms = {nid: ForgetfulKV() for nid in c.ids}
+        for nid in c.ids:
+            await c.start(nid, ConfState(tuple(c.ids)), fsm=fsms[nid])
+        lead = await c.leader()
+        victim = next(k for k in c.ids if k != lead.id)
+        await c.stop(victim)
+        idx = 0
+        for i in range(200):
+            idx, _ = await lead.propose(kv(f"d{i}", i))
+        while lead.core.log.offset == 0:
+            await asyncio.sleep(TICK)
+        fresh = KVStateMachine()
+        node = await c.start(victim, None, fsm=fresh)
+        while lead.driver.dropped["snapshot_data_gone"] == 0:
+            await asyncio.sleep(TICK)
+        # Nothing without data was sent, so nothing was installed (it replayed only its own journal).
+        assert node.running and not any(d == b"<snapshot>" for _, d in fresh.applied_log)
+        assert fresh.index < lead.snapshot_index
+        fsms[lead.id].keep = True  # the data is back (a newer snapshot was taken)
+        await c.converge(idx, timeout=20)
+        assert fresh.digest() == fsms[lead.id].digest() and node.running
+        assert any(d == b"<snapshot>" for _, d in fresh.applied_log)
+        await c.stop_all()
+    run(main())
+
+
+class FailingStorage(RaftStorage):
+    """Real raft.db whose writes start failing (a full or broken disk) when `fail` is set."""
+    fail = False
+
+    def save(self, *a: Any, **kw: Any) -> None:
+        if self.fail:
+            raise StorageError(f"raft.db at {self.path}: commit failed: [Errno 28] No space left on device")
+        return super().save(*a, **kw)
+
+
+def test_a_storage_failure_stops_the_node_and_fails_every_waiter(tmp_path: Path) -> None:
+    async def main() -> None:
+        storage = FailingStorage(tmp_path / "n1.raft.db")
+        node = RaftNode(Config("n1"), storage, KVStateMachine(), InmemNetwork().transport("n1"),
+                        options=NodeOptions(tick_interval=TICK, snapshot_every=0), seed=1,
+                        bootstrap=ConfState(("n1",)))
+        await node.start()
+        while not node.is_leader:
+            await asyncio.sleep(TICK)
+        await node.propose(kv("a", 1))
+        storage.fail = True
+        with pytest.raises(NodeFailed):
+            await node.propose(kv("b", 2), timeout=5)
+        cause = await asyncio.wait_for(node.wait_failed(), 5)
+        assert isinstance(cause, StorageError) and "No space left" in str(cause)
+        assert not node.running
+        with pytest.raises(NodeFailed):
+            await node.propose(kv("c", 3))
+        with pytest.raises(NodeFailed):
+            await node.read_barrier(timeout=1)
+        await node.stop()
+        storage.close()
     run(main())

@@ -455,3 +455,22 @@ def test_snapshot_installed_while_a_ready_is_persisted_supersedes_its_membership
     r.advance(rd1)
     r.advance(r.ready())
     assert r.conf == ConfState(("n1", "n2", "n3")) and r.applied == 10
+
+
+class _BuggyFollower(Raft):
+    """A core with a bug in its follower path (what a real bug would look like from the outside)."""
+
+    def _handle_append(self, m: Message) -> None:
+        raise TypeError("bug in append handling")
+
+
+def test_an_internal_bug_propagates_from_step_instead_of_being_counted_as_a_drop() -> None:
+    r = _BuggyFollower(Config("b"), random.Random(1), conf=ConfState(("a", "b", "c")))
+    msg = Message(MsgType.APPEND, "a", "b", 1, log_term=0, index=0, commit=0)
+    with pytest.raises(TypeError, match="bug in append handling"):
+        r.step(msg)
+    assert not any(k.startswith("error:") for k in r.dropped)
+    # Bad input from a peer is still dropped and counted, never raised.
+    r2 = Raft(Config("b"), random.Random(1), conf=ConfState(("a", "b", "c")))
+    r2.step(Message(MsgType.APPEND, "a", "x", 1))
+    assert r2.dropped["wrong_recipient"] == 1

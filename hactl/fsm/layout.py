@@ -1,7 +1,7 @@
 """ctrl.db's LMDB layout: named sub-databases, key encodings and meta keys (shared by machine.py and fsck.py).
 
     meta        format, applied (index, term), cluster info, signing key, controller address, network count,
-                pending restore
+                pending restore, the cluster membership at the applied index
     networks    nwid (8 bytes BE)                      -> packed network record (model.py)
     members     nwid (8) + address (5)                 -> packed member record; a network's members are one range
     ips         nwid (8) + version (1) + ip (4 or 16)  -> member address (5): every address assigned on a network,
@@ -38,6 +38,7 @@ META_CLUSTER = b"cluster"  # msgpack map: the public cluster info
 META_SIGNING_KEY = b"signing_key"  # raw Ed25519 private key (replicated state, kept out of cluster info)
 META_CONTROLLER = b"controller"  # the controller address, 5 bytes: read by every model command
 META_RESTORE = b"restore"  # msgpack map: the restore being staged, if any
+META_MEMBERSHIP = b"membership"  # msgpack map: the cluster membership in force at the applied index
 
 _U64 = struct.Struct(">Q")
 _U64x2 = struct.Struct(">QQ")

@@ -24,6 +24,7 @@ from hactl.fsm.commands import (ClusterInit, Command, CommandError, MemberAuthor
                                 MemberUpdate, NetworkCreate, NetworkDelete, NetworkUpdate, NoOp, RestoreAbort,
                                 RestoreBegin, RestoreChunk, RestoreCommit, decode)
 from hactl.fsm.ipassign import V4Plan, has_routed_v4, pick_v4
+from hactl.fsm.membership import Membership
 from hactl.fsm.model import (ARRAY_MAX, NETWORK_N_MAX, RECORD_FORMAT, format_address, format_nwid,
                              member_defaults, member_revision, member_view, network_defaults, network_id,
                              network_view, pack_member, pack_network, unpack_member, unpack_network)
@@ -127,11 +128,13 @@ class StateMachine:
 
     # ================================================================================================ apply
 
-    def apply_batch(self, entries: Sequence[tuple[int, int, bytes]]) -> list[Result | None]:
+    def apply_batch(self, entries: Sequence[tuple[int, int, bytes | Membership]]) -> list[Result | None]:
         """Apply (index, term, data) entries, in index order, in one write transaction.
 
-        Empty data (raft's term-start no-op) and entries at or below the applied index give None. The applied
-        index still advances over empty entries, so the driver should hand over every committed index.
+        ``data`` is an encoded command, or the Membership in force after a membership change (stored in the same
+        transaction, so a consistent copy holds the membership of its own index). Empty data (raft's term-start
+        no-op), memberships and entries at or below the applied index give None. The applied index advances over
+        every entry, so the driver should hand over every committed index.
         """
         results: list[Result | None] = []
         with self._apply_lock:  # one applier at a time: the per-batch scratch state below is the instance's
@@ -143,7 +146,12 @@ class StateMachine:
                         if index <= last[0]:
                             results.append(None)
                             continue
-                        results.append(self._apply_one(txn, index, data) if data else None)
+                        if isinstance(data, Membership):
+                            txn.put(L.META_MEMBERSHIP, msgpack.packb(data.to_plain(), use_bin_type=True),
+                                    db=self._meta)
+                            results.append(None)
+                        else:
+                            results.append(self._apply_one(txn, index, data) if data else None)
                         last = (index, term)
                     self._flush_counts(txn)
                     if last != (index0, term0):
@@ -530,6 +538,11 @@ class StateMachine:
         info: dict[str, Any] | None = None if raw is None else msgpack.unpackb(raw, raw=False)
         return info
 
+    def membership(self) -> Membership | None:
+        """The cluster membership at the applied index (None before the first membership entry)."""
+        with self._env.begin() as txn:
+            return _membership(txn.get(L.META_MEMBERSHIP, db=self._meta))
+
     def signing_key(self) -> bytes | None:
         """The controller's raw Ed25519 private key (kept out of cluster_info so it is not shown by accident)."""
         with self._env.begin() as txn:
@@ -644,17 +657,19 @@ class StateMachine:
 
     # ============================================================================================ snapshots
 
-    def copy_consistent(self, fd: int) -> tuple[int, int]:
-        """Write a compacted copy of ctrl.db to ``fd`` and return the applied (index, term) it holds.
+    def copy_consistent(self, fd: int) -> tuple[int, int, Membership | None]:
+        """Write a compacted copy of ctrl.db to ``fd`` and return the applied (index, term) and the membership
+        it holds.
 
-        The index is read in the same read transaction the copy is made from, so the pair always matches
-        (LMDB copies the snapshot that transaction sees). Applies continue meanwhile: the copy releases the GIL
-        and LMDB readers never block the writer.
+        All three are read in the same read transaction the copy is made from, so they always match (LMDB copies
+        the snapshot that transaction sees). Applies continue meanwhile: the copy releases the GIL and LMDB
+        readers never block the writer.
         """
         with self._env.begin() as txn:
-            applied = L.unpack_applied(txn.get(L.META_APPLIED, db=self._meta))
+            index, term = L.unpack_applied(txn.get(L.META_APPLIED, db=self._meta))
+            membership = _membership(txn.get(L.META_MEMBERSHIP, db=self._meta))
             self._env.copyfd(fd, compact=True, txn=txn)
-        return applied
+        return index, term, membership
 
     def tables(self) -> tuple[lmdb.Environment, dict[str, Any]]:
         """The environment and named sub-databases, for the consistency checker (fsck.py)."""
@@ -662,6 +677,10 @@ class StateMachine:
 
 
 # =================================================================================================== helpers
+
+def _membership(raw: bytes | None) -> Membership | None:
+    return None if raw is None else Membership.from_plain(msgpack.unpackb(raw, raw=False))
+
 
 def _nwid_or_none(s: str) -> int | None:
     try:

@@ -11,7 +11,7 @@ from typing import Any
 import msgpack
 
 # Bumped whenever the packed layout below changes; ctrl.db stores it and refuses to open another one.
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2  # 2: the cluster membership is stored in meta (membership.py)
 
 ARRAY_MAX = 16384  # ZeroTier's ZT_CONTROLLER_MAX_ARRAY_SIZE: longer arrays are rejected
 MTU_MIN, MTU_MAX, MTU_DEFAULT = 1280, 10000, 2800

@@ -18,6 +18,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from . import confchange, quorum
+from .confchange import bootstrap_state, conf_after, decode_conf_change, encode_conf_change  # noqa: F401 (re-exported)
 from .log import RaftLog
 from .progress import Progress, ProgressState
 from .types import (ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, MalformedError, Message,
@@ -138,15 +140,14 @@ class Raft:
                 self._campaign(pre=self.cfg.pre_vote)
 
     def step(self, m: Message) -> None:
-        """Feed one message from a peer. Never raises: bad input is dropped and counted in ``dropped``."""
+        """Feed one message from a peer. Bad input is dropped and counted in ``dropped``: ``_check`` validates
+        everything ``_step`` relies on, so an exception from ``_step`` is a bug and propagates (the node must stop
+        rather than go on with a half-updated state)."""
         reason = self._check(m)
         if reason:
             self.dropped[reason] += 1
             return
-        try:
-            self._step(m)
-        except (MalformedError, ValueError, TypeError, IndexError) as e:  # defensive: a bug must not kill a node
-            self.dropped["error:" + type(e).__name__] += 1
+        self._step(m)
 
     def propose(self, data: bytes) -> int:
         self._check_can_propose()
@@ -156,20 +157,14 @@ class Raft:
         self._check_can_propose()
         if self.pending_conf_index > self.applied:
             raise ProposalRefused("another membership change is still pending")
-        if cc.type == ConfChangeType.ADD_LEARNER and cc.node in self.conf.voters:
-            raise ProposalRefused(f"{cc.node} is already a voter")
-        if cc.type == ConfChangeType.PROMOTE:
-            if cc.node not in self.conf.learners:
-                raise ProposalRefused(f"{cc.node} is not a learner")
-            if self.prs[cc.node].match + self.cfg.promote_max_lag < self.log.last_index():
-                raise ProposalRefused(f"learner {cc.node} is not caught up (match {self.prs[cc.node].match}, "
-                                      f"leader at {self.log.last_index()})")
-        if cc.type == ConfChangeType.REMOVE:
-            if cc.node not in self.conf.members():
-                raise ProposalRefused(f"{cc.node} is not a member")
-            if self.conf.voters == (cc.node,):
-                raise ProposalRefused("cannot remove the last voter")
-        index = self._append_new(EntryType.CONF_CHANGE, _encode_cc(cc))
+        why = confchange.refusal(self.conf, cc)
+        if why is not None:
+            raise ProposalRefused(why)
+        if cc.type == ConfChangeType.PROMOTE and self.prs[cc.node].match + self.cfg.promote_max_lag < \
+                self.log.last_index():
+            raise ProposalRefused(f"learner {cc.node} is not caught up (match {self.prs[cc.node].match}, "
+                                  f"leader at {self.log.last_index()})")
+        index = self._append_new(EntryType.CONF_CHANGE, confchange.encode_conf_change(cc))
         self.pending_conf_index = index
         return index
 
@@ -316,10 +311,7 @@ class Raft:
         return False
 
     def _quorum_index(self) -> int:
-        matches = sorted((self.prs[v].match for v in self.conf.voters if v in self.prs), reverse=True)
-        if not matches:
-            return 0
-        return matches[len(self.conf.voters) // 2] if len(matches) > len(self.conf.voters) // 2 else 0
+        return quorum.committed_index(self.conf.voters, {v: pr.match for v, pr in self.prs.items()})
 
     # ------------------------------------------------------------------ message validation and dispatch
 
@@ -447,14 +439,7 @@ class Raft:
             self._become_leader()
 
     def _tally(self) -> str:
-        granted = sum(1 for v in self.conf.voters if self.votes.get(v) is True)
-        rejected = sum(1 for v in self.conf.voters if self.votes.get(v) is False)
-        q = len(self.conf.voters) // 2 + 1
-        if granted >= q:
-            return "won"
-        if rejected >= q:
-            return "lost"
-        return "pending"
+        return quorum.vote_result(self.conf.voters, self.votes)
 
     def _become_leader(self) -> None:
         self._reset(self.term)
@@ -566,9 +551,8 @@ class Raft:
     def _quorum_active(self) -> bool:
         """Has a quorum of voters (us included) been heard from within the last election timeout?"""
         horizon = self._ticks - self.cfg.election_tick
-        active = sum(1 for v in self.conf.voters
-                     if v == self.id or (v in self.prs and self.prs[v].last_heard > horizon))
-        return active >= len(self.conf.voters) // 2 + 1
+        return quorum.has_quorum(self.conf.voters, lambda v: v == self.id or (
+            v in self.prs and self.prs[v].last_heard > horizon))
 
     def _step_leader(self, m: Message) -> None:
         pr = self.prs.get(m.frm)
@@ -646,11 +630,9 @@ class Raft:
                 and self.log.term(self.log.committed) == self.term)
 
     def _release_reads(self) -> None:
-        q = len(self.conf.voters) // 2 + 1
         while self._read_rounds:
             rnd, index, reqs = self._read_rounds[0]
-            acks = sum(1 for v in self.conf.voters if v == self.id or self._read_acks.get(v, 0) >= rnd)
-            if acks < q:
+            if not quorum.has_quorum(self.conf.voters, lambda v: v == self.id or self._read_acks.get(v, 0) >= rnd):
                 return
             self._read_rounds.pop(0)
             for ctx, origin in reqs:
@@ -744,62 +726,3 @@ class Raft:
         self._bcast_pending = True
         self._maybe_commit()  # a smaller quorum may already cover more
         self._release_reads()
-
-
-def conf_after(conf: ConfState, entry_data: bytes) -> ConfState | None:
-    """The membership after applying one CONF_CHANGE entry; None if the entry is invalid or would leave no voter.
-    Shared by the core and by drivers that keep a history of memberships by index."""
-    try:
-        cc = decode_conf_change(entry_data)
-    except MalformedError:
-        return None
-    voters, learners = set(conf.voters), set(conf.learners)
-    if cc.type == ConfChangeType.ADD_LEARNER:
-        if cc.node not in voters:
-            learners.add(cc.node)
-    elif cc.type == ConfChangeType.PROMOTE:
-        if cc.node in learners:
-            learners.discard(cc.node)
-            voters.add(cc.node)
-    else:
-        voters.discard(cc.node)
-        learners.discard(cc.node)
-    if conf.voters and not voters:
-        return None
-    return ConfState(tuple(voters), tuple(learners))
-
-
-def bootstrap_state(voters: Sequence[NodeId],
-                    contexts: dict[NodeId, bytes] | None = None) -> tuple[HardState, list[Entry]]:
-    """The identical, already-committed start of every initial member's log: one ADD_LEARNER + PROMOTE per voter.
-
-    Membership lives in the log from index 1, so a node added later that replays the log from the start learns
-    the whole membership history (a node that only saw its own addition could otherwise think it is alone).
-    """
-    entries: list[Entry] = []
-    for v in sorted(set(voters)):
-        for t in (ConfChangeType.ADD_LEARNER, ConfChangeType.PROMOTE):
-            cc = ConfChange(t, v, (contexts or {}).get(v, b""))  # e.g. its address, for nodes that join later
-            entries.append(Entry(len(entries) + 1, 1, EntryType.CONF_CHANGE, encode_conf_change(cc)))
-    return HardState(1, None, len(entries)), entries
-
-
-def _encode_cc(cc: ConfChange) -> bytes:
-    import msgpack
-    return msgpack.packb(cc.to_wire(), use_bin_type=True)
-
-
-def _decode_cc(data: bytes) -> object:
-    import msgpack
-    try:
-        return msgpack.unpackb(data, raw=False)
-    except Exception as e:  # msgpack raises several unrelated types for bad bytes
-        raise MalformedError(f"conf change entry: {e}") from e
-
-
-def encode_conf_change(cc: ConfChange) -> bytes:
-    return _encode_cc(cc)
-
-
-def decode_conf_change(data: bytes) -> ConfChange:
-    return ConfChange.from_wire(_decode_cc(data))

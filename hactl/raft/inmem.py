@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import msgpack
 
-from .types import ConfState, Message, SnapshotMeta
+from .confchange import conf_after
+from .types import ConfState, Entry, EntryType, Message, SnapshotMeta
 
 
 class InmemNetwork:
@@ -55,50 +56,58 @@ class InmemTransport:
 class KVStateMachine:
     """A tiny deterministic key/value FSM: entries are msgpack [key, value]; apply returns the entry's index.
 
-    Snapshots are kept in memory (a dict copy plus its digest), which is all the in-process tests need.
+    It applies membership changes too, so a snapshot's (index, term, membership) come from one consistent state,
+    as the FSM protocol asks. Snapshots are kept in memory (a dict copy), which is all the in-process tests need.
     """
 
     def __init__(self) -> None:
         self.data: dict[str, Any] = {}
         self.index = 0
         self.term = 0
+        self.conf = ConfState()
         self.applied_log: list[tuple[int, bytes]] = []  # (index, data) of every applied entry, for checks
         self.snapshots: dict[tuple[int, int], tuple[SnapshotMeta, dict, int]] = {}
         self._lock = threading.Lock()
 
-    def apply(self, index: int, term: int, data: bytes) -> Any:
+    def apply_batch(self, entries: Sequence[Entry]) -> list[Any]:
+        return [self.apply(e) for e in entries]
+
+    def apply(self, e: Entry) -> Any:
         with self._lock:
-            if index <= self.index:
+            if e.index <= self.index:
                 return None
-            self.index, self.term = index, term
-            if not data:
+            self.index, self.term = e.index, e.term
+            if e.type == EntryType.CONF_CHANGE:
+                self.conf = conf_after(self.conf, e.data) or self.conf
                 return None
-            self.applied_log.append((index, data))
+            if not e.data:
+                return None
+            self.applied_log.append((e.index, e.data))
             try:
-                key, value = msgpack.unpackb(data, raw=False)
+                key, value = msgpack.unpackb(e.data, raw=False)
             except Exception:
                 return None  # not a KV entry: still applied, no effect
             self.data[str(key)] = value
-            return index
+            return e.index
 
-    def snapshot(self, conf_at: Callable[[int], ConfState]) -> SnapshotMeta | None:
+    def snapshot(self) -> SnapshotMeta | None:
         with self._lock:
             if self.index == 0:
                 return None
-            meta = SnapshotMeta(self.index, self.term, conf_at(self.index))
+            meta = SnapshotMeta(self.index, self.term, self.conf)
             self.snapshots[(meta.index, meta.term)] = (meta, dict(self.data), len(self.applied_log))
             return meta
 
     def snapshot_payload(self, meta: SnapshotMeta) -> Any:
-        meta_, data, _ = self.snapshots[(meta.index, meta.term)]
-        return dict(data)
+        got = self.snapshots.get((meta.index, meta.term))
+        return None if got is None else dict(got[1])
 
     def restore(self, meta: SnapshotMeta, payload: Any) -> None:
         if payload is None:
             raise RuntimeError(f"snapshot {meta.index}-{meta.term} arrived without its data")
         with self._lock:
             self.data = dict(payload)
-            self.index, self.term = meta.index, meta.term
+            self.index, self.term, self.conf = meta.index, meta.term, meta.conf
             self.applied_log.append((meta.index, b"<snapshot>"))
             self.snapshots[(meta.index, meta.term)] = (meta, dict(payload), len(self.applied_log))
 

@@ -1,9 +1,13 @@
-"""The asyncio driver that runs the pure core against real storage, a state machine and a transport.
+"""RaftNode: the asyncio shell around driver.Driver (which decides everything; see its docstring).
 
-One loop iteration handles one Ready: persist (snapshot install, entries and hard state in one raft.db
-transaction) on the I/O thread, then send, then apply committed entries, then advance. While a Ready is being
-persisted the event loop keeps stepping messages, ticking and accepting proposals, which all land in the next Ready:
-that is the group commit, and a slow fsync never stalls heartbeats.
+One loop iteration handles one Ready: persist and apply on the I/O thread, then finish on the loop. While a Ready
+is being persisted the event loop keeps stepping messages, ticking and accepting proposals, which all land in the
+next Ready: that is the group commit, and a slow fsync never stalls heartbeats. Here live only what needs asyncio:
+the ticker, futures for proposals, reads and applied indexes, and the threads.
+
+Fail-stop: if persisting or applying fails (disk full, EIO, a failed restore) or the driver finds a broken
+invariant, the node stops at once, fails every waiter and resolves ``failed`` with the cause: the process must
+exit (a supervisor restarts it) rather than serve a frozen model.
 """
 from __future__ import annotations
 
@@ -17,29 +21,16 @@ from typing import Any, Callable, Protocol, Sequence
 
 from hactl.aio import cancel_and_wait
 
-from .core import (Config, NotLeader, ProposalRefused, Raft, Status, bootstrap_state, conf_after,
-                   decode_conf_change)
+from .confchange import bootstrap_state, decode_conf_change
+from .core import Config, NotLeader, ProposalRefused, Raft, Status
+from .driver import FSM, Driver, DriverError, DriverOptions, LogStore
 from .storage import RaftStorage
-from .types import ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, MsgType, Ready, Role, SnapshotMeta
+from .types import ConfChange, ConfChangeType, ConfState, EntryType, Message, Ready, Role, SnapshotMeta
 
 log = logging.getLogger("hactl.raft")
 
-
-class FSM(Protocol):
-    """The replicated state machine (hashicorp/raft's FSM)."""
-
-    def apply(self, index: int, term: int, data: bytes) -> Any:
-        """Apply one committed entry; must be deterministic and must not raise for bad data."""
-
-    def snapshot(self, conf_at: Callable[[int], ConfState]) -> SnapshotMeta | None:
-        """Store a snapshot of the current state; may run on its own thread while apply continues.
-        Returns the meta of what was stored (index/term read consistently with the data), or None."""
-
-    def snapshot_payload(self, meta: SnapshotMeta) -> Any:
-        """What the transport carries to a follower for this snapshot (bytes, a path, a chunk iterator...)."""
-
-    def restore(self, meta: SnapshotMeta, payload: Any) -> None:
-        """Replace the whole state by a snapshot received from the leader."""
+__all__ = ["FSM", "LogStore", "Transport", "RaftNode", "NodeOptions", "RaftError", "NoLeader", "ResultUnknown",
+           "ProposalDropped", "NodeFailed"]
 
 
 class Transport(Protocol):
@@ -63,12 +54,15 @@ class ProposalDropped(RaftError):
     """The proposal was overwritten by another leader's entry: it did not commit."""
 
 
+class NodeFailed(RaftError):
+    """The node stopped because persisting or applying failed; the process must exit."""
+
+
 @dataclass
 class NodeOptions:
     tick_interval: float = 0.1
     snapshot_every: int = 10_000  # applied entries between snapshots; 0 disables
     snapshot_trailing: int = 5_000  # entries kept behind a snapshot for slow followers
-    apply_batch: int = 4096
     inline_apply: int = 16  # at most this many committed entries are applied on the event loop itself
 
 
@@ -102,13 +96,14 @@ class RaftNode:
             snap = restored
         conf = snap.conf if snap.index else st.conf
         entries = storage.entries(st.first_index, st.last_index + 1) if st.last_index >= st.first_index else []
-        self.core = Raft(config, random.Random(seed), hard_state=st.hard_state, conf=conf, snapshot=snap,
-                         log_start=(st.first_index - 1, st.log_start_term), entries=entries)
-        self._conf_history: list[tuple[int, ConfState]] = [(snap.index, conf)]
+        core = Raft(config, random.Random(seed), hard_state=st.hard_state, conf=conf, snapshot=snap,
+                    log_start=(st.first_index - 1, st.log_start_term), entries=entries)
+        self.driver = Driver(core, storage, fsm, DriverOptions(snapshot_every=self.opts.snapshot_every,
+                                                               snapshot_trailing=self.opts.snapshot_trailing))
+        self.core = core  # for tests and status; the composition uses the properties below
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raft-io-{self.id}")
         self._snap_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raft-snap-{self.id}")
         self._wake = asyncio.Event()
-        self._persisting = False
         self._early_scheduled = False
         self._tasks: list[asyncio.Task] = []
         self._proposals: dict[int, tuple[int, asyncio.Future]] = {}
@@ -116,13 +111,10 @@ class RaftNode:
         self._read_queue: list[asyncio.Future] = []  # reads waiting for the next round
         self._read_inflight: bytes | None = None
         self._applied_waiters: list[tuple[int, asyncio.Future]] = []
-        self._payloads: dict[tuple[int, int], Any] = {}
         self._read_seq = itertools.count(1)
-        self._snapshotting = False
-        self._local_snapshot: SnapshotMeta | None = None
-        self._last_snapshot = snap.index
         self._running = False
-        self.applied = self.core.applied
+        self._failed: asyncio.Future | None = None
+        self.applied = core.applied
         self.on_role_change: Callable[[Role, str | None], None] | None = None
         self.on_conf_change: Callable[[ConfChange, ConfState], None] | None = None
 
@@ -130,6 +122,7 @@ class RaftNode:
 
     async def start(self) -> None:
         self._running = True
+        self._failed = asyncio.get_running_loop().create_future()
         self._tasks = [asyncio.create_task(self._ticker(), name=f"raft-tick-{self.id}"),
                        asyncio.create_task(self._run(), name=f"raft-run-{self.id}")]
 
@@ -141,17 +134,86 @@ class RaftNode:
         self._io.shutdown(wait=True)
         self._snap_pool.shutdown(wait=True)
 
+    async def wait_failed(self) -> BaseException:
+        """Returns (never raises) the cause once the node has failed; waits forever while it runs."""
+        assert self._failed is not None, "start() first"
+        return await asyncio.shield(self._failed)
+
+    def _fail(self, cause: BaseException) -> None:
+        """Fail-stop: nothing more is persisted, applied or sent; every waiter learns it; wait_failed returns."""
+        if not self._running:
+            return
+        log.critical("raft node %s stopped: %s: %s", self.id, type(cause).__name__, cause)
+        self._running = False
+        self._wake.set()
+        self._fail_all(NodeFailed(f"raft node {self.id} stopped: {cause}"))
+        if self._failed is not None and not self._failed.done():
+            self._failed.set_result(cause)
+
+    # ------------------------------------------------------------------ public surface
+
+    @property
+    def is_leader(self) -> bool:
+        return self.core.role == Role.LEADER
+
+    @property
+    def leader(self) -> str | None:
+        return self.core.leader
+
+    @property
+    def role(self) -> Role:
+        return self.core.role
+
+    @property
+    def term(self) -> int:
+        return self.core.term
+
+    @property
+    def membership(self) -> ConfState:
+        """The membership in force (as of the applied index)."""
+        return self.core.conf
+
+    @property
+    def commit_index(self) -> int:
+        return self.core.log.committed
+
+    @property
+    def snapshot_index(self) -> int:
+        return self.core.snapshot.index
+
+    @property
+    def snapshot_in_progress(self) -> bool:
+        return self.driver.snapshotting
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def dropped(self) -> dict[str, int]:
+        """Counts of inputs dropped by the core and the driver, by reason."""
+        return dict(self.core.dropped + self.driver.dropped)
+
+    def status(self) -> Status:
+        st = self.core.status()
+        st.applied = self.applied
+        return st
+
     # ------------------------------------------------------------------ inputs
 
     def receive(self, msg: Message, payload: Any = None) -> None:
         """Called by the transport for every incoming message (on the event loop)."""
-        if msg.type == MsgType.SNAPSHOT and msg.snapshot is not None and payload is not None:
-            self._payloads = {(msg.snapshot.index, msg.snapshot.term): payload}  # only the newest is useful
-        self.core.step(msg)
+        if not self._running:
+            return
+        self.driver.step(msg, payload)
         self._poke()
 
     async def propose(self, data: bytes, timeout: float | None = None) -> tuple[int, Any]:
-        """Replicate one entry; returns (index, the state machine's result) once applied here."""
+        """Replicate one entry; returns (index, the state machine's result) once applied here.
+
+        Raises NoLeader/NotLeader/ProposalRefused if nothing was appended; ProposalDropped if the entry was
+        appended but another leader's entry took its index (it can never commit); ResultUnknown if it was
+        appended and its fate is not known in time."""
+        self._check_running()
         try:
             index = self.core.propose(data)
         except NotLeader as e:
@@ -159,6 +221,7 @@ class RaftNode:
         return index, await self._wait_entry(index, timeout)
 
     async def change_membership(self, cc: ConfChange, timeout: float | None = None) -> int:
+        self._check_running()
         index = self.core.propose_conf_change(cc)
         await self._wait_entry(index, timeout)
         return index
@@ -179,6 +242,7 @@ class RaftNode:
                 await asyncio.sleep(self.opts.tick_interval)
 
     async def transfer_leadership(self, target: str | None = None, timeout: float = 5.0) -> str:
+        self._check_running()
         self.core.transfer_leadership(target)
         self._poke()
         loop = asyncio.get_running_loop()
@@ -194,6 +258,7 @@ class RaftNode:
 
         Reads are batched: one ReadIndex round is in flight at a time, and reads arriving meanwhile share the
         next round, which starts after they arrived (so its index covers everything committed before them)."""
+        self._check_running()
         if self.core.leader is None:
             raise NoLeader("no leader is known")
         fut = asyncio.get_running_loop().create_future()
@@ -235,107 +300,88 @@ class RaftNode:
     async def wait_applied(self, index: int, timeout: float | None = None) -> None:
         if self.applied >= index:
             return
+        self._check_running()
         fut = asyncio.get_running_loop().create_future()
         self._applied_waiters.append((index, fut))
         await asyncio.wait_for(fut, timeout)
 
     def report_snapshot(self, to: str, ok: bool) -> None:
         """The transport finished (or gave up) streaming a snapshot to `to`."""
-        self.core.report_snapshot(to, ok)
-        self._poke()
+        if self._running:
+            self.core.report_snapshot(to, ok)
+            self._poke()
 
     def report_unreachable(self, to: str) -> None:
-        self.core.report_unreachable(to)
-        self._poke()
+        if self._running:
+            self.core.report_unreachable(to)
+            self._poke()
 
-    def status(self) -> Status:
-        st = self.core.status()
-        st.applied = self.applied
-        return st
-
-    @property
-    def is_leader(self) -> bool:
-        return self.core.role == Role.LEADER
-
-    @property
-    def leader(self) -> str | None:
-        return self.core.leader
+    def _check_running(self) -> None:
+        if not self._running:
+            raise NodeFailed(f"raft node {self.id} is not running")
 
     # ------------------------------------------------------------------ the loop
 
     async def _ticker(self) -> None:
         while self._running:
             await asyncio.sleep(self.opts.tick_interval)
+            if not self._running:
+                return
             self.core.tick()
             self._poke()
 
     async def _run(self) -> None:
+        try:
+            await self._loop()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # storage failure, a failed restore, a broken invariant: fail-stop
+            self._fail(e)
+
+    async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
+        d = self.driver
         while self._running:
             await self._wake.wait()
             self._wake.clear()
-            while self._running and self.core.has_ready():
-                rd = self.core.ready()
+            while self._running and d.has_work():
+                rd = d.next_ready()
                 self._send_all(rd.early_messages)
-                try:
-                    if self._nothing_to_persist(rd) and len(rd.committed) <= self.opts.inline_apply:
-                        # Nothing to fsync and little to apply: a thread hop would cost more than the work.
-                        self._send_all(rd.messages)
-                        results = self._apply(rd)
-                    else:
-                        self._persisting = True
-                        try:
-                            results = await loop.run_in_executor(self._io, self._persist_and_apply_io, rd, loop)
-                        finally:
-                            self._persisting = False
-                except Exception:  # storage failure: we cannot go on safely without durable state
-                    log.exception("raft node %s: persisting a Ready failed; stopping the node", self.id)
-                    self._running = False
-                    self._fail_all(RaftError("storage failure"))
-                    raise
+                if not d.needs_io(rd) and len(rd.committed) <= self.opts.inline_apply:
+                    # Nothing to fsync and little to apply: a thread hop would cost more than the work.
+                    self._send_all(d.persist(rd))
+                    results = d.apply(rd)
+                else:
+                    results = await loop.run_in_executor(self._io, self._persist_and_apply_io, rd, loop)
+                if not self._running:
+                    return
+                d.finish(rd)
                 self._after_io(rd, results)
 
     def _poke(self) -> None:
         """Something happened (message, tick, proposal, read). While a Ready is being persisted, heartbeats and a
         leader's new appends go out at once, so a slow disk stalls nobody: one flush per loop iteration."""
         self._wake.set()
-        if self._persisting and not self._early_scheduled:
+        if self.driver.persisting and not self._early_scheduled:
             self._early_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_early)
 
     def _flush_early(self) -> None:
         self._early_scheduled = False
-        if self._persisting:
-            self._send_all(self.core.take_early_messages())
+        if self._running:
+            self._send_all(self.driver.early())
 
     def _persist_and_apply_io(self, rd: Ready, loop: asyncio.AbstractEventLoop) -> list[Any]:
-        """On the I/O thread: install snapshot, persist, send, apply (the Ready contract's order)."""
-        if rd.snapshot is not None:
-            payload = self._payloads.pop((rd.snapshot.index, rd.snapshot.term), None)
-            self.fsm.restore(rd.snapshot, payload)
-        if not self._nothing_to_persist(rd):
-            self.storage.save(rd.hard_state, rd.entries, rd.snapshot)
-        if rd.messages:
-            # Durable now: the loop thread sends while this thread applies.
-            loop.call_soon_threadsafe(self._send_all, rd.messages)
-        return self._apply(rd)
-
-    @staticmethod
-    def _nothing_to_persist(rd: Ready) -> bool:
-        return rd.snapshot is None and not rd.entries and rd.hard_state is None
-
-    def _apply(self, rd: Ready) -> list[Any]:
-        # Every committed index goes to the FSM (membership entries as empty data) so its applied index is
-        # exactly raft's.
-        batch = [(e.index, e.term, e.data if e.type == EntryType.NORMAL else b"") for e in rd.committed]
-        apply_batch = getattr(self.fsm, "apply_batch", None)
-        if apply_batch is not None:
-            return list(apply_batch(batch))
-        return [self.fsm.apply(*b) for b in batch]
+        """On the I/O thread: persist (the messages may leave as soon as it returns), then apply."""
+        msgs = self.driver.persist(rd)
+        if msgs:
+            loop.call_soon_threadsafe(self._send_all, msgs)  # the loop thread sends while this thread applies
+        return self.driver.apply(rd)
 
     def _send_all(self, msgs: list[Message]) -> None:
-        for m in msgs:
-            payload = self.fsm.snapshot_payload(m.snapshot) if m.snapshot is not None else None
+        if not self._running or not msgs:
+            return
+        for m, payload in self.driver.outgoing(msgs):
             try:
                 self.transport.send(m, payload)
             except Exception:  # a transport fault for one peer must not stop the node
@@ -343,8 +389,6 @@ class RaftNode:
 
     def _after_io(self, rd: Ready, results: list[Any]) -> None:
         if rd.snapshot is not None:
-            self._conf_history = [(rd.snapshot.index, rd.snapshot.conf)]
-            self._last_snapshot = rd.snapshot.index
             # Proposals this snapshot jumped over may or may not have committed.
             for idx in [i for i in self._proposals if i <= rd.snapshot.index]:
                 _, fut = self._proposals.pop(idx)
@@ -352,11 +396,8 @@ class RaftNode:
                     fut.set_exception(ResultUnknown(f"entry {idx} was covered by an installed snapshot"))
         for e, result in zip(rd.committed, results):
             if e.type == EntryType.CONF_CHANGE:
-                new = conf_after(self._conf_history[-1][1], e.data)
-                if new is not None:
-                    self._conf_history.append((e.index, new))
-                    if self.on_conf_change is not None:
-                        self.on_conf_change(decode_conf_change(e.data), new)
+                if self.on_conf_change is not None and e.index > self.core.log.offset:
+                    self.on_conf_change(decode_conf_change(e.data), self.core.conf)
                 result = None
             waiter = self._proposals.pop(e.index, None)
             if waiter is not None and not waiter[1].done():
@@ -364,7 +405,6 @@ class RaftNode:
                     waiter[1].set_result(result)
                 else:
                     waiter[1].set_exception(ProposalDropped(f"entry {e.index} was replaced by a newer leader"))
-        self.core.advance(rd)
         self.applied = self.core.applied
         for rs in rd.read_states:
             self._read_round_done(rs.context, rs.index)
@@ -383,8 +423,8 @@ class RaftNode:
                 self._fail_reads()
             if self.on_role_change is not None:
                 self.on_role_change(rd.soft_state.role, rd.soft_state.leader)
-        self._use_local_snapshot()
-        self._maybe_snapshot()
+        if self.driver.snapshot_due():
+            self.request_snapshot()
 
     async def _wait_entry(self, index: int, timeout: float | None) -> Any:
         fut = asyncio.get_running_loop().create_future()
@@ -408,58 +448,28 @@ class RaftNode:
         for _, fut in self._applied_waiters:
             if not fut.done():
                 fut.set_exception(exc)
+        for fut in self._read_queue:
+            if not fut.done():
+                fut.set_exception(exc)
         self._fail_reads()
 
     # ------------------------------------------------------------------ snapshots and compaction
 
-    def conf_at(self, index: int) -> ConfState:
-        conf = self._conf_history[0][1]
-        for i, c in self._conf_history:
-            if i <= index:
-                conf = c
-        return conf
-
-    def _maybe_snapshot(self) -> None:
-        every = self.opts.snapshot_every
-        if every and not self._snapshotting and self.applied - self._last_snapshot >= every:
-            self.request_snapshot()
-
     def request_snapshot(self) -> asyncio.Future:
         """Take a snapshot now (off the event loop), then compact the log behind it."""
-        self._snapshotting = True
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._snap_pool, self.fsm.snapshot, self.conf_at)
+        self.driver.begin_snapshot()
+        fut = asyncio.get_running_loop().run_in_executor(self._snap_pool, self.driver.take_snapshot)
         fut.add_done_callback(self._snapshot_done)
         return fut
 
     def _snapshot_done(self, fut: asyncio.Future) -> None:
-        self._snapshotting = False
-        if fut.cancelled() or fut.exception() is not None:
+        meta = None
+        if fut.cancelled():
+            pass
+        elif fut.exception() is not None:
             log.error("raft node %s: snapshot failed: %s", self.id, fut.exception())
-            return
-        meta: SnapshotMeta | None = fut.result()
-        if meta is None or meta.index <= self.core.snapshot.index:
-            return
-        self._last_snapshot = meta.index
-        # The FSM applies on the I/O thread before the core hears of it (advance): it may be ahead of the core.
-        self._local_snapshot = meta
-        self._use_local_snapshot()
-
-    def _use_local_snapshot(self) -> None:
-        meta = self._local_snapshot
-        if meta is None or meta.index > self.core.applied:
-            return
-        self._local_snapshot = None
-        if meta.index <= self.core.snapshot.index:
-            return
-        self.core.set_snapshot(meta)
-        compact_to = min(meta.index - self.opts.snapshot_trailing, self.core.applied)
-        if compact_to > self.core.log.offset:
-            self.core.compact(compact_to)
-
-        def record() -> None:  # on the I/O thread so it is ordered with Ready writes
-            self.storage.set_snapshot(meta)
-            if compact_to > 0:
-                self.storage.compact(compact_to)
-        self._io.submit(record)
-        self._conf_history = [(i, c) for i, c in self._conf_history if i >= meta.index] or [(meta.index, meta.conf)]
+        else:
+            meta = fut.result()
+        if self._running:
+            self.driver.snapshot_taken(meta)
+            self._poke()

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from hactl.fsm.machine import StateMachine
-from hactl.snapshots.store import SnapshotError, SnapshotStore
+from hactl.fsm.membership import Membership
+from hactl.snapshots.store import SnapshotError, SnapshotInfo, SnapshotStore
 
 log = logging.getLogger("hactl.snapshots")
 
 CTRL_DB = "ctrl.db"
-Entries = Iterable[tuple[int, int, bytes]]
+Entries = Iterable[tuple[int, int, "bytes | Membership"]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +49,11 @@ class SnapshotPolicy:
 
 
 def rebuild_ctrl_db(data_dir: str | os.PathLike[str], store: SnapshotStore,
-                    entries_after: Callable[[int], Entries], *, batch_entries: int = 1000,
-                    sync: bool = False) -> StateMachine:
+                    entries_after: Callable[[StateMachine], Entries], *, batch_entries: int = 1000,
+                    sync: bool = False) -> tuple[StateMachine, SnapshotInfo | None]:
     """Set the old ctrl.db aside, restore the newest valid snapshot (none at all: start empty, a fresh node),
-    replay ``entries_after(snapshot_index)`` in batches, and return the open StateMachine.
+    replay ``entries_after(machine)`` (the journal after the machine's applied index, with memberships as the
+    machine stores them) in batches, and return the open StateMachine and the snapshot it was rebuilt from.
 
     Raises SnapshotError if snapshot directories exist but none verifies (starting empty would serve an empty
     model as if it were the real one), or if the journal does not continue where the snapshot ends.
@@ -70,13 +72,13 @@ def rebuild_ctrl_db(data_dir: str | os.PathLike[str], store: SnapshotStore,
         start = machine.applied()[0]
         if info is not None and start != info.index:
             raise SnapshotError(f"{info.data_path}: holds applied index {start}, meta.json says {info.index}")
-        replayed = _replay(machine, entries_after(start), start, batch_entries)
+        replayed = _replay(machine, entries_after(machine), start, batch_entries)
         log.info("ctrl.db rebuilt: snapshot index %d, %d journal entries replayed, applied %d",
                  start, replayed, machine.applied()[0])
     except BaseException:
         machine.close()
         raise
-    return machine
+    return machine, info
 
 
 def _replay(machine: StateMachine, entries: Entries, start: int, batch_entries: int) -> int:

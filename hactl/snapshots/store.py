@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from hactl._fs import file_sha256, fsync_dir
 from hactl.fsm.machine import StateMachine
 
 log = logging.getLogger("hactl.snapshots")
@@ -42,7 +43,7 @@ class SnapshotError(RuntimeError):
 class SnapshotInfo:
     index: int
     term: int
-    conf: Any  # opaque to us: the raft side's membership at ``index``, JSON-able
+    conf: Any  # the membership at ``index`` (Membership.to_plain()), None if the copy held none
     cluster_id: str
     timeline_id: str
     sha256: str  # of ctrl.db
@@ -114,12 +115,11 @@ class SnapshotStore:
 
     # ---------------------------------------------------------------------------------------------- create
 
-    def create(self, machine: StateMachine, *, conf: Any, cluster_id: str, timeline_id: str,
-               created: float) -> SnapshotInfo:
+    def create(self, machine: StateMachine, *, cluster_id: str, timeline_id: str, created: float) -> SnapshotInfo:
         """Snapshot ``machine`` at whatever index it has applied when the copy starts (applies may continue).
 
-        ``conf`` is stored as given, or, if callable, called with the snapshot's index (the membership must be
-        the one at exactly that index, which the caller cannot know before the copy pins it).
+        meta.json's ``conf`` is the membership the copy itself holds (read in the copy's own transaction), so it
+        is the membership at exactly the snapshot's index.
         """
         self._writable()
         staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.dir))
@@ -127,15 +127,15 @@ class SnapshotStore:
             data = staging / DATA_FILE
             fd = os.open(data, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                index, term = machine.copy_consistent(fd)
+                index, term, membership = machine.copy_consistent(fd)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            sha, size = _hash_file(data)
-            info = SnapshotInfo(index, term, _plain(conf(index) if callable(conf) else conf, data), cluster_id,
-                                timeline_id, sha, size, float(created))
+            sha, size = file_sha256(data)
+            conf = None if membership is None else membership.to_plain()
+            info = SnapshotInfo(index, term, _plain(conf, data), cluster_id, timeline_id, sha, size, float(created))
             _write_json(staging / META_FILE, info.to_meta())
-            _fsync_dir(staging)
+            fsync_dir(staging)
             stored = self._install(staging, info)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -163,7 +163,7 @@ class SnapshotStore:
                 os.replace(target, trash / "old")
                 shutil.rmtree(trash, ignore_errors=True)
         os.replace(staging, target)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         return SnapshotInfo(**{**_fields(info), "path": target})
 
     # ------------------------------------------------------------------------------------------ list/verify
@@ -204,7 +204,7 @@ class SnapshotStore:
             raise SnapshotError(f"{data}: missing") from None
         if size != info.size:
             raise SnapshotError(f"{data}: {size} bytes, meta.json says {info.size} (truncated?)")
-        sha, _ = _hash_file(data)
+        sha, _ = file_sha256(data)
         if sha != info.sha256:
             raise SnapshotError(f"{data}: sha256 {sha} does not match meta.json ({info.sha256})")
 
@@ -226,7 +226,7 @@ class SnapshotStore:
         for name in names[:max(0, len(names) - self.retain)]:
             shutil.rmtree(self.dir / name, ignore_errors=True)
             log.info("pruned snapshot %s", name)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     # ------------------------------------------------------------------------------------------ transfer
 
@@ -268,7 +268,7 @@ class SnapshotStore:
             tmp.unlink(missing_ok=True)
             raise
         Path(f"{dest}-lock").unlink(missing_ok=True)  # LMDB's lock file belongs to the file just replaced
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
 
 
 class SnapshotReceiver:
@@ -306,7 +306,7 @@ class SnapshotReceiver:
             os.fsync(self._file.fileno())
             self._file.close()
             _write_json(self.staging / META_FILE, self.info.to_meta())
-            _fsync_dir(self.staging)
+            fsync_dir(self.staging)
             stored = self.store._install(self.staging, self.info)
         except BaseException:
             self.abort()
@@ -357,16 +357,6 @@ def _plain(value: Any, where: Any) -> Any:
         raise SnapshotError(f"{where}: conf is not JSON-serialisable ({e}); it must be plain data") from None
 
 
-def _hash_file(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_COPY_CHUNK):
-            h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n
-
-
 def _write_json(path: Path, value: Any) -> None:
     try:
         text = json.dumps(value, sort_keys=True, indent=2)
@@ -376,11 +366,3 @@ def _write_json(path: Path, value: Any) -> None:
         f.write(text + "\n")
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

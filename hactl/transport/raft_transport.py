@@ -151,6 +151,13 @@ class RaftTransport:
             self._rlog.warning(f"frm-{conn.peer_id}", "raft %s claiming to be from %s dropped: the connection is "
                                "authenticated as %s", msg.type.name, msg.frm, conn.peer_id)
             return
+        if msg.type == MsgType.SNAPSHOT:
+            # A snapshot is only ever delivered by the stream, with its verified data: one on the message lane
+            # could make the node accept a snapshot it has nothing to install from.
+            self.stats["dropped_snapshot_without_stream"] += 1
+            self._rlog.warning(f"snap-{conn.peer_id}", "raft SNAPSHOT from %s on the message lane dropped: "
+                               "snapshots travel only as a stream with their data", conn.peer_id)
+            return
         if msg.to != self.id:
             self.stats["dropped_misdirected"] += 1
             self._rlog.warning(f"to-{conn.peer_id}", "raft %s from %s addressed to %s dropped: this node is %s",

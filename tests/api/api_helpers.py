@@ -27,6 +27,8 @@ from hactl.raft.inmem import InmemNetwork
 from hactl.raft.node import NodeOptions, NoLeader, ProposalDropped, RaftNode, ResultUnknown
 from hactl.raft.storage import RaftStorage
 from hactl.raft.types import ConfState
+from hactl.server.fsm_adapter import ControllerFSM
+from hactl.snapshots.store import SnapshotStore
 
 TOKEN = "test-token-0123456789abcdef"
 CONTROLLER = "c0ffee1234"
@@ -40,28 +42,6 @@ def token_hash(token: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------- the cluster
-
-class MachineFSM:
-    """Adapts StateMachine to RaftNode's FSM protocol. Snapshots are off in these tests (snapshot_every=0)."""
-
-    def __init__(self, machine: StateMachine) -> None:
-        self.machine = machine
-
-    def apply(self, index: int, term: int, data: bytes) -> Result | None:
-        return self.machine.apply(index, term, data)
-
-    def apply_batch(self, entries: list[tuple[int, int, bytes]]) -> list[Result | None]:
-        return self.machine.apply_batch(entries)
-
-    def snapshot(self, conf_at: Any) -> Any:
-        raise NotImplementedError("snapshots are off in the API tests")
-
-    def snapshot_payload(self, meta: Any) -> Any:
-        raise NotImplementedError("snapshots are off in the API tests")
-
-    def restore(self, meta: Any, payload: Any) -> None:
-        raise NotImplementedError("snapshots are off in the API tests")
-
 
 class RaftCluster:
     """A `hactl.api.cluster.Cluster` made of one real RaftNode and a real StateMachine (no forwarding: with one
@@ -82,7 +62,9 @@ class RaftCluster:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self._machine = StateMachine(self.tmp / "ctrl.db")
         storage = RaftStorage(self.tmp / "raft.db", sync=False)
-        self.node = RaftNode(Config(self.node_id), storage, MachineFSM(self._machine),
+        fsm = ControllerFSM(self._machine, SnapshotStore(self.tmp / "snapshots"),
+                            on_restart_needed=lambda why: None)  # the real adapter; snapshots are off here
+        self.node = RaftNode(Config(self.node_id), storage, fsm,
                              self.net.transport(self.node_id),
                              options=NodeOptions(tick_interval=TICK, snapshot_every=0), seed=7,
                              bootstrap=ConfState(self.voters))

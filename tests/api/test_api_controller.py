@@ -1,4 +1,4 @@
-"""The API served by real controllers (hactl.controller.Controller): three nodes in-process, real mTLS mesh, real
+"""The API served by real controllers (hactl.server.controller.Controller): three nodes in-process, real mTLS mesh, real
 forwarding. Writes sent to any node (followers forward to the leader), reads on every node.
 
 The bulk of the API tests use the single-node RaftCluster of api_helpers.py; this file checks what only a
@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
-controller_mod = pytest.importorskip("hactl.controller")
-
-from hactl.config import ApiConfig, ClusterConfig, Config, ControlConfig, PkiConfig, RaftConfig, SnapshotConfig  # noqa: E402
-from hactl.transport import pki  # noqa: E402
+from hactl.config import ApiConfig, ClusterConfig, Config, ControlConfig, PkiConfig, RaftConfig, SnapshotConfig
+from hactl.server import controller as controller_mod
+from hactl.transport import pki
 
 TD = "api.test"
 IDS = ("c1", "c2", "c3")

@@ -9,6 +9,7 @@ import pytest
 
 from hactl.fsm import commands as C
 from hactl.fsm.machine import StateMachine
+from hactl.fsm.membership import Membership
 from hactl.fsm.result import Result
 
 CONTROLLER = "a1b2c3d4e5"
@@ -45,6 +46,12 @@ class Driver:
         r = self.m.apply(self.index, self.term, data)
         assert r is not None
         return r
+
+    def membership(self, voters: tuple[str, ...], learners: tuple[str, ...] = (),
+                   addresses: dict[str, str] | None = None) -> None:
+        """Apply a membership entry (what the FSM adapter hands over for a raft membership change)."""
+        self.index += 1
+        assert self.m.apply_batch([(self.index, self.term, Membership(voters, learners, addresses or {}))]) == [None]
 
     def init(self, **kw: Any) -> Result:
         args: dict[str, Any] = dict(cluster_id="cluster-1", timeline_id="timeline-1", address=CONTROLLER,

@@ -30,9 +30,9 @@ def node(tmp_path: Path, make_driver: Any) -> Any:
         assert drv.member(b, addr, {"authorized": True}).ok
     assert drv.member(a, "0000000005", {"tags": [[1, 2]]}).ok
     store = SnapshotStore(tmp_path / "snapshots")
-    store.create(drv.m, conf={"voters": ["x"]}, cluster_id="c", timeline_id="t", created=1.0)
+    store.create(drv.m, cluster_id="c", timeline_id="t", created=1.0)
     assert drv.member(a, "0000000006").ok
-    store.create(drv.m, conf={"voters": ["x"]}, cluster_id="c", timeline_id="t", created=2.0)
+    store.create(drv.m, cluster_id="c", timeline_id="t", created=2.0)
     drv.store = store
     drv.m.close()  # LMDB forbids opening one file twice in a process: inspection runs as its own process
     return drv

@@ -165,11 +165,12 @@ def test_snapshot_then_replay_equals_full_replay(stream: list[tuple[Any, ...]], 
         store = SnapshotStore(node / "snapshots")
         m = StateMachine(node / "ctrl.db")
         m.apply_batch(entries[:k])
-        info = store.create(m, conf=None, cluster_id="c", timeline_id="t", created=0.0)
+        info = store.create(m, cluster_id="c", timeline_id="t", created=0.0)
         assert info.index == (entries[k - 1][0] if k else 0)
         m.apply_batch(entries[k:k + lost])  # applied after the snapshot, then the process dies
         m.close()
-        rebuilt = rebuild_ctrl_db(node, store, lambda i: (e for e in entries if e[0] > i), batch_entries=4)
+        rebuilt, _ = rebuild_ctrl_db(node, store, lambda m: (e for e in entries if e[0] > m.applied()[0]),
+                                     batch_entries=4)
         try:
             assert state(rebuilt) == state(ref)
             assert check_machine(rebuilt) == []

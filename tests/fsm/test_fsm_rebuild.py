@@ -29,7 +29,8 @@ def journal(n: int) -> list[tuple[int, int, bytes]]:
 def after(log: list[tuple[int, int, bytes]]) -> Any:
     calls: list[int] = []
 
-    def entries_after(i: int) -> Iterable[tuple[int, int, bytes]]:
+    def entries_after(m: StateMachine) -> Iterable[tuple[int, int, bytes]]:
+        i = m.applied()[0]
         calls.append(i)
         return (e for e in log if e[0] > i)
     entries_after.calls = calls  # type: ignore[attr-defined]
@@ -46,7 +47,7 @@ def test_fresh_node_starts_empty_and_replays_everything(tmp_path: Path) -> None:
     log = journal(30)
     store = SnapshotStore(tmp_path / "snapshots")
     ea = after(log)
-    m = rebuild_ctrl_db(tmp_path, store, ea, batch_entries=7)
+    m, _ = rebuild_ctrl_db(tmp_path, store, ea, batch_entries=7)
     try:
         assert ea.calls == [0] and m.applied() == (30, 2)
         assert list(m.iter_model()) == full_replay(tmp_path, log)
@@ -57,13 +58,13 @@ def test_fresh_node_starts_empty_and_replays_everything(tmp_path: Path) -> None:
 def test_rebuild_from_snapshot_then_journal_and_prev_kept(tmp_path: Path) -> None:
     log = journal(40)
     store = SnapshotStore(tmp_path / "snapshots")
-    m = rebuild_ctrl_db(tmp_path, store, after(log[:20]))
-    info = store.create(m, conf=None, cluster_id="c", timeline_id="t", created=1.0)
+    m, _ = rebuild_ctrl_db(tmp_path, store, after(log[:20]))
+    info = store.create(m, cluster_id="c", timeline_id="t", created=1.0)
     assert info.index == 20
     m.apply_batch(log[20:25])
     m.close()
     ea = after(log)
-    m = rebuild_ctrl_db(tmp_path, store, ea)
+    m, _ = rebuild_ctrl_db(tmp_path, store, ea)
     try:
         assert ea.calls == [20]  # replay starts after the snapshot, not at 0
         assert m.applied() == (40, 2)
@@ -72,7 +73,7 @@ def test_rebuild_from_snapshot_then_journal_and_prev_kept(tmp_path: Path) -> Non
         m.close()
     with StateMachine(tmp_path / "ctrl.db.prev", readonly=True) as prev:
         assert prev.applied() == (25, 2)  # the file set aside is the one from before this start
-    m = rebuild_ctrl_db(tmp_path, store, after(log))
+    m, _ = rebuild_ctrl_db(tmp_path, store, after(log))
     m.close()
     with StateMachine(tmp_path / "ctrl.db.prev", readonly=True) as prev:
         assert prev.applied() == (40, 2)  # one previous copy: replaced, not accumulated
@@ -83,18 +84,19 @@ def test_rebuild_from_snapshot_then_journal_and_prev_kept(tmp_path: Path) -> Non
 def test_corrupt_newest_snapshot_falls_back_to_older_one(tmp_path: Path) -> None:
     log = journal(30)
     store = SnapshotStore(tmp_path / "snapshots")
-    m = rebuild_ctrl_db(tmp_path, store, after(log[:10]))
-    old = store.create(m, conf=None, cluster_id="c", timeline_id="t", created=1.0)
+    m, _ = rebuild_ctrl_db(tmp_path, store, after(log[:10]))
+    old = store.create(m, cluster_id="c", timeline_id="t", created=1.0)
     m.apply_batch(log[10:20])
-    new = store.create(m, conf=None, cluster_id="c", timeline_id="t", created=2.0)
+    new = store.create(m, cluster_id="c", timeline_id="t", created=2.0)
     m.close()
     data = bytearray(new.data_path.read_bytes())
     data[100] ^= 1
     new.data_path.write_bytes(bytes(data))
     ea = after(log)
-    m = rebuild_ctrl_db(tmp_path, store, ea)
+    m, used = rebuild_ctrl_db(tmp_path, store, ea)
     try:
         assert ea.calls == [old.index]
+        assert used == old  # the rebuild says which snapshot it used: not the corrupt newer one
         assert list(m.iter_model()) == full_replay(tmp_path, log)
     finally:
         m.close()
@@ -103,8 +105,8 @@ def test_corrupt_newest_snapshot_falls_back_to_older_one(tmp_path: Path) -> None
 def test_no_valid_snapshot_is_an_error_not_an_empty_model(tmp_path: Path) -> None:
     log = journal(12)
     store = SnapshotStore(tmp_path / "snapshots")
-    m = rebuild_ctrl_db(tmp_path, store, after(log))
-    info = store.create(m, conf=None, cluster_id="c", timeline_id="t", created=1.0)
+    m, _ = rebuild_ctrl_db(tmp_path, store, after(log))
+    info = store.create(m, cluster_id="c", timeline_id="t", created=1.0)
     m.close()
     info.data_path.write_bytes(b"garbage")
     with pytest.raises(SnapshotError, match=f"no valid snapshot among {info.name}"):
@@ -114,8 +116,8 @@ def test_no_valid_snapshot_is_an_error_not_an_empty_model(tmp_path: Path) -> Non
 def test_journal_gap_after_snapshot_is_an_error(tmp_path: Path) -> None:
     log = journal(30)
     store = SnapshotStore(tmp_path / "snapshots")
-    m = rebuild_ctrl_db(tmp_path, store, after(log[:10]))
-    store.create(m, conf=None, cluster_id="c", timeline_id="t", created=1.0)
+    m, _ = rebuild_ctrl_db(tmp_path, store, after(log[:10]))
+    store.create(m, cluster_id="c", timeline_id="t", created=1.0)
     m.close()
     with pytest.raises(SnapshotError, match="jumps from 10 to 15"):
         rebuild_ctrl_db(tmp_path, store, after(log[14:]))

@@ -13,6 +13,7 @@ import pytest
 
 from hactl.fsm import commands as C
 from hactl.fsm.machine import StateMachine
+from hactl.fsm.membership import Membership
 from hactl.snapshots.store import SnapshotError, SnapshotInfo, SnapshotStore
 
 
@@ -24,8 +25,7 @@ def fill(drv: Any, members: int = 20) -> str:
 
 
 def snap(store: SnapshotStore, m: StateMachine, **kw: Any) -> SnapshotInfo:
-    args: dict[str, Any] = dict(conf={"voters": ["n1", "n2", "n3"], "learners": []}, cluster_id="cluster-1",
-                                timeline_id="timeline-1", created=1700000000.5)
+    args: dict[str, Any] = dict(cluster_id="cluster-1", timeline_id="timeline-1", created=1700000000.5)
     args.update(kw)
     return store.create(m, **args)
 
@@ -36,6 +36,7 @@ def dump_of(path: Path) -> list[dict[str, Any]]:
 
 
 def test_create_writes_data_and_meta(drv: Any, tmp_path: Path) -> None:
+    drv.membership(("n1", "n2", "n3"), addresses={"n1": "h1:1", "n2": "h2:2", "n3": "h3:3"})
     fill(drv)
     store = SnapshotStore(tmp_path / "snapshots")
     info = snap(store, drv.m)
@@ -46,7 +47,7 @@ def test_create_writes_data_and_meta(drv: Any, tmp_path: Path) -> None:
     assert info.size == len(data) and info.sha256 == hashlib.sha256(data).hexdigest()
     meta = json.loads((info.path / "meta.json").read_text())
     assert meta == {"format": 1, "index": info.index, "term": info.term, "conf": {"voters": ["n1", "n2", "n3"],
-                    "learners": []}, "cluster_id": "cluster-1", "timeline_id": "timeline-1",
+                    "learners": [], "addresses": {"n1": "h1:1", "n2": "h2:2", "n3": "h3:3"}}, "cluster_id": "cluster-1", "timeline_id": "timeline-1",
                     "sha256": info.sha256, "size": info.size, "created": 1700000000.5}
     assert dump_of(info.data_path) == list(drv.m.iter_model())
     for private in (info.data_path, Path(drv.m.path), info.path):  # the signing key is in there
@@ -57,19 +58,17 @@ def test_create_writes_data_and_meta(drv: Any, tmp_path: Path) -> None:
     assert store.names() == [info.name]
 
 
-def test_conf_may_be_computed_for_the_pinned_index(drv: Any, tmp_path: Path) -> None:
+def test_meta_conf_is_the_membership_the_copy_holds(drv: Any, tmp_path: Path) -> None:
+    """The membership comes from the copy's own transaction: the one in force at exactly the snapshot index."""
+    drv.membership(("a",), ("b",), {"a": "h:1", "b": "h:2"})
     fill(drv, 3)
-    seen: list[int] = []
-
-    def conf_at(index: int) -> Any:
-        seen.append(index)
-        return ("a", ("b",))  # tuples: stored (and returned) as JSON gives them back
-
-    info = snap(SnapshotStore(tmp_path / "s"), drv.m, conf=conf_at)
-    assert seen == [info.index] and info.conf == ["a", ["b"]]
-    with pytest.raises(SnapshotError, match="JSON"):
-        snap(SnapshotStore(tmp_path / "s2"), drv.m, conf=object())
-    assert not [p for p in (tmp_path / "s2").iterdir()]  # no staging left behind
+    store = SnapshotStore(tmp_path / "s")
+    info = snap(store, drv.m)
+    assert info.conf == {"voters": ["a"], "learners": ["b"], "addresses": {"a": "h:1", "b": "h:2"}}
+    drv.membership(("a", "b"), (), {"a": "h:1", "b": "h:2"})  # the change is the last entry applied
+    info2 = snap(store, drv.m)
+    assert info2.index == info.index + 1 and info2.conf["voters"] == ["a", "b"] and info2.conf["learners"] == []
+    assert drv.m.membership() == Membership(("a", "b"), (), {"a": "h:1", "b": "h:2"})
 
 
 def test_retention_keeps_the_newest(drv: Any, tmp_path: Path) -> None:

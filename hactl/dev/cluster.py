@@ -22,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from hactl.controller import EXIT_RESTART, read_or_create_token
+from hactl.server.controller import EXIT_RESTART
+from hactl.server.tokens import read_or_create_token
 from hactl.transport.pki import init_ca, issue
 
 log = logging.getLogger("hactl.dev")

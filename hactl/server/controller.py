@@ -1,7 +1,12 @@
-"""One controller process: raft journal + ctrl.db + snapshot store + control channel + API, and its lifecycle.
+"""One controller process: raft journal + ctrl.db + snapshot store + control channel + API + agent, and its lifecycle.
 
-Exit codes (a supervisor restarts the process on any exit): 0 clean stop, 3 restart on purpose (a snapshot
-install or a restore needs a fresh process), 2 bad configuration or data directory, anything else a crash.
+Exit codes (a supervisor restarts the process on any exit): 0 clean stop, 1 a fatal runtime failure (the raft
+node stopped: raft.db or ctrl.db could not be written, a snapshot could not be installed...), 2 bad configuration
+or data directory, 3 restart on purpose (a snapshot install or a restore needs a fresh process).
+
+Fail-stop: a node whose storage failed never lingers. Its raft loop stops (nothing more is persisted, applied or
+acknowledged), every waiting request is answered, and the process exits 1 so its supervisor restarts it; a
+restart that fails again keeps failing visibly instead of serving a frozen model.
 """
 from __future__ import annotations
 
@@ -11,73 +16,46 @@ import hashlib
 import hmac
 import logging
 import os
-import secrets
 import signal
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from hactl import __version__
+from hactl._fs import atomic_write
 from hactl.aio import cancel_and_wait
-from hactl.api.cluster import ClusterUnavailable, OutcomeUnknown, Overloaded
+from hactl.api.cluster import ClusterUnavailable
 from hactl.config import Config, parse_hostport
 from hactl.fsm.commands import build_cluster_init, new_controller_address, new_signing_key
 from hactl.fsm.machine import StateMachine
 from hactl.fsm.result import Result
 from hactl.raft import core as raft_core
-from hactl.raft.node import NodeOptions, NoLeader, ProposalDropped, RaftError, RaftNode, ResultUnknown
+from hactl.raft.node import NodeOptions, NoLeader, RaftError, RaftNode
 from hactl.raft.storage import RaftStorage
-from hactl.raft.types import ConfChange, ConfChangeType, ConfState, Role, SnapshotMeta
-from hactl.replicated import ReplicatedModel, conf_from_json
+from hactl.raft.types import ConfChange, ConfChangeType, ConfState, Entry, Role
+from hactl.server.fsm_adapter import ControllerFSM, MembershipTracker, meta_of
+from hactl.server.health import Health
+from hactl.server.tokens import TokenError, read_or_create_token, token_hash
+from hactl.server.writes import WritePath
 from hactl.snapshots.rebuild import rebuild_ctrl_db
 from hactl.snapshots.store import SnapshotStore
-from hactl.transport.errors import ConnectionLost, PeerUnavailable, RemoteError
 from hactl.transport.mesh import Mesh, MeshOptions
 from hactl.transport.pki import load_identity
 from hactl.transport.raft_transport import RaftTransport
 
-log = logging.getLogger("hactl.controller")
+log = logging.getLogger("hactl.server")
 
 EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_RESTART = 3
 
 INIT_REQUEST_ID = "cluster-init"  # one fixed id: however many leaders try, the model is initialised once
-FORWARD_METHOD = "raft.propose"
 
 
 class StartupError(Exception):
     """The controller cannot start with this configuration or data directory (exit code 2)."""
-
-
-def token_hash(token: str) -> str:
-    return "sha256:" + hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def read_or_create_token(path: str) -> str:
-    p = Path(path)
-    try:
-        token = p.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        token = secrets.token_urlsafe(32)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, p)  # never replace a token another node wrote meanwhile
-        except FileExistsError:
-            token = p.read_text(encoding="utf-8").strip()
-        finally:
-            tmp.unlink(missing_ok=True)
-        log.info("created the API token file %s", p)
-    if not token:
-        raise StartupError(f"{path}: the API token file is empty")
-    return token
 
 
 class Controller:
@@ -91,17 +69,17 @@ class Controller:
         self._stopping = asyncio.Event()
         self._lock_fd: int | None = None
         self._tasks: list[asyncio.Task] = []
-        self._inflight = 0
         self._addresses: dict[str, str] = dict(cfg.cluster.initial_cluster)
-        self._leader_commit_seen = 0
         self._last_snapshot_time = time.monotonic()
         self._api: Any = None
         self._agent: Any = None
         self.ops: Any = None
         self.storage: RaftStorage | None = None
-        self.model: ReplicatedModel | None = None
+        self.model: ControllerFSM | None = None
         self.node: RaftNode | None = None
         self.mesh: Mesh | None = None
+        self.writes: WritePath | None = None
+        self.health_: Health | None = None
 
     # ------------------------------------------------------------------ start and stop
 
@@ -117,20 +95,13 @@ class Controller:
         except Exception as e:
             raise StartupError(f"pki: cannot load this node's identity: {e}") from e
         self.storage = RaftStorage(self.data / "raft.db")
-        st = self.storage.load()
         store = SnapshotStore(self.data / "snapshots", retain=cfg.snapshots.retain)
-        commit = st.hard_state.commit
-        storage = self.storage
-
-        def committed_after(index: int):
-            lo = max(index + 1, storage.first_index())
-            for e in storage.entries(lo, commit + 1) if commit >= lo else []:
-                yield e.index, e.term, e.data if e.type == 0 else b""
-
-        machine = rebuild_ctrl_db(self.data, store, committed_after)
-        restored = self._restored_meta(store, machine)
-        self.model = ReplicatedModel(machine, store, addresses=lambda: dict(self._addresses),
-                                     on_restart_needed=self._restart_needed)
+        machine, used = rebuild_ctrl_db(self.data, store, self._journal_after)
+        restored = meta_of(used) if used is not None else None
+        membership = machine.membership()
+        if membership is not None:  # what ctrl.db holds supersedes initial_cluster (members come and go)
+            self._addresses = dict(membership.addresses)
+        self.model = ControllerFSM(machine, store, on_restart_needed=self._restart_needed)
         mesh_id = hashlib.sha256(Path(cfg.pki.ca).read_bytes()).hexdigest()[:16]  # the CA defines the cluster
         peers = {k: v for k, v in self._addresses.items() if k != self.node_id}
         self.mesh = Mesh(self.node_id, mesh_id, cfg.cluster.trust_domain, identity, cfg.control.listen, peers,
@@ -148,12 +119,13 @@ class Controller:
                                 snapshot_trailing=cfg.snapshots.trailing_entries),
             bootstrap=bootstrap, restored=restored,
             bootstrap_contexts={k: v.encode() for k, v in cfg.cluster.initial_cluster.items()})
-        self.model.conf_at = self.node.conf_at
         self.node.on_role_change = self._on_role_change
         self.node.on_conf_change = self._on_conf_change
         transport.set_receiver(self.node.receive)
-        self.mesh.register(FORWARD_METHOD, self._serve_forwarded_propose)
-        from hactl.operations import Operations
+        self.health_ = Health(self.node, self.mesh)
+        self.writes = WritePath(self.node, self.mesh, machine, self.machine, apply_timeout=r.apply_timeout_s,
+                                proposal_queue=r.proposal_queue)
+        from hactl.server.operations import Operations
         self.ops = Operations(self)
         await self.mesh.start()
         await self.node.start()
@@ -170,24 +142,14 @@ class Controller:
         log.info("controller %s started: control %s, api %s, data %s", self.node_id, cfg.control.listen,
                  cfg.api.listen, self.data)
 
-    def _restored_meta(self, store: SnapshotStore, machine: StateMachine) -> SnapshotMeta | None:
-        index, term = machine.applied()
-        if index == 0:
-            return None
-        try:
-            info = store.load(f"{index}-{term}")
-        except Exception:
-            info = None
-        if info is None:  # replayed past its snapshot: use the newest snapshot at or below what it holds
-            infos = [i for i in store.list() if i.index <= index]
-            if not infos:
-                return None
-            info = infos[-1]
-        conf, addrs = conf_from_json(info.conf)
-        # The snapshot's membership supersedes initial_cluster (members may have been removed or added since).
-        self._addresses = {k: v for k, v in self._addresses.items() if k in conf.members()}
-        self._addresses.update(addrs)
-        return SnapshotMeta(info.index, info.term, conf)
+    def _journal_after(self, machine: StateMachine) -> Iterator[tuple[int, int, Any]]:
+        """The committed journal after what ``machine`` holds, as it applies it (memberships included)."""
+        storage = self.storage
+        assert storage is not None
+        commit = storage.load().hard_state.commit
+        lo = max(machine.applied()[0] + 1, storage.first_index())
+        entries: list[Entry] = storage.entries(lo, commit + 1) if commit >= lo else []
+        return MembershipTracker(machine.membership()).translate(entries)
 
     def _check_node_id(self) -> None:
         """A data directory belongs to one node id for life (`hactl cluster recover` reads it from here too)."""
@@ -195,7 +157,7 @@ class Controller:
         try:
             owner = path.read_text().strip()
         except FileNotFoundError:
-            path.write_text(self.node_id + "\n")
+            atomic_write(path, self.node_id + "\n", 0o600)
             return
         if owner != self.node_id:
             raise StartupError(f"{self.data} belongs to controller {owner}, not {self.node_id}")
@@ -234,14 +196,26 @@ class Controller:
             self._lock_fd = None
 
     async def run(self) -> int:
-        """Start, serve until SIGTERM/SIGINT or a restart request, stop; returns the exit code."""
+        """Start, serve until SIGTERM/SIGINT, a restart request or a node failure, stop; returns the exit code."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
+        waiters: list[asyncio.Future] = []
         try:
             await self.start()
-            await self._stopping.wait()
+            assert self.node is not None
+            failed = asyncio.ensure_future(self.node.wait_failed())
+            waiters = [failed, asyncio.ensure_future(self._stopping.wait())]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if failed.done():
+                cause = failed.result()
+                log.critical("controller %s exits with code %d: its raft node stopped (%s: %s); the supervisor "
+                             "restarts it. If this repeats, check the disk holding %s.", self.node_id, EXIT_FAILED,
+                             type(cause).__name__, cause, self.data)
+                self.exit_code = EXIT_FAILED
         finally:
+            for w in waiters:
+                w.cancel()
             await self.stop()
         return self.exit_code
 
@@ -249,13 +223,15 @@ class Controller:
         """May be called from the I/O thread; the stop waits a moment so answers in flight still go out."""
         log.warning("controller %s restarting (exit code %d): %s", self.node_id, EXIT_RESTART, reason)
         self.exit_code = EXIT_RESTART
+        if self.health_ is not None:
+            self.health_.restart_reason = reason
         self._loop.call_soon_threadsafe(self._loop.call_later, 1.0, self._stopping.set)
 
     # ------------------------------------------------------------------ raft callbacks and housekeeping
 
     def _on_role_change(self, role: Role, leader: str | None) -> None:
         log.info("controller %s is now %s (leader: %s, term %d)", self.node_id, role.name.lower(), leader,
-                 self.node.core.term if self.node else 0)
+                 self.node.term if self.node else 0)
         if role == Role.LEADER:
             self._tasks.append(asyncio.create_task(self._ensure_initialized()))
 
@@ -290,6 +266,8 @@ class Controller:
                 log.info("cluster initialised: controller address %s", (result.value or {}).get("address"))
             elif result.error != "ALREADY_INITIALIZED":
                 log.error("cluster initialisation failed: %s %s", result.error, result.message)
+        except (TokenError, OSError) as e:
+            log.error("cluster initialisation failed: %s", e)
         except Exception as e:  # the next leader will try again
             log.warning("cluster initialisation not done yet: %s", e)
 
@@ -298,11 +276,10 @@ class Controller:
         while True:
             await asyncio.sleep(1.0)
             node = self.node
-            if node.core.role == Role.FOLLOWER and node.leader is not None:
-                self._leader_commit_seen = node.core.log.committed
+            self.health_.observe()
             if interval and time.monotonic() - self._last_snapshot_time >= interval:
                 self._last_snapshot_time = time.monotonic()
-                if node.applied > node.core.snapshot.index and not node._snapshotting:
+                if node.running and node.applied > node.snapshot_index and not node.snapshot_in_progress:
                     node.request_snapshot()
 
     # ------------------------------------------------------------------ the Cluster interface (for the API)
@@ -310,6 +287,8 @@ class Controller:
     def machine(self) -> StateMachine:
         if self.model is None or self.model.restart_reason is not None:
             raise ClusterUnavailable("this controller is restarting to load a new snapshot", retry_after=2)
+        if self.node is not None and not self.node.running:
+            raise ClusterUnavailable("this controller's raft node stopped; it is restarting", retry_after=2)
         return self.model.machine
 
     def now_ms(self) -> int:
@@ -326,17 +305,10 @@ class Controller:
         return hmac.compare_digest(token_hash(token).encode(), str(expected).encode())
 
     def status(self) -> dict[str, Any]:
-        st = self.node.status()
-        return {"id": self.node_id, "role": st.role.name.lower(), "term": st.term, "leader": st.leader,
-                "commit": st.commit, "applied": st.applied, "voters": list(st.conf.voters),
-                "learners": list(st.conf.learners), "peers_connected": sorted(self.mesh.connected()),
-                "routers": [{"id": r.id, "addr": r.addr, "hello": r.hello} for r in self.mesh.routers()]}
+        return self.health_.status()
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        st = self.node.status()
-        target = st.commit if st.role == Role.LEADER else max(self._leader_commit_seen, 0)
-        ok = st.leader is not None and st.applied >= min(target, st.commit) and self.model.restart_reason is None
-        return ok, {"leader": st.leader, "applied": st.applied, "commit": st.commit, "role": st.role.name.lower()}
+        return self.health_.health()
 
     async def read_barrier(self) -> None:
         try:
@@ -345,80 +317,6 @@ class Controller:
             raise ClusterUnavailable(f"cannot confirm the leader for a linearizable read: {e}") from None
 
     async def submit(self, command: bytes, request_id: str) -> Result:
-        """Propose on the leader (forwarding from a follower), retrying with the same request id across leader
-        changes; answer once THIS node has applied the entry."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.cfg.raft.apply_timeout_s
-        proposed = False
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                if proposed:
-                    raise OutcomeUnknown(f"write {request_id} was proposed but not applied within "
-                                         f"{self.cfg.raft.apply_timeout_s}s")
-                raise ClusterUnavailable("no leader accepted the write in time")
-            self.machine()  # refuses while restarting
-            node = self.node
-            try:
-                if node.is_leader:
-                    index = await self._propose_here(command, remaining)
-                    proposed = True
-                else:
-                    leader = node.leader
-                    if leader is None:
-                        await asyncio.sleep(min(0.05, remaining))
-                        continue
-                    reply = await self.mesh.call(leader, FORWARD_METHOD, {"cmd": command}, timeout=remaining)
-                    proposed = True
-                    index = int(reply["index"])
-                await node.wait_applied(index, timeout=max(0.01, deadline - loop.time()))
-            except (raft_core.NotLeader, NoLeader, ProposalDropped, PeerUnavailable, ConnectionLost) as e:
-                log.debug("write %s: retrying after %s", request_id, e)
-                proposed = proposed or isinstance(e, (ProposalDropped, ConnectionLost))
-                await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
-                continue
-            except (ResultUnknown, asyncio.TimeoutError):
-                continue  # the deadline check above decides
-            except RemoteError as e:
-                if e.code == "overloaded":
-                    raise Overloaded(str(e)) from None
-                if e.code == "unknown":
-                    raise OutcomeUnknown(f"write {request_id}: {e}") from None
-                if e.code == "not_leader":
-                    await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
-                    continue
-                raise ClusterUnavailable(f"the leader refused the write: {e}") from None
-            result = self.model.machine.result_for(request_id)
-            if result is None:
-                # Index `index` holds another leader's entry: this proposal was overwritten and can never commit,
-                # so proposing it again (same request id) cannot apply it twice.
-                log.debug("write %s: entry %d was replaced by another leader's; proposing again", request_id, index)
-                continue
-            return result
-
-    async def _propose_here(self, command: bytes, timeout: float) -> int:
-        if self._inflight >= self.cfg.raft.proposal_queue:
-            raise Overloaded(f"{self._inflight} proposals already waiting on the leader")
-        self._inflight += 1
-        try:
-            index, _ = await self.node.propose(command, timeout=timeout)
-            return index
-        except raft_core.ProposalRefused as e:
-            raise NoLeader(str(e)) from None
-        finally:
-            self._inflight -= 1
-
-    async def _serve_forwarded_propose(self, peer: str, body: Any) -> dict[str, Any]:
-        if not isinstance(body, dict) or not isinstance(body.get("cmd"), bytes):
-            raise RemoteError("bad_request", "expected {cmd: bytes}")
-        if not self.node.is_leader:
-            raise RemoteError("not_leader", f"{self.node_id} is not the leader (leader: {self.node.leader})")
-        try:
-            index = await self._propose_here(body["cmd"], self.cfg.raft.apply_timeout_s)
-        except Overloaded as e:
-            raise RemoteError("overloaded", str(e)) from None
-        except (raft_core.NotLeader, NoLeader, ProposalDropped) as e:
-            raise RemoteError("not_leader", str(e)) from None
-        except ResultUnknown as e:
-            raise RemoteError("unknown", str(e)) from None
-        return {"index": index}
+        """See WritePath.submit: 503/429 only when certainly not applied, 504 when it may have been."""
+        assert self.writes is not None
+        return await self.writes.submit(command, request_id)

@@ -1,4 +1,4 @@
-"""`hactl cluster recover --data DIR`: after a permanent loss of quorum, shrink the membership to this node.
+"""`hactl cluster recover --data DIR` (the command is in hactl/cli.py): after a permanent loss of quorum, shrink the membership to this node.
 
 Offline (the controller must be stopped). Like etcd's --force-new-cluster it is a deliberate, unsafe-by-nature
 step: entries the lost majority may have committed but this node never heard of are gone for good. What it does:
@@ -8,10 +8,8 @@ them, is the only voter, elects itself, and can take new members with `hactl age
 """
 from __future__ import annotations
 
-import argparse
 import fcntl
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -67,23 +65,3 @@ def _rewrite(storage: RaftStorage, node_id: str) -> dict[str, Any]:
         raise RecoverError("this node is already the only member; start it normally")
     return {"id": node_id, "removed": [cc.node for cc in changes if cc.type == ConfChangeType.REMOVE],
             "dropped_uncommitted": dropped, "membership": ConfState((node_id,)).voters}
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    try:
-        out = recover(args.data)
-    except (RecoverError, StorageError) as e:
-        print(f"hactl cluster recover: {e}", file=sys.stderr)
-        return 1
-    removed = ", ".join(out["removed"]) or "nobody"
-    print(f"{out['id']} is now the only member (removed: {removed}; "
-          f"{out['dropped_uncommitted']} uncommitted entries dropped). Start it, then add new members with "
-          "`hactl agent cluster add ADDR`.")
-    return 0
-
-
-def add_cluster_commands(sub: Any) -> None:
-    cl = sub.add_parser("cluster", help="offline cluster operations").add_subparsers(dest="sub", required=True)
-    p = cl.add_parser("recover", help="after a permanent loss of quorum: make this stopped node the only member")
-    p.add_argument("--data", required=True, help="the stopped controller's data directory")
-    p.set_defaults(func=_cmd)

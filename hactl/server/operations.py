@@ -7,7 +7,6 @@ state machine stages it and swaps it in at commit, and every controller restarts
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import time
 import uuid
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from hactl import __version__
+from hactl._fs import atomic_write, file_sha256
 from hactl.agent.handle import AgentError
 from hactl.api.cluster import ClusterUnavailable, OutcomeUnknown, Overloaded
 from hactl.fsm.commands import build_restore, decode, encode, RestoreAbort
@@ -25,18 +25,10 @@ from hactl.raft.types import ConfChange, ConfChangeType
 from hactl.transport.errors import ConnectionLost, PeerUnavailable, RemoteError
 
 if TYPE_CHECKING:
-    from hactl.controller import Controller
+    from hactl.server.controller import Controller
 
 OP_METHOD = "agent.op"
 _LEADER_OPS = ("add", "remove", "transfer")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Operations:
@@ -119,22 +111,22 @@ class Operations:
             if op == "add":
                 if not isinstance(nid, str) or not isinstance(args.get("address"), str):
                     raise AgentError("bad_request", "add needs an id and an address")
-                if nid in node.core.conf.voters:
+                if nid in node.membership.voters:
                     raise AgentError("exists", f"{nid} is already a voter")
                 ctx = args["address"].encode()
                 if args.get("learner"):
-                    if nid not in node.core.conf.learners:
+                    if nid not in node.membership.learners:
                         await node.change_membership(ConfChange(ConfChangeType.ADD_LEARNER, nid, ctx), timeout)
                     return {"id": nid, "role": "learner"}
                 await node.add_voter(nid, ctx, timeout=timeout)
                 return {"id": nid, "role": "voter"}
             if op == "remove":
-                if nid not in node.core.conf.members():
+                if nid not in node.membership.members():
                     raise AgentError("not_found", f"{nid} is not a member (members: "
-                                                  f"{', '.join(node.core.conf.members())})")
+                                                  f"{', '.join(node.membership.members())})")
                 await node.change_membership(ConfChange(ConfChangeType.REMOVE, nid), timeout)
                 return {"id": nid, "removed": True}
-            if nid is not None and nid not in node.core.conf.voters:
+            if nid is not None and nid not in node.membership.voters:
                 raise AgentError("not_found", f"{nid} is not a voter")
             return {"leader": await node.transfer_leadership(nid, timeout)}
         except ProposalRefused as e:
@@ -161,7 +153,7 @@ class Operations:
             raise AgentError("io", f"cannot write in {directory}: {e.strerror}") from None
         try:
             try:
-                index, _ = machine.copy_consistent(fd)
+                index, _, _ = machine.copy_consistent(fd)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -172,8 +164,8 @@ class Operations:
                 raise AgentError("exists", f"{final} already exists") from None
         finally:
             tmp.unlink(missing_ok=True)
-        digest = sha256_file(final)
-        Path(f"{final}.sha256").write_text(f"{digest}  {final.name}\n")
+        digest = file_sha256(final)[0]
+        atomic_write(Path(f"{final}.sha256"), f"{digest}  {final.name}\n", 0o600)
         return {"path": str(final), "sha256": digest, "index": index, "size": final.stat().st_size}
 
     async def restore_from_db(self, path: str, timeout: float) -> dict[str, Any]:
@@ -234,7 +226,7 @@ class Operations:
         sidecar = Path(f"{p}.sha256")
         if sidecar.exists():
             want = sidecar.read_text().split()[0] if sidecar.read_text().split() else ""
-            got = sha256_file(p)
+            got = file_sha256(p)[0]
             if want != got:
                 raise AgentError("invalid_db", f"{p}: sha256 {got} does not match {sidecar} ({want}): truncated or "
                                              "altered")
