@@ -3,8 +3,13 @@
 Layout (two named sub-databases, ``max_dbs=2``):
 
 * ``log``  key: 8-byte big-endian u64 index (so LMDB's byte order is index order), value: msgpack
-  ``[term, type, data]``; the index is the key and is not repeated in the value.
-* ``meta`` ``format`` -> ``[FORMAT_MAGIC, FORMAT_VERSION]`` (written when the file is created),
+  ``[term, type, data, crc]``; the index is the key and is not repeated in the value. ``crc`` is the CRC32C
+  (Castagnoli, as in etcd's WAL) of ``index (8 bytes BE) || term (8 bytes BE) || type (1 byte) || data``: a bit
+  flip in an entry, or an entry's value copied under another index key, is caught. Every read that decodes an
+  entry (``entries()``, ``term()``, the log bounds at open, the term checks of snapshot/compaction) verifies it
+  and raises StorageError ("entry N: checksum mismatch ...") instead of returning damaged data.
+* ``meta`` ``format`` -> ``[FORMAT_MAGIC, FORMAT_VERSION]`` (written when the file is created; version 2 added
+  the per-entry CRC, a version-1 file is refused),
   ``compacted`` -> ``[index, term]`` of the last entry removed by compaction (``[0, 0]`` at first),
   ``hard_state``, ``conf``, ``snapshot`` -> the ``to_wire`` forms of HardState, ConfState and SnapshotMeta.
 
@@ -37,13 +42,16 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
+import crc32c
 import lmdb
 import msgpack
+
+from hactl._fs import fsync_dir
 
 from .types import ConfState, Entry, EntryType, HardState, MalformedError, SnapshotMeta
 
 FORMAT_MAGIC = "hactl-raft-journal"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: [term, type, data, crc] log values (1 had no crc)
 
 _LOG_DB = b"log"
 _META_DB = b"meta"
@@ -54,6 +62,8 @@ _K_CONF = b"conf"
 _K_SNAPSHOT = b"snapshot"
 
 _U64 = struct.Struct(">Q")
+_pack_crc_header = struct.Struct(">QQB").pack  # index, term, type: the CRC input in front of data
+_crc32c = crc32c.crc32c
 _MAX_U64 = (1 << 64) - 1
 _FILE_MODE = 0o600  # the journal holds the cluster's whole model: owner only
 _ENTRY_TYPES = frozenset(int(t) for t in EntryType)
@@ -101,15 +111,31 @@ def _unpack(raw: bytes, what: str) -> Any:
         raise MalformedError(f"{what}: not valid msgpack ({e})") from e
 
 
+def _entry_crc(index: int, term: int, type_: int, data: bytes) -> int:
+    """CRC32C of index (8 bytes BE) || term (8 bytes BE) || type (1 byte) || data; two C calls, no copy of data."""
+    return _crc32c(data, _crc32c(_pack_crc_header(index, term, type_)))
+
+
 def _encode_entry(e: Entry) -> bytes:
-    return _pack([e.term, int(e.type), e.data])
+    # Hot path (save): _check_entry has already bounded index, term and type, so the header always packs.
+    t = int(e.type)
+    return _pack([e.term, t, e.data, _entry_crc(e.index, e.term, t, e.data)])
 
 
 def _decode_entry(index: int, raw: bytes) -> Entry:
+    """Decode the value stored under ``index`` and verify its CRC; MalformedError if damaged in any way."""
     v = _unpack(raw, f"log entry {index}")
-    if not isinstance(v, list) or len(v) != 3:
-        raise MalformedError(f"log entry {index}: expected [term, type, data]")
-    return Entry.from_wire([index, v[0], v[1], v[2]])
+    if not isinstance(v, list) or len(v) != 4:
+        raise MalformedError(f"log entry {index}: expected [term, type, data, crc]")
+    term, type_, data, stored = v
+    # Only the shape the CRC input needs; Entry.from_wire below checks the values (term >= 1, known type).
+    if (type(term) is not int or not 0 <= term <= _MAX_U64 or type(type_) is not int or not 0 <= type_ <= 0xFF
+            or type(data) is not bytes or type(stored) is not int):
+        raise MalformedError(f"log entry {index}: expected [term (u64), type (u8), data (bytes), crc (int)]")
+    computed = _entry_crc(index, term, type_, data)
+    if computed != stored:
+        raise MalformedError(f"entry {index}: checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")
+    return Entry.from_wire([index, term, type_, data])
 
 
 def _decode_compacted(raw: bytes) -> tuple[int, int]:
@@ -204,7 +230,7 @@ class RaftStorage:
                 # A file system without hard links: rename is still atomic, only not clobber-proof.
                 if not os.path.lexists(self._path):
                     os.rename(tmp, self._path)
-            _fsync_dir(directory)
+            fsync_dir(directory)
         except lmdb.Error as e:
             raise self._error(f"cannot create: {e}") from e
         except OSError as e:
@@ -638,12 +664,3 @@ class RaftStorage:
 
     def __repr__(self) -> str:
         return f"RaftStorage({self._path!r})"
-
-
-def _fsync_dir(directory: str) -> None:
-    """Make a new directory entry (the linked raft.db) survive power loss."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
