@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,9 @@ class ApiConfig:
     listen: str = "127.0.0.1:9993"
     token_file: str = "api-token"  # created with the cluster; one secret shared by every node
     max_body_bytes: int = 1 << 20
+    # HTTPS: this server certificate (its chain may follow it) and its key; both empty: plain HTTP.
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 @dataclass
@@ -69,8 +73,8 @@ class SnapshotConfig:
 @dataclass
 class PkiConfig:
     ca: str = "pki/ca.crt"
-    cert: str = "pki/controller.crt"
-    key: str = "pki/controller.key"
+    cert: str = "pki/node.crt"  # the names `hactl pki issue` writes into its --out directory
+    key: str = "pki/node.key"
 
 
 @dataclass
@@ -136,17 +140,18 @@ def load(path: str | Path, *, overrides: dict[str, Any] | None = None) -> Config
 def _build(cls: type, raw: Any, src: str, prefix: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(src, prefix or "-", f"expected a mapping, got {type(raw).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    fields = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+    hints = typing.get_type_hints(cls)  # resolves the string annotations (`from __future__ import annotations`)
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise ConfigError(src, prefix + str(unknown[0]), f"unknown key (known here: {', '.join(sorted(fields))})")
     kwargs = {}
-    for name, f in fields.items():
+    for name in fields:
         if name not in raw:
             continue
         key = prefix + name
         value = raw[name]
-        kind = f.type if isinstance(f.type, type) else eval(f.type, globals())  # annotations are strings
+        kind = hints[name]
         if dataclasses.is_dataclass(kind):
             kwargs[name] = _build(kind, value if value is not None else {}, src, key + ".")
         else:
@@ -188,6 +193,7 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
     cfg.api.token_file = res(cfg.api.token_file)
     cfg.pki.ca, cfg.pki.cert, cfg.pki.key = res(cfg.pki.ca), res(cfg.pki.cert), res(cfg.pki.key)
     cfg.agent.socket = res(cfg.agent.socket)
+    cfg.api.tls_cert, cfg.api.tls_key = res(cfg.api.tls_cert), res(cfg.api.tls_key)
 
 
 def parse_hostport(value: str, src: str, key: str) -> tuple[str, int]:
@@ -230,6 +236,12 @@ def validate(cfg: Config) -> None:
     s = cfg.snapshots
     if s.every_entries < 0 or s.trailing_entries < 0 or s.interval_s < 0:
         raise ConfigError(src, "snapshots", "every_entries, trailing_entries and interval_s must be >= 0")
+    # Half a TLS configuration is a mistake, not a request for plain HTTP. Whether the files load is checked at
+    # start, where they are read.
+    if cfg.api.tls_cert and not cfg.api.tls_key:
+        raise ConfigError(src, "api.tls_key", "required when api.tls_cert is set (the certificate's private key)")
+    if cfg.api.tls_key and not cfg.api.tls_cert:
+        raise ConfigError(src, "api.tls_cert", "required when api.tls_key is set (the server certificate)")
     if cfg.log.level not in LOG_LEVELS:
         raise ConfigError(src, "log.level", f"expected one of {', '.join(LOG_LEVELS)}, got {cfg.log.level!r}")
     host, _ = parse_hostport(cfg.control.advertise, src, "control.advertise")

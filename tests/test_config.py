@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hactl.config import Config, ConfigError, load, to_dict
+from hactl.config import Config, ConfigError, _build, load, to_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "cluster.yaml"
@@ -56,6 +56,9 @@ def test_example_documents_every_key_with_its_default() -> None:
     ("id: a\nsnapshots: {retain: 0}\n", "snapshots.retain", ">= 1"),
     ("- a list\n", "-", "mapping"),
     ("id: [unclosed\n", "-", "not valid YAML"),
+    ("id: a\napi: {tls_cert: api.crt}\n", "api.tls_key", "required when api.tls_cert is set"),
+    ("id: a\napi: {tls_key: api.key}\n", "api.tls_cert", "required when api.tls_key is set"),
+    ("id: a\napi: {tls_cert: [a]}\n", "api.tls_cert", "expected a string"),
 ])
 def test_bad_config_names_file_and_key(tmp_path: Path, text: str, key: str, words: str) -> None:
     p = tmp_path / "bad.yaml"
@@ -73,3 +76,37 @@ def test_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:
     assert cfg.id == "n2" and cfg.data_dir == str(tmp_path / "d")
     assert cfg.pki.ca == str(tmp_path / "sub" / "ca.crt") and cfg.agent_socket == str(tmp_path / "d" / "agent.sock")
     assert dataclasses.asdict(cfg)["raft"]["tick_ms"] == 100
+
+
+def test_tls_paths_resolve_against_the_file_and_default_to_plain_http(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("id: n1\napi: {tls_cert: pki/node.crt, tls_key: /etc/k.key}\n")
+    cfg = load(p)
+    assert cfg.api.tls_cert == str(tmp_path / "pki" / "node.crt") and cfg.api.tls_key == "/etc/k.key"
+    p.write_text("id: n1\n")
+    assert load(p).api.tls_cert == load(p).api.tls_key == ""
+
+
+def test_default_pki_paths_are_what_pki_issue_writes() -> None:
+    from hactl.transport.pki import CA_CERT, NODE_CERT, NODE_KEY
+    pki = Config().pki
+    assert (pki.ca, pki.cert, pki.key) == (f"pki/{CA_CERT}", f"pki/{NODE_CERT}", f"pki/{NODE_KEY}")
+
+
+@dataclasses.dataclass
+class _Inner:
+    n: int = 1
+
+
+@dataclasses.dataclass
+class _Outer:
+    inner: _Inner = dataclasses.field(default_factory=_Inner)
+    ids: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def test_build_resolves_annotations_in_the_dataclass_own_module() -> None:
+    # The annotations here are strings naming this module's classes (from __future__ import annotations).
+    built = _build(_Outer, {"inner": {"n": 5}, "ids": {"a": "h:1"}}, "t.yaml", "")
+    assert built == _Outer(_Inner(5), {"a": "h:1"})
+    with pytest.raises(ConfigError, match="inner.n: expected an integer"):
+        _build(_Outer, {"inner": {"n": "x"}}, "t.yaml", "")

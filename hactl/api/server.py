@@ -6,6 +6,7 @@ or the open /health). Routes come from the routes_* modules; the same declaratio
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 
 from aiohttp import web
@@ -71,19 +72,20 @@ class ApiServer:
 
 
 async def serve(cluster: Cluster, host: str, port: int, *, max_body_bytes: int = 1 << 20, version: str = "0.0.0",
-                shutdown_timeout: float = 5.0) -> ApiServer:
-    """Listen on host:port (0 picks a free port). shutdown_timeout bounds how long stop() waits for
-    requests in flight (a write waiting on the cluster, a long member listing)."""
+                shutdown_timeout: float = 5.0, ssl_context: ssl.SSLContext | None = None) -> ApiServer:
+    """Listen on host:port (0 picks a free port); HTTPS with ``ssl_context`` (hactl.api.tls.server_ssl_context),
+    else plain HTTP. shutdown_timeout bounds how long stop() waits for requests in flight (a write waiting on
+    the cluster, a long member listing)."""
     app = build_app(cluster, max_body_bytes=max_body_bytes, version=version)
     runner = web.AppRunner(app, access_log_class=AccessLogger, access_log=access_log,
                            shutdown_timeout=shutdown_timeout, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
     try:
         await site.start()
     except BaseException:
         await runner.cleanup()
         raise
     bound = runner.addresses[0][1] if runner.addresses else port
-    log.info("API listening on %s:%d", host, bound)
+    log.info("API listening on %s://%s:%d", "https" if ssl_context is not None else "http", host, bound)
     return ApiServer(runner, host, bound)

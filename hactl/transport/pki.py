@@ -12,8 +12,8 @@ Files (a node's ``pki/`` directory holds the last three)::
     <out>/node.crt    leaf certificate, 0644
     <out>/ca.crt      copy of the CA certificate the node trusts
 
-Every file is written atomically (temp file created O_EXCL with its final mode, fsync, rename, fsync of the
-directory), so a crash never leaves a half-written key or a key with loose permissions.
+Every file is written atomically (hactl._fs.atomic_write: temp file with its final mode, fsync, rename, fsync of
+the directory), so a crash never leaves a half-written key or a key with loose permissions.
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ import datetime as _dt
 import ipaddress
 import os
 import re
-import secrets
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from hactl._fs import atomic_write
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
@@ -93,44 +94,15 @@ def _mkdir_private(d: Path) -> None:
         os.chmod(p, 0o700)  # mkdir's mode is filtered by the umask; be exact
 
 
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_file_atomic(path: Path, data: bytes, mode: int, *, overwrite: bool) -> None:
     """Write ``data`` to ``path`` with exactly ``mode``; the file is never visible half-written or with a
     looser mode. With ``overwrite=False`` an existing file is an error (checked atomically via link())."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        try:
-            os.fchmod(fd, mode)  # O_CREAT's mode is filtered by the umask
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        atomic_write(path, data, mode, overwrite=overwrite)
+    except FileExistsError:
         if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # fails if path exists: no check-then-write race
-            except FileExistsError:
-                raise PkiError(f"refusing to overwrite existing file {path}") from None
-            os.unlink(tmp)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+            raise  # not the existing target: atomic_write only raises it for that when overwrite=False
+        raise PkiError(f"refusing to overwrite existing file {path}") from None
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -362,19 +334,28 @@ class Identity:
         return x509.load_pem_x509_certificate(self.ca_pem)
 
 
-def load_identity(cert: str | os.PathLike, key: str | os.PathLike, ca: str | os.PathLike) -> Identity:
-    """Load and cross-check a node identity, so a mismatch fails at start-up with a clear message rather than
-    as an opaque TLS handshake error later."""
-    cert_pem, key_pem, ca_pem = _read(Path(cert), "certificate"), _read(Path(key), "key"), _read(Path(ca), "CA certificate")
+def load_cert_and_key(cert: str | os.PathLike, key: str | os.PathLike
+                      ) -> tuple[bytes, bytes, x509.Certificate, Any]:
+    """(cert PEM, key PEM, certificate, private key), read and checked to belong together; a PkiError names the
+    file at fault. The first certificate in ``cert`` is the leaf (a chain may follow it)."""
+    cert_pem, key_pem = _read(Path(cert), "certificate"), _read(Path(key), "key")
     c = _load_cert(cert_pem, cert)
     k = _load_key(key_pem, key)
-    ca_c = _load_cert(ca_pem, ca)
-    if not isinstance(k, (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)):
-        raise PkiError(f"{key}: unsupported key type {type(k).__name__} (expected EC P-256)")
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     if k.public_key().public_bytes(serialization.Encoding.DER, spki) != \
             c.public_key().public_bytes(serialization.Encoding.DER, spki):
         raise PkiError(f"{key} is not the private key of {cert}")
+    return cert_pem, key_pem, c, k
+
+
+def load_identity(cert: str | os.PathLike, key: str | os.PathLike, ca: str | os.PathLike) -> Identity:
+    """Load and cross-check a node identity, so a mismatch fails at start-up with a clear message rather than
+    as an opaque TLS handshake error later."""
+    cert_pem, key_pem, c, k = load_cert_and_key(cert, key)
+    ca_pem = _read(Path(ca), "CA certificate")
+    ca_c = _load_cert(ca_pem, ca)
+    if not isinstance(k, (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)):
+        raise PkiError(f"{key}: unsupported key type {type(k).__name__} (expected EC P-256)")
     try:
         verify_issued_by(c, ca_c)
     except PkiError as e:
