@@ -3,8 +3,22 @@
 `dev init` is the one place cluster configs are generated: `dev up` calls it for loopback nodes and the compose
 file's one-shot service calls it with `--compose` (service names as hosts), so both get the same keys.
 
-Layout under --data:  pki/ca/ (CA), pki/<id>/ (node cert, key, ca.crt), config/<id>.yaml, <id>/ (data dir),
-api-token, dev-cluster.json (written by dev up).
+Local layout under --data:  pki/ca/ (CA), pki/<id>/ (node cert, key, ca.crt), config/<id>.yaml, <id>/ (data dir),
+api-token, dev-cluster.json (written by dev up). One user runs every node there, so one tree is fine.
+
+Compose layout (`--compose`): no directory is shared between containers. The CA (ca.crt, ca.key, and the master copy
+of api-token) stays in --ca-dir, a volume only the init service mounts, because whoever holds ca.key can mint a
+certificate for any identity. Each node gets a self-contained bundle in --node-dirs/<id>/, a volume only that node
+mounts (read-only):
+
+    <id>/config.yaml    paths relative to the bundle (pki/..., api-token); data_dir /data (the node's data volume)
+    <id>/pki/ca.crt     the CA certificate (never the CA key)
+    <id>/pki/node.crt   this node's certificate, and
+    <id>/pki/node.key   its key (0600)
+    <id>/api-token      the API token (0600), identical in every bundle
+
+Without --ca-dir/--node-dirs they default to <data>/ca and <data>/nodes. Re-running keeps the CA, the keys, the
+token and the configs; it refuses a bundle whose certificate the CA in --ca-dir did not issue.
 """
 from __future__ import annotations
 
@@ -22,15 +36,23 @@ from typing import Any
 
 import yaml
 
+from hactl._fs import atomic_write
 from hactl.server.controller import EXIT_RESTART
-from hactl.server.tokens import read_or_create_token
-from hactl.transport.pki import init_ca, issue
+from hactl.server.tokens import TokenError, read_or_create_token
+from hactl.transport.pki import CA_CERT, CA_KEY, NODE_CERT, NODE_KEY, PkiError, init_ca, issue, load_identity
 
 log = logging.getLogger("hactl.dev")
 
 TRUST_DOMAIN = "hactl.local"
 DEFAULT_API_PORT = 9993
 DEFAULT_CONTROL_PORT = 6262
+TOKEN_FILE = "api-token"
+BUNDLE_CONFIG = "config.yaml"    # a compose node's config, at the top of its bundle
+CONTAINER_DATA_DIR = "/data"     # where the compose file mounts each node's data volume
+
+
+class DevInitError(Exception):
+    """`dev init` cannot proceed; the message says what to do about it."""
 
 
 @dataclass
@@ -55,9 +77,18 @@ def ports(i: int, base_port: int | None) -> tuple[int, int]:
 
 
 def init_cluster(data: Path, nodes: int, *, base_port: int | None = None, compose: bool = False,
-                 log_level: str = "info") -> list[NodeSpec]:
+                 log_level: str = "info", ca_dir: Path | None = None,
+                 node_dirs: Path | None = None) -> list[NodeSpec]:
     """Create (or reuse) the CA, node certificates, token and per-node configs. Idempotent: an existing
-    cluster's files are kept, so running again resumes the same cluster."""
+    cluster's files are kept, so running again resumes the same cluster.
+
+    compose=True writes the compose layout (see the module docstring): the CA in ``ca_dir`` (default
+    ``data/ca``), one bundle per node in ``node_dirs/<id>`` (default ``data/nodes``)."""
+    if compose:
+        return init_compose(ca_dir if ca_dir is not None else Path(data) / "ca",
+                            node_dirs if node_dirs is not None else Path(data) / "nodes", nodes, log_level=log_level)
+    if ca_dir is not None or node_dirs is not None:
+        raise DevInitError("--ca-dir and --node-dirs only apply with --compose")
     data = data.resolve()
     data.mkdir(parents=True, exist_ok=True)
     os.chmod(data, 0o700)
@@ -67,28 +98,129 @@ def init_cluster(data: Path, nodes: int, *, base_port: int | None = None, compos
     token_file = data / "api-token"
     read_or_create_token(str(token_file))
     ids = node_ids(nodes)
-    hosts = {nid: (nid if compose else "127.0.0.1") for nid in ids}
-    addr = {nid: f"{hosts[nid]}:{DEFAULT_CONTROL_PORT if compose else ports(i, base_port)[1]}"
-            for i, nid in enumerate(ids)}
+    addr = {nid: f"127.0.0.1:{ports(i, base_port)[1]}" for i, nid in enumerate(ids)}
     specs = []
     for i, nid in enumerate(ids):
         pki_dir = data / "pki" / nid
         if not (pki_dir / "node.crt").exists():
-            issue(ca_dir, pki_dir, kind="controller", node_id=nid, trust_domain=TRUST_DOMAIN,
-                  dns=[nid] if compose else [])
-        api_port, ctrl_port = (DEFAULT_API_PORT, DEFAULT_CONTROL_PORT) if compose else ports(i, base_port)
+            issue(ca_dir, pki_dir, kind="controller", node_id=nid, trust_domain=TRUST_DOMAIN)
+        api_port, ctrl_port = ports(i, base_port)
         cfg_path = data / "config" / f"{nid}.yaml"
         if not cfg_path.exists():
             cfg_path.parent.mkdir(parents=True, exist_ok=True)
             cfg_path.write_text(render_config(
                 nid, data_dir=f"../{nid}", initial_cluster=addr,
-                control_listen=f"{'0.0.0.0' if compose else '127.0.0.1'}:{ctrl_port}", control_advertise=addr[nid],
-                api_listen=f"{'0.0.0.0' if compose else '127.0.0.1'}:{api_port}", token_file="../api-token",
+                control_listen=f"127.0.0.1:{ctrl_port}", control_advertise=addr[nid],
+                api_listen=f"127.0.0.1:{api_port}", token_file="../api-token",
                 pki_dir=f"../pki/{nid}", log_level=log_level), encoding="utf-8")
         from hactl.config import load
         cfg = load(cfg_path)
         host, _, port = cfg.api.listen.rpartition(":")
-        specs.append(NodeSpec(nid, cfg_path, Path(cfg.data_dir), f"http://{hosts[nid] if compose else host}:{port}",
+        specs.append(NodeSpec(nid, cfg_path, Path(cfg.data_dir), f"http://{host}:{port}",
+                              cfg.control.advertise, Path(cfg.agent_socket)))
+    return specs
+
+
+def _private_dir(d: Path) -> None:
+    """``d`` exists, is a directory and is 0700 (its files are for one user: the init's, which is the node's)."""
+    d.mkdir(parents=True, exist_ok=True)
+    if not d.is_dir():
+        raise DevInitError(f"{d} is not a directory")
+    if d.stat().st_mode & 0o777 != 0o700:
+        os.chmod(d, 0o700)
+
+
+def _tighten(path: Path, mode: int) -> None:
+    if path.stat().st_mode & 0o777 != mode:
+        os.chmod(path, mode)
+
+
+def _write_if_changed(path: Path, data: bytes, mode: int) -> None:
+    """``path`` holds exactly ``data`` with exactly ``mode``; untouched (same inode, same mtime) if it already does."""
+    try:
+        if path.read_bytes() == data:
+            _tighten(path, mode)
+            return
+    except FileNotFoundError:
+        pass
+    atomic_write(path, data, mode, overwrite=True)
+
+
+def _master_token(ca_dir: Path, bundle_tokens: list[Path]) -> bytes:
+    """The API token's master copy in the CA directory. Created once; if the CA volume was recreated while the
+    bundles survived, their (single) token is adopted, since the cluster's ctrl.db holds that token's hash."""
+    master = ca_dir / TOKEN_FILE
+    if not master.exists():
+        seen = {p.read_text(encoding="utf-8").strip() for p in bundle_tokens if p.exists()} - {""}
+        if len(seen) > 1:
+            raise DevInitError(f"the node bundles hold {len(seen)} different API tokens and {master} is missing: "
+                               "copy the right one to it, then run init again")
+        if seen:
+            try:
+                atomic_write(master, seen.pop() + "\n", 0o600, overwrite=False)
+            except FileExistsError:
+                pass
+    read_or_create_token(str(master))
+    _tighten(master, 0o600)
+    return master.read_bytes()
+
+
+def _check_bundle_identity(pki_dir: Path, ca_dir: Path, nid: str) -> None:
+    """An existing bundle must hold this node's identity, issued by this CA (else the CA volume was replaced)."""
+    try:
+        ident = load_identity(pki_dir / NODE_CERT, pki_dir / NODE_KEY, ca_dir / CA_CERT)
+    except PkiError as e:
+        raise DevInitError(f"{e}. Restore the CA that issued this bundle to {ca_dir}, or delete the node "
+                           "bundles to start a new cluster") from None
+    if (ident.kind, ident.node_id, ident.trust_domain) != ("controller", nid, TRUST_DOMAIN):
+        raise DevInitError(f"{pki_dir / NODE_CERT} is the certificate of {ident.kind}/{ident.node_id} "
+                           f"({ident.trust_domain}), not of controller/{nid}")
+
+
+def init_compose(ca_dir: Path, node_dirs: Path, nodes: int, *, log_level: str = "info") -> list[NodeSpec]:
+    """The compose layout: the CA in ``ca_dir`` only, one self-contained bundle per node in ``node_dirs/<id>``.
+    Idempotent: existing files are kept byte for byte (modes are tightened to 0600/0700 if they were looser)."""
+    ca_dir, node_dirs = Path(ca_dir).resolve(), Path(node_dirs).resolve()
+    if ca_dir.is_relative_to(node_dirs) or node_dirs.is_relative_to(ca_dir):
+        raise DevInitError(f"--ca-dir {ca_dir} and --node-dirs {node_dirs} must not contain each other: "
+                           "the CA key must not end up in a node's bundle")
+    ids = node_ids(nodes)
+    _private_dir(ca_dir)
+    if not (ca_dir / CA_CERT).exists():
+        issued = [str(node_dirs / nid) for nid in ids if (node_dirs / nid / "pki" / NODE_CERT).exists()]
+        if issued:  # a new CA would not have issued them: refuse before creating one
+            raise DevInitError(f"no CA in {ca_dir}, but node bundles exist ({', '.join(issued)}): restore the CA "
+                               "(ca.crt, ca.key) that issued them, or delete the bundles to start a new cluster")
+        init_ca(ca_dir, TRUST_DOMAIN)
+    if (ca_dir / CA_KEY).exists():  # it may have been taken offline: only issuing a new bundle needs it
+        _tighten(ca_dir / CA_KEY, 0o600)
+    ca_pem = (ca_dir / CA_CERT).read_bytes()
+    token = _master_token(ca_dir, [node_dirs / nid / TOKEN_FILE for nid in ids])
+    addr = {nid: f"{nid}:{DEFAULT_CONTROL_PORT}" for nid in ids}
+    specs = []
+    for nid in ids:
+        bundle = node_dirs / nid
+        _private_dir(bundle)
+        pki_dir = bundle / "pki"
+        if (pki_dir / NODE_CERT).exists() and (pki_dir / NODE_KEY).exists():
+            _check_bundle_identity(pki_dir, ca_dir, nid)
+            _tighten(pki_dir / NODE_KEY, 0o600)
+            _write_if_changed(pki_dir / CA_CERT, ca_pem, 0o644)
+        else:  # new, or a half-written bundle: (re)issue the pair
+            issue(ca_dir, pki_dir, kind="controller", node_id=nid, trust_domain=TRUST_DOMAIN, dns=[nid],
+                  overwrite=True)
+        _private_dir(pki_dir)
+        _write_if_changed(bundle / TOKEN_FILE, token, 0o600)
+        cfg_path = bundle / BUNDLE_CONFIG
+        if not cfg_path.exists():
+            text = render_config(
+                nid, data_dir=CONTAINER_DATA_DIR, initial_cluster=addr,
+                control_listen=f"0.0.0.0:{DEFAULT_CONTROL_PORT}", control_advertise=addr[nid],
+                api_listen=f"0.0.0.0:{DEFAULT_API_PORT}", token_file=TOKEN_FILE, pki_dir="pki", log_level=log_level)
+            atomic_write(cfg_path, text, 0o644, overwrite=False)
+        from hactl.config import load
+        cfg = load(cfg_path)
+        specs.append(NodeSpec(nid, cfg_path, Path(cfg.data_dir), f"http://{nid}:{DEFAULT_API_PORT}",
                               cfg.control.advertise, Path(cfg.agent_socket)))
     return specs
 
@@ -177,7 +309,27 @@ class Supervisor:
 
 
 def _dev_init(args: argparse.Namespace) -> int:
-    specs = init_cluster(Path(args.data), args.nodes, base_port=args.base_port, compose=args.compose)
+    ca_dir = Path(args.ca_dir) if args.ca_dir else None
+    node_dirs = Path(args.node_dirs) if args.node_dirs else None
+    try:
+        specs = init_cluster(Path(args.data), args.nodes, base_port=args.base_port, compose=args.compose,
+                             ca_dir=ca_dir, node_dirs=node_dirs)
+    except (DevInitError, PkiError, TokenError) as e:
+        print(f"hactl dev init: {e}", file=sys.stderr)
+        return 2
+    except PermissionError as e:
+        print(f"hactl dev init: {e}. The directories must belong to the user init runs as (uid {os.geteuid()}); "
+              "with compose, rebuild the image (docker compose build) so its mount points belong to uid 10001",
+              file=sys.stderr)
+        return 2
+    if args.compose:
+        print(f"CA: {(ca_dir or Path(args.data) / 'ca').resolve()} (ca.key stays there: mount it in no node)")
+        for s in specs:
+            print(f"{s.id}: bundle {s.config.parent} (config {s.config.name})")
+        if os.geteuid() == 0:
+            print("warning: init ran as root, so the bundles belong to root and their keys are 0600: the "
+                  "controllers can read them only if they run as root too", file=sys.stderr)
+        return 0
     for s in specs:
         print(f"{s.id}: config {s.config}")
     return 0
@@ -208,5 +360,12 @@ def add_dev_commands(sub: Any) -> None:
                        help="node i gets API port N+2i and control port N+2i+1 (default: 9993+i and 6262+i)")
         if name == "init":
             p.add_argument("--compose", action="store_true",
-                           help="hosts are the compose service names; listen on 0.0.0.0")
+                           help="hosts are the compose service names; listen on 0.0.0.0; the CA and one bundle "
+                                "per node in separate directories (--ca-dir, --node-dirs)")
+            p.add_argument("--ca-dir", default=None,
+                           help="with --compose: the CA (ca.key) and the token's master copy; mount it only in "
+                                "init (default: <data>/ca)")
+            p.add_argument("--node-dirs", default=None,
+                           help="with --compose: node <id>'s bundle goes to DIR/<id>/ (config.yaml, pki/, "
+                                "api-token); mount each only in its node (default: <data>/nodes)")
         p.set_defaults(func=fn)
