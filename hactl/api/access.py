@@ -13,7 +13,8 @@ from aiohttp import web
 
 from hactl.api.context import context
 from hactl.api.errors import result_response
-from hactl.api.inputs import request_id, wants_linearizable
+from hactl.api.inputs import request_fingerprint, request_id, wants_linearizable
+from hactl.fsm.commands import with_fingerprint
 from hactl.fsm.machine import StateMachine
 from hactl.fsm.result import Result
 
@@ -29,10 +30,11 @@ async def read_model(request: web.Request) -> StateMachine:
 
 
 async def submit(request: web.Request, build: Builder) -> web.Response:
-    """Validate-and-encode with ``build``, replicate, answer with the Result."""
+    """Validate-and-encode with ``build``, replicate, answer with the Result. A command made under an
+    Idempotency-Key carries the request's fingerprint, so reusing the key for another request is 422."""
     cluster = context(request).cluster
     rid = request_id(request)
-    command = build(rid, cluster.now_ms())
+    command = with_fingerprint(build(rid, cluster.now_ms()), request_fingerprint(request))
     result = await cluster.submit(command, rid)
     if not isinstance(result, Result):
         raise TypeError(f"Cluster.submit returned {type(result).__name__}, not a Result")

@@ -5,6 +5,7 @@ Each parser either returns a canonical value or raises an error that names what 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from typing import Any
@@ -25,6 +26,11 @@ IDEMPOTENCY_MAX = 128
 IDEMPOTENCY_PREFIX = "key:"
 CONSISTENCY_PARAM = "consistency"
 CONSISTENCY_VALUES = ("linearizable", "local")
+# What a request's fingerprint is made of (see request_fingerprint); the tag versions the construction.
+FINGERPRINT_TAG = b"hactl idempotency fingerprint 1"
+# The raw body as read_body received it, for the fingerprint. aiohttp >= 3.13 warns about str request keys; the
+# oldest aiohttp we accept (3.9) has no RequestKey, and a str works there.
+RAW_BODY: Any = web.RequestKey("hactl_raw_body", bytes) if hasattr(web, "RequestKey") else "hactl_raw_body"
 MAX_JSON_DEPTH = 32  # the deepest real body (capabilities[i].rules[j]...) is ~5; bounds recursion later on
 _READ_CHUNK = 64 << 10
 
@@ -65,6 +71,7 @@ async def read_body(request: web.Request) -> Any:
         buf += chunk
         if len(buf) > limit:
             raise _too_large(limit)
+    request[RAW_BODY] = bytes(buf)
     if not buf.strip():
         return {}  # `curl -X POST .../network/<ctrl>______` with no -d: create with defaults
     try:
@@ -133,9 +140,30 @@ def _short(e: Exception) -> str:
 def request_id(request: web.Request) -> str:
     """The request id a write is proposed under: from Idempotency-Key when given (so a retry applies once and
     answers with the first outcome), else fresh."""
+    key = _idempotency_key(request)
+    return uuid.uuid4().hex if key is None else IDEMPOTENCY_PREFIX + key
+
+
+def request_fingerprint(request: web.Request) -> bytes | None:
+    """With an Idempotency-Key, what binds the key to this request: SHA-256 over the method, the path as
+    received (without the query string, which may carry ?auth=TOKEN and says nothing about the write) and the
+    raw body. Each part is length-prefixed, so no two different requests hash the same bytes. A route that reads
+    no body (DELETE) counts its body as empty: it has no effect. Without a key: None (every request is new)."""
+    if _idempotency_key(request) is None:
+        return None
+    path = request.raw_path.partition("?")[0]
+    h = hashlib.sha256(FINGERPRINT_TAG)
+    for part in (request.method.encode(), path.encode("utf-8", "surrogatepass"), request.get(RAW_BODY, b"")):
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.digest()
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    """The Idempotency-Key header, checked (400 naming it), or None."""
     keys = request.headers.getall(IDEMPOTENCY_HEADER, [])
     if not keys:
-        return uuid.uuid4().hex
+        return None
     if len(keys) > 1:
         raise bad_request(IDEMPOTENCY_HEADER, "give the header once")
     key = keys[0]
@@ -143,7 +171,7 @@ def request_id(request: web.Request) -> str:
     if not 1 <= len(key) <= IDEMPOTENCY_MAX or not (key.isascii() and key.isprintable()):
         raise bad_request(IDEMPOTENCY_HEADER,
                           f"expected 1..{IDEMPOTENCY_MAX} printable ASCII characters, got {len(key)} characters")
-    return IDEMPOTENCY_PREFIX + key
+    return key
 
 
 # ------------------------------------------------------------------------------------------ ?consistency

@@ -22,6 +22,8 @@ _STATUS_TEXT = {
     405: "Method not allowed on this path",
     409: "Conflict (an IP address already assigned to another member)",
     413: "Body larger than the configured limit",
+    422: "KEY_REUSED: this Idempotency-Key was already used for another request (method, path or body differ); "
+         "nothing was applied",
     429: "The leader's proposal queue is full; retry after Retry-After seconds",
     500: "A bug in hactl (logged on the server)",
     503: "No leader is known (CLUSTER_NO_LEADER) or the cluster is not initialised; retry after Retry-After",
@@ -62,9 +64,10 @@ def _operation(r: Route) -> dict[str, Any]:
     if r.write:
         params.append({"name": IDEMPOTENCY_HEADER, "in": "header", "required": False,
                        "description": "a retry with the same key applies once and answers with the first "
-                                      "outcome (printable ASCII)",
+                                      "outcome (printable ASCII); the key is bound to its request's method, path "
+                                      "and body: reusing it for another request is 422",
                        "schema": {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_MAX}})
-        statuses |= {400, 429, 503, 504}
+        statuses |= {400, 422, 429, 503, 504}
     op: dict[str, Any] = {
         "operationId": r.operation_id,
         "summary": r.summary,

@@ -1,7 +1,12 @@
 """The command schema (one dataclass per command), its msgpack codec, and the builders proposers call.
 
 Wire form (schema version 1): a msgpack map
-    {"v": 1, "type": "<type>", "request_id": str, "time": int ms, ...the type's fields}
+    {"v": 1, "type": "<type>", "request_id": str, "time": int ms, ["fp": bin,] ...the type's fields}
+``fp`` (optional, every type): the fingerprint of the client request the command was built from (SHA-256 of the
+HTTP method, path and body; the API sets it when an Idempotency-Key names the request id). A request id already
+remembered with another fingerprint is a client reusing its key for a different request: apply answers
+KEY_REUSED and changes nothing. Absent means "not known", which matches any fingerprint. A decoder that predates
+``fp`` ignores it; since KEY_REUSED changes nothing and is not remembered, the model stays the same either way.
 Types and their fields:
     noop
     cluster.init      cluster_id: str, timeline_id: str, address: str (10 hex), signing_key: bin (32-byte raw
@@ -29,7 +34,7 @@ Everything time- or random-dependent is chosen here, on the proposer, and carrie
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 import msgpack
@@ -41,6 +46,8 @@ from hactl.fsm.validate import (member_record, network_record, parse_address, pa
                                 validate_member_changes, validate_network_changes)
 
 SCHEMA_VERSION = 1
+FINGERPRINT_BYTES = 32  # SHA-256
+FINGERPRINT_FIELD = "fp"
 MAX_COMMAND_BYTES = 4 << 20  # entries bigger than this are refused by decode (a bound on msgpack allocations)
 
 
@@ -89,6 +96,15 @@ def _map(v: Any, f: str) -> dict[str, Any]:
     return v
 
 
+def _fingerprint(v: Any, f: str) -> bytes | None:
+    if v is None:
+        return None
+    if not isinstance(v, (bytes, bytearray)) or len(v) != FINGERPRINT_BYTES:
+        got = f"{len(v)} bytes" if isinstance(v, (bytes, bytearray)) else type(v).__name__
+        raise CommandError(f"expected {FINGERPRINT_BYTES} bytes (a SHA-256 digest) or nothing, got {got}", f)
+    return bytes(v)
+
+
 def _maps(v: Any, f: str) -> list[dict[str, Any]]:
     if not isinstance(v, list):
         raise CommandError(f"expected an array, got {type(v).__name__}", f)
@@ -107,6 +123,7 @@ class Command:
     request_id: str
     time: int  # ms since the epoch, the proposer's clock
     version: int = SCHEMA_VERSION
+    fingerprint: bytes | None = None  # wire "fp": which client request request_id stands for (see above)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -233,6 +250,8 @@ COMMAND_TYPES: dict[str, type[Command]] = {c.TYPE: c for c in (
 
 def encode(cmd: Command) -> bytes:
     wire: dict[str, Any] = {"v": cmd.version, "type": cmd.TYPE, "request_id": cmd.request_id, "time": cmd.time}
+    if cmd.fingerprint is not None:  # absent rather than nil: commands without one keep their exact old bytes
+        wire[FINGERPRINT_FIELD] = cmd.fingerprint
     for name in cmd.WIRE:
         wire[name] = getattr(cmd, name)
     data: bytes = msgpack.packb(wire, use_bin_type=True)
@@ -262,11 +281,29 @@ def decode(data: bytes) -> Command:
                                   "time": parse_time(wire.get("time")), "version": v}
     except ValidationError as e:
         raise CommandError(e.message, e.field) from None
+    kwargs["fingerprint"] = _fingerprint(wire.get(FINGERPRINT_FIELD), FINGERPRINT_FIELD)
     for name, check in cls.WIRE.items():
         if name not in wire:
             raise CommandError("missing", name)
         kwargs[name] = check(wire[name], name)
     return cls(**kwargs)
+
+
+def with_fingerprint(command: bytes, fingerprint: bytes | None) -> bytes:
+    """An encoded command carrying ``fingerprint`` (unchanged when it is None). One step after any builder, so
+    the builders need not each take it."""
+    if fingerprint is None:
+        return command
+    return encode(replace(decode(command), fingerprint=_fingerprint(fingerprint, FINGERPRINT_FIELD)))
+
+
+def fingerprint_of(command: bytes) -> bytes | None:
+    """The fingerprint an encoded command carries (None without one, or when it does not decode: apply then
+    answers BAD_COMMAND, never a replay)."""
+    try:
+        return decode(command).fingerprint
+    except CommandError:
+        return None
 
 
 # ------------------------------------------------------------------------------------- proposer-side helpers

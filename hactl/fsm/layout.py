@@ -7,7 +7,8 @@
     ips         nwid (8) + version (1) + ip (4 or 16)  -> member address (5): every address assigned on a network,
                                                           so auto-assignment and conflict checks are point lookups
     netstat     nwid (8)                               -> total members (8) + authorized members (8)
-    requests    request id (UTF-8)                     -> first result of that request (exactly-once)
+    requests    request id (UTF-8)                     -> first result of that request and its fingerprint
+                                                          (exactly-once; machine._pack_result)
     reqlog      applied index (8)                      -> request id, oldest first, for pruning
     s_*         the same four model tables, staging a restore until restore.commit swaps them in
 

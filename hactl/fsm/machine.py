@@ -175,7 +175,8 @@ class StateMachine:
         rid = cmd.request_id.encode("utf-8", "surrogatepass")
         prior = txn.get(rid, db=self._requests)
         if prior is not None:
-            return _unpack_result(prior)
+            # A KEY_REUSED answer is not remembered (the first result stays the key's) and changes nothing.
+            return _replay(prior, cmd.fingerprint)
         if type(cmd) not in _COUNTS_MAY_WAIT:
             self._flush_counts(txn)
         child = self._env.begin(write=True, parent=txn)
@@ -201,12 +202,12 @@ class StateMachine:
             child.abort()
             log.exception("apply of entry %d (%s) failed", index, cmd.TYPE)
             result = Result.failure(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")
-        self._remember(txn, index, rid, result, self._packed if result.ok else None)
+        self._remember(txn, index, rid, result, self._packed if result.ok else None, cmd.fingerprint)
         return result
 
-    def _remember(self, txn: L.Txn, index: int, rid: bytes, result: Result,
-                  packed: bytes | None) -> None:
-        txn.put(rid, _pack_result(index, result, packed), db=self._requests)
+    def _remember(self, txn: L.Txn, index: int, rid: bytes, result: Result, packed: bytes | None,
+                  fingerprint: bytes | None) -> None:
+        txn.put(rid, _pack_result(index, result, packed, fingerprint), db=self._requests)
         txn.put(L.u64(index), rid, db=self._reqlog)
         if index % _PRUNE_EVERY:
             return
@@ -557,11 +558,13 @@ class StateMachine:
         p = msgpack.unpackb(raw, raw=False)
         return {k: p[k] for k in ("restore_id", "timeline_id", "address", "next_seq", "networks", "members")}
 
-    def result_for(self, request_id: str) -> Result | None:
-        """The result of an applied request (for a follower answering a forwarded write), if still remembered."""
+    def result_for(self, request_id: str, fingerprint: bytes | None = None) -> Result | None:
+        """The result of an applied request (for a follower answering a forwarded write), if still remembered.
+        ``fingerprint``: the asking command's; when the id is remembered for another request, the KEY_REUSED
+        failure its apply produced (the remembered result belongs to that other request)."""
         with self._env.begin() as txn:
             raw = txn.get(request_id.encode("utf-8", "surrogatepass"), db=self._requests)
-        return None if raw is None else _unpack_result(raw)
+        return None if raw is None else _replay(raw, fingerprint)
 
     def get_network(self, nwid: str) -> dict[str, Any] | None:
         n = _nwid_or_none(nwid)
@@ -706,35 +709,45 @@ def _v4_plan(net_raw: bytes) -> V4Plan | None:
     return V4Plan.of(net["routes"], net["ipAssignmentPools"])
 
 
-# A remembered result is stored compactly, as [index, kind, ...]: a member or network value in its packed record
-# form with a binary id (a member result is ~75 bytes rather than ~400 as a map). This table is written once per
-# command, so its size is apply time as well as disk.
+# A remembered result is stored compactly, as [index, kind, fingerprint, ...]: a member or network value in its
+# packed record form with a binary id (a member result is ~75 bytes rather than ~400 as a map). This table is
+# written once per command, so its size is apply time as well as disk. (The fingerprint arrived with RECORD_FORMAT 2.)
 _FAILED, _PLAIN, _MEMBER, _NETWORK = 0, 1, 2, 3
 
+# The answer to a request id remembered for another request. Only the API sets fingerprints, and only for request
+# ids made from a client's Idempotency-Key, so the header is what the client has to change.
+_KEY_REUSED = Result.failure(
+    ErrorCode.KEY_REUSED, "this Idempotency-Key was already used for another request (its method, path or body "
+    "differ); use a new key for a new request", "Idempotency-Key")
 
-def _pack_result(index: int, r: Result, packed: bytes | None = None) -> bytes:
+
+def _pack_result(index: int, r: Result, packed: bytes | None = None, fingerprint: bytes | None = None) -> bytes:
     """``packed``: the member record as just written, when the value is that member (saves packing twice)."""
     v = r.value
     if not r.ok:
-        wire: list[Any] = [index, _FAILED, r.error, r.field, r.message]
+        wire: list[Any] = [index, _FAILED, fingerprint, r.error, r.field, r.message]
     elif v is not None and v.get("objtype") == "member":
-        wire = [index, _MEMBER, bytes.fromhex(v["nwid"] + v["id"]), packed or pack_member(v)]
+        wire = [index, _MEMBER, fingerprint, bytes.fromhex(v["nwid"] + v["id"]), packed or pack_member(v)]
     elif v is not None and v.get("objtype") == "network":
-        wire = [index, _NETWORK, bytes.fromhex(v["id"]), pack_network(v)]
+        wire = [index, _NETWORK, fingerprint, bytes.fromhex(v["id"]), pack_network(v)]
     else:
-        wire = [index, _PLAIN, v]
+        wire = [index, _PLAIN, fingerprint, v]
     out: bytes = msgpack.packb(wire, use_bin_type=True)
     return out
 
 
-def _unpack_result(raw: bytes) -> Result:
+def _replay(raw: bytes, fingerprint: bytes | None) -> Result:
+    """The remembered result for a command with ``fingerprint``: KEY_REUSED when both sides have a fingerprint
+    and they differ (a side without one cannot tell, so it gets the remembered result, as before fingerprints)."""
     wire = msgpack.unpackb(raw, raw=False)
-    kind = wire[1]
+    kind, stored, rest = wire[1], wire[2], wire[3:]
+    if fingerprint is not None and stored is not None and stored != fingerprint:
+        return _KEY_REUSED
     if kind == _FAILED:
-        return Result(False, None, wire[2], wire[3], wire[4])
+        return Result(False, None, *rest)
     if kind == _MEMBER:
-        nwid, address = L.split_member_key(wire[2])
-        return Result(True, member_view(nwid, address, unpack_member(wire[3])))
+        nwid, address = L.split_member_key(rest[0])
+        return Result(True, member_view(nwid, address, unpack_member(rest[1])))
     if kind == _NETWORK:
-        return Result(True, network_view(L.read_u64(wire[2]), unpack_network(wire[3])))
-    return Result(True, wire[2])
+        return Result(True, network_view(L.read_u64(rest[0]), unpack_network(rest[1])))
+    return Result(True, rest[0])

@@ -16,6 +16,7 @@ class ErrorCode(enum.StrEnum):
     FULL = "FULL"  # all 2^24-1 network ids of this controller are taken
     RESTORE = "RESTORE"  # restore.* out of sequence (unknown restore id, wrong chunk, counts differ)
     INTERNAL = "INTERNAL"  # apply hit a bug; the command's writes were rolled back (deterministically)
+    KEY_REUSED = "KEY_REUSED"  # the request id is remembered for another request (fingerprints differ)
 
     @property
     def http_status(self) -> int:
@@ -27,6 +28,8 @@ _HTTP = {
     ErrorCode.BAD_COMMAND: 400, ErrorCode.INVALID: 400, ErrorCode.NOT_FOUND: 404, ErrorCode.CONFLICT: 409,
     ErrorCode.NOT_INITIALIZED: 503, ErrorCode.ALREADY_INITIALIZED: 409, ErrorCode.FULL: 503,
     ErrorCode.RESTORE: 409, ErrorCode.INTERNAL: 500,
+    # 422 rather than 409: retrying the same request with that key can never succeed; it needs a new key.
+    ErrorCode.KEY_REUSED: 422,
 }
 
 

@@ -17,6 +17,7 @@ import logging
 from typing import Any, Callable
 
 from hactl.api.cluster import ClusterUnavailable, OutcomeUnknown, Overloaded
+from hactl.fsm.commands import fingerprint_of
 from hactl.fsm.machine import StateMachine
 from hactl.fsm.result import Result
 from hactl.raft import core as raft_core
@@ -52,15 +53,15 @@ class WritePath:
         try:
             return await self._submit(command, request_id)
         except _MaybeAppended as e:
-            result = self._applied_result(request_id)
+            result = self._applied_result(request_id, command)
             if result is not None:
                 return result
             raise OutcomeUnknown(f"write {request_id}: {e}") from None
         except NodeFailed as e:
             raise ClusterUnavailable(str(e), retry_after=2) from None
 
-    def _applied_result(self, request_id: str) -> Result | None:
-        return self.machine.result_for(request_id)
+    def _applied_result(self, request_id: str, command: bytes) -> Result | None:
+        return self.machine.result_for(request_id, fingerprint_of(command))
 
     async def _submit(self, command: bytes, request_id: str) -> Result:
         """Raises _MaybeAppended once any attempt may have appended the entry; before that, the definite
@@ -113,7 +114,7 @@ class WritePath:
                 if maybe:
                     raise _MaybeAppended(str(e)) from None
                 raise
-            result = self._applied_result(request_id)
+            result = self._applied_result(request_id, command)
             if result is None:
                 # Index `index` holds another leader's entry: this proposal was overwritten and can never commit,
                 # so proposing it again (same request id) cannot apply it twice.

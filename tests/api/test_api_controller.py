@@ -114,6 +114,12 @@ async def test_every_node_serves_the_same_model(tmp_path: Path) -> None:
             s2, n2 = await call(followers[1], "POST", f"/controller/network/{address}______", {}, headers=key)
             assert s1 == s2 == 200 and n1 == n2
             assert len((await call(leader, "GET", "/controller/network"))[1]) == 2
+            # ... and bound to its request: another body under it is 422 on any node (the follower learns it from
+            # its own ctrl.db after the forwarded entry applies), and changes nothing
+            for i in (followers[1], leader):
+                s3, err = await call(i, "POST", f"/controller/network/{address}______", {"name": "x"}, headers=key)
+                assert s3 == 422 and err["error"] == "KEY_REUSED" and err["field"] == "Idempotency-Key", err
+            assert len((await call(leader, "GET", "/controller/network"))[1]) == 2
 
             # errors are the same everywhere: validation (nothing proposed), 404 from apply, delete cascade
             for i in range(3):

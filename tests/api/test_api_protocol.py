@@ -137,15 +137,17 @@ async def test_error_bodies_name_fields(env: ApiEnv) -> None:
 async def test_idempotency_key_replays_the_first_result_and_applies_once(env: ApiEnv) -> None:
     key = {"Idempotency-Key": "create-1"}
     first = await env.ok("POST", CREATE, {"name": "once"}, headers=key)
-    again = await env.ok("POST", CREATE, {"name": "twice"}, headers=key)
+    again = await env.ok("POST", CREATE, {"name": "once"}, headers=key)
     assert again == first
     assert await env.ok("GET", "/controller/network") == [first["id"]]
-    # an update replayed with a different body still answers the first outcome and changes nothing
+    # the token may move between header and ?auth= (the query string is not part of the request's fingerprint)
+    assert await env.ok("POST", CREATE, {"name": "once"}, headers=key, auth=False, params={"auth": TOKEN}) == first
+    # a replayed update answers the first outcome and is not applied again
     k2 = {"Idempotency-Key": "upd-7"}
     a = await env.ok("POST", f"/controller/network/{first['id']}", {"name": "a"}, headers=k2)
-    b = await env.ok("POST", f"/controller/network/{first['id']}", {"name": "b"}, headers=k2)
+    b = await env.ok("POST", f"/controller/network/{first['id']}", {"name": "a"}, headers=k2)
     assert a == b and b["name"] == "a" and b["revision"] == 2
-    assert (await env.ok("GET", f"/controller/network/{first['id']}"))["name"] == "a"
+    assert (await env.ok("GET", f"/controller/network/{first['id']}"))["revision"] == 2
     # a replayed delete answers 200 with the deleted network, not 404
     k3 = {"Idempotency-Key": "del"}
     d1 = await env.ok("DELETE", f"/controller/network/{first['id']}", headers=k3)
@@ -163,13 +165,52 @@ async def test_idempotency_key_replays_the_first_result_and_applies_once(env: Ap
     assert n1["id"] != n2["id"]
 
 
+async def test_idempotency_key_reused_for_another_request_is_422_and_changes_nothing(env: ApiEnv) -> None:
+    key = {"Idempotency-Key": "bound"}
+    net = await env.ok("POST", CREATE, {"name": "once"}, headers=key)
+    member_path = f"/controller/network/{net['id']}/member/abcdef0123"
+    mkey = {"Idempotency-Key": "member"}
+    member = await env.ok("POST", member_path, {"authorized": True}, headers=mkey)
+    before = (await env.ok("GET", "/unstable/controller/network"),
+              await env.ok("GET", f"/unstable/controller/network/{net['id']}/member"))
+    others = [("POST", CREATE, {"name": "twice"}, key),  # another body
+              ("POST", CREATE, None, key),  # no body at all
+              ("POST", "/controller/network", {"name": "once"}, key),  # another path
+              ("PUT", CREATE, {"name": "once"}, key),  # another method
+              ("DELETE", f"/controller/network/{net['id']}", None, key),
+              ("POST", member_path, {"authorized": False}, mkey),
+              ("DELETE", member_path, None, mkey),
+              ("POST", CREATE, {"name": "once"}, mkey)]
+    for method, path, body, headers in others:
+        data = None if body is not None else b""
+        r = await env.request(method, path, body=body, data=data, headers=headers)
+        assert r.status == 422, (method, path, body, r)
+        assert r.json["error"] == "KEY_REUSED" and r.json["field"] == "Idempotency-Key", r
+        assert "another request" in r.json["message"] and "body" in r.json["message"], r
+    after = (await env.ok("GET", "/unstable/controller/network"),
+             await env.ok("GET", f"/unstable/controller/network/{net['id']}/member"))
+    assert after == before
+    # the keys still belong to their first requests, which replay as before
+    assert await env.ok("POST", CREATE, {"name": "once"}, headers=key) == net
+    assert await env.ok("POST", member_path, {"authorized": True}, headers=mkey) == member
+
+
 async def test_concurrent_retries_with_one_key_apply_once(env: ApiEnv) -> None:
     key = {"Idempotency-Key": "burst"}
-    replies = await asyncio.gather(*(env.request("POST", CREATE, body={"name": f"n{i}"}, headers=key)
+    replies = await asyncio.gather(*(env.request("POST", CREATE, body={"name": "n"}, headers=key)
                                      for i in range(10)))
     assert {r.status for r in replies} == {200}
     assert len({json.dumps(r.json, sort_keys=True) for r in replies}) == 1
     assert env.cluster.machine().network_count() == 1
+
+
+async def test_concurrent_requests_racing_with_one_key_apply_one_of_them(env: ApiEnv) -> None:
+    key = {"Idempotency-Key": "race"}
+    replies = await asyncio.gather(*(env.request("POST", CREATE, body={"name": f"n{i}"}, headers=key)
+                                     for i in range(10)))
+    assert sorted(r.status for r in replies) == [200] + [422] * 9, replies
+    winner = next(r.json for r in replies if r.status == 200)
+    assert await env.ok("GET", "/controller/network") == [winner["id"]]
 
 
 async def test_bad_idempotency_keys_are_400_naming_the_header(env: ApiEnv) -> None:

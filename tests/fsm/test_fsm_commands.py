@@ -1,6 +1,7 @@
 """The command schema: codec round trips, clear decode errors, and builders that validate before proposing."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import msgpack
@@ -65,6 +66,9 @@ def test_signing_keys_are_not_in_reprs() -> None:
                     "timeline_id": "t", "address": "a", "signing_key": "not-bytes", "token_hash": "h"}),
      "signing_key", "binary"),
     (b"\x00" * (C.MAX_COMMAND_BYTES + 1), None, "exceeds"),
+    (msgpack.packb({"v": 1, "type": "noop", "request_id": "r", "time": 1, "fp": b"x" * 31}), "fp", "32 bytes"),
+    (msgpack.packb({"v": 1, "type": "noop", "request_id": "r", "time": 1, "fp": "x" * 32}), "fp", "got str"),
+    (msgpack.packb({"v": 1, "type": "noop", "request_id": "r", "time": 1, "fp": 7}), "fp", "got int"),
 ])
 def test_decode_errors_name_the_problem(data: bytes, field: str | None, text: str) -> None:
     with pytest.raises(C.CommandError) as e:
@@ -137,3 +141,26 @@ def test_build_restore_validates_records_before_proposing() -> None:
         list(C.build_restore([{"id": "ffffffffff000001"}], [], request_id="rs", time=9, restore_id="x",
                              timeline_id="t", address="0102030405", signing_key=KEY))
     assert e.value.field == "id"
+
+
+# ------------------------------------------------------------------------------------------- fingerprints
+
+FP = bytes(range(32))
+
+
+@pytest.mark.parametrize("cmd", SAMPLES, ids=lambda c: c.TYPE)
+def test_every_type_carries_an_optional_fingerprint(cmd: C.Command) -> None:
+    plain = C.encode(cmd)
+    assert "fp" not in msgpack.unpackb(plain)  # commands without one keep their exact bytes
+    assert C.fingerprint_of(plain) is None and C.with_fingerprint(plain, None) == plain
+    stamped = C.with_fingerprint(plain, FP)
+    assert msgpack.unpackb(stamped)["fp"] == FP and C.fingerprint_of(stamped) == FP
+    assert C.decode(stamped) == replace(cmd, fingerprint=FP)
+    assert C.decode(msgpack.packb({**msgpack.unpackb(plain), "fp": None})) == cmd  # nil is "none"
+
+
+def test_with_fingerprint_refuses_a_wrong_size_and_fingerprint_of_garbage_is_none() -> None:
+    with pytest.raises(C.CommandError) as e:
+        C.with_fingerprint(C.build_noop("r", 1), b"short")
+    assert e.value.field == "fp"
+    assert C.fingerprint_of(b"garbage") is None

@@ -284,6 +284,63 @@ def test_request_id_applied_once_returns_first_result(drv: Any) -> None:
     assert drv.m.result_for("nope") is None
 
 
+FP1, FP2 = b"\x01" * 32, b"\x02" * 32
+
+
+def _requests_remembered(m: StateMachine) -> int:
+    env, db = m.tables()
+    with env.begin() as txn:
+        return int(txn.stat(db["requests"])["entries"])
+
+
+def test_request_id_with_the_same_fingerprint_replays_the_first_result(drv: Any) -> None:
+    nwid = drv.nwid()
+    cmd = C.with_fingerprint(C.build_member_update("key:k", drv.tick(), nwid, "0000000001", {"name": "a"}), FP1)
+    r1, r2 = drv.apply(cmd), drv.apply(cmd)
+    assert r1 == r2 and ok(r1)["revision"] == 1
+    assert drv.m.result_for("key:k", FP1) == drv.m.result_for("key:k") == r1
+    # a side without a fingerprint cannot tell requests apart: the remembered result, as before fingerprints
+    unstamped = C.build_member_update("key:k", drv.tick(), nwid, "0000000001", {"name": "b"})
+    assert drv.apply(unstamped) == r1
+    assert drv.m.get_member(nwid, "0000000001")["name"] == "a"
+
+
+def test_request_id_with_another_fingerprint_is_key_reused_and_changes_nothing(drv: Any) -> None:
+    nwid = drv.nwid()
+    first = drv.apply(C.with_fingerprint(C.build_member_update("key:k", drv.tick(), nwid, "0000000001",
+                                                               {"name": "a"}), FP1))
+    before, remembered = list(drv.m.iter_model()), _requests_remembered(drv.m)
+    for other in (C.build_member_update("key:k", drv.tick(), nwid, "0000000001", {"name": "b"}),
+                  C.build_member_delete("key:k", drv.tick(), nwid, "0000000001"),
+                  C.build_network_delete("key:k", drv.tick(), nwid)):
+        r = fails(drv.apply(C.with_fingerprint(other, FP2)), ErrorCode.KEY_REUSED, "Idempotency-Key")
+        assert "another request" in str(r.message) and ErrorCode.KEY_REUSED.http_status == 422
+    assert list(drv.m.iter_model()) == before
+    # not remembered: the key still belongs to the first request
+    assert _requests_remembered(drv.m) == remembered
+    assert drv.m.result_for("key:k", FP1) == drv.m.result_for("key:k") == first
+    assert drv.m.result_for("key:k", FP2) == r
+    assert drv.apply(C.with_fingerprint(C.build_noop("key:k", drv.tick()), FP1)) == first
+    assert check_machine(drv.m) == []
+
+
+def test_two_requests_under_one_id_in_one_batch_the_second_is_key_reused(drv: Any) -> None:
+    """Two clients racing with one key: both entries commit, in one batch; only the first applies."""
+    nwid = drv.nwid()
+    i = drv.index
+    a = C.with_fingerprint(C.build_member_update("key:race", 1, nwid, "0000000001", {"name": "a"}), FP1)
+    b = C.with_fingerprint(C.build_member_update("key:race", 1, nwid, "0000000002", {"name": "b"}), FP2)
+    ra, rb = drv.m.apply_batch([(i + 1, 1, a), (i + 2, 1, b)])
+    drv.index = i + 2
+    assert ra is not None and ok(ra)["id"] == "0000000001"
+    assert rb is not None
+    fails(rb, ErrorCode.KEY_REUSED, "Idempotency-Key")
+    assert drv.m.list_members(nwid) == {"0000000001": 1} and drv.m.counts(nwid) == (1, 0)
+    assert drv.m.result_for("key:race", FP1) == ra and drv.m.result_for("key:race", FP2) == rb
+    assert drv.m.applied() == (i + 2, 1)
+    assert check_machine(drv.m) == []
+
+
 def test_dedupe_window_forgets_old_request_ids(drv: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(machine_mod, "DEDUPE_WINDOW", 5)
     monkeypatch.setattr(machine_mod, "_PRUNE_EVERY", 4)
