@@ -7,7 +7,7 @@
     errors.py           JSON responses and the mapping of every failure to a status
     inputs.py           path ids, the JSON body (413/400), Idempotency-Key, ?consistency
     access.py           linearizable/local reads and writes through Cluster.submit
-    streaming.py        streamed JSON listings (bounded memory)
+    streaming.py        streamed JSON listings (bounded memory; capped in number and time)
     routes_status.py    /health, /status, /controller
     routes_network.py   /controller/network..., /unstable/controller/network
     routes_member.py    .../member..., /unstable/controller/network/{nwid}/member

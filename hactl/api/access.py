@@ -1,21 +1,25 @@
 """How handlers reach the model: linearizable (or local) reads, and writes through the replicated log.
 
 Reads: ``?consistency`` is checked first, then the read barrier (ReadIndex), then the local ctrl.db is read.
+An answer made of several reads (a listing and its counts) makes them all in one read transaction (``snapshot``),
+so it is one applied state even while entries are applied meanwhile.
 Writes: the fsm builder validates (a ValidationError is a 400 and nothing is proposed), then ``submit``
 replicates and returns the Result applied on this node. The controller's exceptions propagate to
 errors.error_middleware, which owns their mapping (503/429/504).
 """
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import AsyncIterator, Callable
 
 from aiohttp import web
 
 from hactl.api.context import context
 from hactl.api.errors import result_response
 from hactl.api.inputs import request_fingerprint, request_id, wants_linearizable
+from hactl.api.streaming import stream_slot
 from hactl.fsm.commands import with_fingerprint
-from hactl.fsm.machine import StateMachine
+from hactl.fsm.machine import Reader, StateMachine
 from hactl.fsm.result import Result
 
 Builder = Callable[[str, int], bytes]  # (request_id, time ms) -> encoded command
@@ -27,6 +31,15 @@ async def read_model(request: web.Request) -> StateMachine:
     if linearizable:
         await cluster.read_barrier()
     return cluster.machine()
+
+
+@contextlib.asynccontextmanager
+async def snapshot(request: web.Request, *, streamed: bool = False) -> AsyncIterator[Reader]:
+    """read_model, then one read transaction for the block. ``streamed``: the answer is streamed from it, so it
+    first takes a stream slot (429 when all are taken, before the transaction is opened)."""
+    machine = await read_model(request)
+    with stream_slot(request) if streamed else contextlib.nullcontext(), machine.reader() as reader:
+        yield reader
 
 
 async def submit(request: web.Request, build: Builder) -> web.Response:

@@ -24,7 +24,8 @@ _STATUS_TEXT = {
     413: "Body larger than the configured limit",
     422: "KEY_REUSED: this Idempotency-Key was already used for another request (method, path or body differ); "
          "nothing was applied",
-    429: "The leader's proposal queue is full; retry after Retry-After seconds",
+    429: "Nothing was done: the leader's proposal queue is full (OVERLOADED, writes) or too many listings are "
+         "being streamed (TOO_MANY_STREAMS, listings); retry after Retry-After seconds",
     500: "A bug in hactl (logged on the server)",
     503: "No leader is known (CLUSTER_NO_LEADER) or the cluster is not initialised; retry after Retry-After",
     504: "OUTCOME_UNKNOWN: the write may still commit; retry with the same Idempotency-Key",

@@ -1,15 +1,14 @@
 """Members: /controller/network/{nwid}/member[/{address}] and /unstable/controller/network/{nwid}/member.
 
 Listings stream from the fsm's iterators (a network may hold a million members); counts come from the fsm's
-per-network counters.
+per-network counters. Each answer is read in one read transaction (access.snapshot), so the network's
+existence, its counts and its members are of one state.
 """
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
-from hactl.api.access import read_model, submit
+from hactl.api.access import snapshot, submit
 from hactl.api.errors import dumps, json_response, not_found
 from hactl.api.inputs import path_address, path_nwid, read_body
 from hactl.api.routes_network import NWID
@@ -17,14 +16,14 @@ from hactl.api.schemas import ref
 from hactl.api.spec import Param, Route, post_and_put
 from hactl.api.streaming import stream_json
 from hactl.fsm import commands as C
-from hactl.fsm.machine import StateMachine
+from hactl.fsm.machine import Reader
 
 ADDRESS = Param("address", "member address: 10 hex digits, any case; 0000000000 and ff........ are reserved",
                 {"type": "string", "pattern": "^[0-9a-fA-F]{10}$"})
 
 
-def _require_network(machine: StateMachine, nwid: str) -> None:
-    if machine.get_network(nwid) is None:
+def _require_network(model: Reader, nwid: str) -> None:
+    if model.get_network(nwid) is None:
         raise not_found(f"network {nwid} not found", "nwid")
 
 
@@ -33,22 +32,22 @@ def _require_network(machine: StateMachine, nwid: str) -> None:
 async def list_members(request: web.Request) -> web.StreamResponse:
     """{address: revision, ...}"""
     nwid = path_nwid(request)
-    machine = await read_model(request)
-    _require_network(machine, nwid)
+    async with snapshot(request, streamed=True) as model:
+        _require_network(model, nwid)
 
-    def encode(member: dict[str, Any]) -> str:
-        return f'"{member["id"]}":{int(member["revision"])}'
+        def encode(member: tuple[str, int]) -> str:
+            return f'"{member[0]}":{member[1]}'
 
-    return await stream_json(request, "{", machine.iter_members(nwid), encode, lambda: "}")
+        return await stream_json(request, "{", model.iter_member_revisions(nwid), encode, lambda: "}")
 
 
 async def get_member(request: web.Request) -> web.Response:
     nwid, address = path_nwid(request), path_address(request)
-    machine = await read_model(request)
-    member = machine.get_member(nwid, address)
-    if member is None:
-        _require_network(machine, nwid)  # say which of the two is missing
-        raise not_found(f"member {address} of network {nwid} not found", "address")
+    async with snapshot(request) as model:
+        member = model.get_member(nwid, address)
+        if member is None:
+            _require_network(model, nwid)  # say which of the two is missing
+            raise not_found(f"member {address} of network {nwid} not found", "address")
     return json_response(member)
 
 
@@ -67,11 +66,12 @@ async def delete_member(request: web.Request) -> web.Response:
 
 async def unstable_members(request: web.Request) -> web.StreamResponse:
     nwid = path_nwid(request)
-    machine = await read_model(request)
-    _require_network(machine, nwid)
-    total, authorized = machine.counts(nwid)
-    return await stream_json(request, '{"data":[', machine.iter_members(nwid), dumps,
-                             lambda: '],"meta":' + dumps({"totalCount": total, "authorizedCount": authorized}) + "}")
+    async with snapshot(request, streamed=True) as model:
+        _require_network(model, nwid)
+        total, authorized = model.counts(nwid)
+        return await stream_json(
+            request, '{"data":[', model.iter_members(nwid), dumps,
+            lambda: '],"meta":' + dumps({"totalCount": total, "authorizedCount": authorized}) + "}")
 
 
 # ----------------------------------------------------------------------------------------------- routes
@@ -81,7 +81,7 @@ _MEMBER = "/controller/network/{nwid}/member/{address}"
 ROUTES: list[Route] = [
     Route("GET", "/controller/network/{nwid}/member", list_members, "listMembers",
           "The network's members as {address: revision}", ref("MemberRevisions"), params=(NWID,), read=True,
-          errors=(400, 404), tags=("member",)),
+          errors=(400, 404, 429), tags=("member",)),
     Route("GET", _MEMBER, get_member, "getMember", "One member", ref("Member"), params=(NWID, ADDRESS),
           read=True, errors=(400, 404), tags=("member",)),
     *post_and_put(Route(
@@ -93,5 +93,5 @@ ROUTES: list[Route] = [
           ref("Member"), params=(NWID, ADDRESS), write=True, errors=(400, 404), tags=("member",)),
     Route("GET", "/unstable/controller/network/{nwid}/member", unstable_members, "listMembersUnstable",
           "The network's members in full, with counts", ref("UnstableMembers"), params=(NWID,), read=True,
-          errors=(400, 404), tags=("member",)),
+          errors=(400, 404, 429), tags=("member",)),
 ]

@@ -5,7 +5,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hactl.api.access import read_model, submit
+from hactl.api.access import read_model, snapshot, submit
 from hactl.api.context import context
 from hactl.api.errors import bad_request, json_response, not_found, dumps
 from hactl.api.inputs import path_nwid, read_body
@@ -77,16 +77,17 @@ async def delete_network(request: web.Request) -> web.Response:
 
 
 async def unstable_networks(request: web.Request) -> web.StreamResponse:
-    """Every network with its member counts (the fsm's per-network counters: no member is read)."""
-    machine = await read_model(request)
-    count = machine.network_count()
+    """Every network with its member counts (the fsm's per-network counters: no member is read), all from one
+    read transaction: the count, the networks and their counters are of one state."""
+    async with snapshot(request, streamed=True) as model:
+        count = model.network_count()
 
-    def encode(network: dict[str, Any]) -> str:
-        total, authorized = machine.counts(network["id"])
-        return dumps({**network, "meta": {"totalMemberCount": total, "authorizedMemberCount": authorized}})
+        def encode(network: dict[str, Any]) -> str:
+            total, authorized = model.counts(network["id"])
+            return dumps({**network, "meta": {"totalMemberCount": total, "authorizedMemberCount": authorized}})
 
-    return await stream_json(request, '{"data":[', machine.iter_networks(), encode,
-                             lambda: ']' + ',"meta":' + dumps({"networkCount": count}) + '}')
+        return await stream_json(request, '{"data":[', model.iter_networks(), encode,
+                                 lambda: ']' + ',"meta":' + dumps({"networkCount": count}) + '}')
 
 
 # ----------------------------------------------------------------------------------------------- routes
@@ -115,5 +116,5 @@ ROUTES: list[Route] = [
           "Delete a network and all its members; returns the deleted network", ref("Network"), params=(NWID,),
           write=True, errors=(400, 404), tags=("network",)),
     Route("GET", "/unstable/controller/network", unstable_networks, "listNetworksUnstable",
-          "All networks with member counts", ref("UnstableNetworks"), read=True, tags=("network",)),
+          "All networks with member counts", ref("UnstableNetworks"), read=True, errors=(429,), tags=("network",)),
 ]

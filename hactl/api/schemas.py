@@ -140,7 +140,7 @@ ERROR = {
     "properties": {
         "error": {"type": "string", "description": "INVALID, NOT_FOUND, CONFLICT, CLUSTER_NO_LEADER, OVERLOADED, "
                                                    "OUTCOME_UNKNOWN, BODY_TOO_LARGE, NOT_INITIALIZED, KEY_REUSED, "
-                                                   "..."},
+                                                   "TOO_MANY_STREAMS, ..."},
         "message": {"type": "string"},
         "field": {"type": ["string", "null"],
                   "description": "the offending body field (dotted/indexed path), path or query parameter, "

@@ -9,6 +9,7 @@ Nothing here reads a clock or an RNG; nothing keeps model data in Python contain
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -305,8 +306,7 @@ class StateMachine:
             txn.put(t.netcount_key, L.u64(self._count(txn, t) + 1), db=self._meta)
 
     def _count(self, txn: L.Txn, t: L.Tables) -> int:
-        raw = txn.get(t.netcount_key, db=self._meta)
-        return 0 if raw is None else L.read_u64(raw)
+        return _network_count(txn, self._meta, t)
 
     def _network_delete(self, txn: L.Txn, cmd: NetworkDelete, index: int) -> Result:
         self._controller(txn)
@@ -566,97 +566,70 @@ class StateMachine:
             raw = txn.get(request_id.encode("utf-8", "surrogatepass"), db=self._requests)
         return None if raw is None else _replay(raw, fingerprint)
 
+    @contextlib.contextmanager
+    def reader(self) -> Iterator["Reader"]:
+        """Model reads that all see one state (one LMDB read transaction), for answers built from several reads
+        (a count and the listing it counts). The transaction is held until the block ends: keep it short, it
+        holds one of ctrl.db's 256 reader slots and the pages it sees."""
+        reader = Reader(self._env.begin(), self._meta, self._live)
+        try:
+            yield reader
+        finally:
+            reader.close()
+
+    # Single reads, each in a transaction of its own.
+
     def get_network(self, nwid: str) -> dict[str, Any] | None:
-        n = _nwid_or_none(nwid)
-        if n is None:
-            return None
-        with self._env.begin() as txn:
-            raw = txn.get(L.network_key(n), db=self._live.networks)
-        return None if raw is None else network_view(n, unpack_network(raw))
+        with self.reader() as r:
+            return r.get_network(nwid)
 
     def list_networks(self) -> list[str]:
-        with self._env.begin() as txn:
-            return [format_nwid(L.read_u64(k)) for k in txn.cursor(db=self._live.networks).iternext(values=False)]
+        with self.reader() as r:
+            return r.list_networks()
 
     def network_count(self) -> int:
-        with self._env.begin() as txn:
-            return self._count(txn, self._live)
+        with self.reader() as r:
+            return r.network_count()
 
     def iter_networks(self) -> Iterator[dict[str, Any]]:
         """Every network in id order, from one read transaction (consume or close() the iterator)."""
-        with self._env.begin() as txn:
-            for k, v in txn.cursor(db=self._live.networks):
-                yield network_view(L.read_u64(k), unpack_network(v))
+        with self.reader() as r:
+            yield from r.iter_networks()
 
     def get_member(self, nwid: str, address: str) -> dict[str, Any] | None:
-        n, a = _nwid_or_none(nwid), _address_or_none(address)
-        if n is None or a is None:
-            return None
-        with self._env.begin() as txn:
-            raw = txn.get(L.member_key(n, a), db=self._live.members)
-        return None if raw is None else member_view(n, a, unpack_member(raw))
+        with self.reader() as r:
+            return r.get_member(nwid, address)
 
     def list_members(self, nwid: str) -> dict[str, int] | None:
-        """{address: revision} of a network's members, or None if there is no such network. For very large
-        networks prefer iter_member_revisions, which streams."""
-        n = _nwid_or_none(nwid)
-        if n is None or self.get_network(nwid) is None:
-            return None
-        return dict(self.iter_member_revisions(nwid))
+        """{address: revision} of a network's members, or None if there is no such network."""
+        with self.reader() as r:
+            return r.list_members(nwid)
 
     def iter_member_revisions(self, nwid: str) -> Iterator[tuple[str, int]]:
-        """(address, revision) of a network's members in address order, from one read transaction, without
-        building member dicts (GET .../member can stream its JSON from this)."""
-        n = _nwid_or_none(nwid)
-        if n is None:
-            return
-        with self._env.begin() as txn:
-            for k, v in self._member_range(txn, n):
-                yield format_address(L.split_member_key(k)[1]), member_revision(v)
+        with self.reader() as r:
+            yield from r.iter_member_revisions(nwid)
 
     def iter_members(self, nwid: str) -> Iterator[dict[str, Any]]:
         """A network's members in address order, from one read transaction (consume or close() it)."""
-        n = _nwid_or_none(nwid)
-        if n is None:
-            return
-        with self._env.begin() as txn:
-            for k, v in self._member_range(txn, n):
-                yield member_view(n, L.split_member_key(k)[1], unpack_member(v))
+        with self.reader() as r:
+            yield from r.iter_members(nwid)
 
     def iter_all_members(self) -> Iterator[dict[str, Any]]:
         """Every member ordered by (nwid, address), from one read transaction."""
-        with self._env.begin() as txn:
-            for k, v in txn.cursor(db=self._live.members):
-                n, a = L.split_member_key(k)
-                yield member_view(n, a, unpack_member(v))
+        with self.reader() as r:
+            yield from r.iter_all_members()
 
     def iter_model(self) -> Iterator[dict[str, Any]]:
         """Networks by id, then members by (nwid, address), all from one read transaction (one consistent view:
         what `hactl db dump` prints)."""
-        with self._env.begin() as txn:
-            for k, v in txn.cursor(db=self._live.networks):
-                yield network_view(L.read_u64(k), unpack_network(v))
-            for k, v in txn.cursor(db=self._live.members):
-                n, a = L.split_member_key(k)
-                yield member_view(n, a, unpack_member(v))
-
-    def _member_range(self, txn: L.Txn, nwid: int) -> Iterator[tuple[bytes, bytes]]:
-        prefix = L.network_key(nwid)
-        cur = txn.cursor(db=self._live.members)
-        if not cur.set_range(prefix):
-            return
-        for k, v in cur.iternext():
-            if k[:8] != prefix:
-                return
-            yield k, v
+        with self.reader() as r:
+            yield from r.iter_networks()
+            yield from r.iter_all_members()
 
     def counts(self, nwid: str) -> tuple[int, int]:
         """(total members, authorized members); (0, 0) for an unknown network."""
-        n = _nwid_or_none(nwid)
-        if n is None:
-            return 0, 0
-        with self._env.begin() as txn:
-            return L.unpack_counts(txn.get(L.network_key(n), db=self._live.netstat))
+        with self.reader() as r:
+            return r.counts(nwid)
 
     # ============================================================================================ snapshots
 
@@ -679,7 +652,107 @@ class StateMachine:
         return self._env, dict(self._db)
 
 
+class Reader:
+    """The model as one read transaction sees it (StateMachine.reader()): every read through one Reader is of the
+    same applied state, whatever is applied meanwhile. Iterators are valid until the reader's block ends."""
+
+    def __init__(self, txn: L.Txn, meta: Any, live: L.Tables) -> None:
+        self._txn_or_none: L.Txn | None = txn
+        self._meta, self._live = meta, live
+
+    def close(self) -> None:
+        """End the transaction and let go of it. py-lmdb frees the reader slot only when the Transaction object
+        is freed, not on abort: so no reference may outlive the block, not even one from a Reader (or an
+        iterator's frame holding it) that an exception's traceback keeps alive until the next GC pass."""
+        txn, self._txn_or_none = self._txn_or_none, None
+        if txn is not None:
+            txn.abort()  # also invalidates its cursors, which then let go of it too
+
+    @property
+    def _txn(self) -> L.Txn:
+        if self._txn_or_none is None:
+            raise RuntimeError("this Reader's transaction has ended (use it inside its `with machine.reader()`)")
+        return self._txn_or_none
+
+    def get_network(self, nwid: str) -> dict[str, Any] | None:
+        n = _nwid_or_none(nwid)
+        if n is None:
+            return None
+        raw = self._txn.get(L.network_key(n), db=self._live.networks)
+        return None if raw is None else network_view(n, unpack_network(raw))
+
+    def list_networks(self) -> list[str]:
+        return [format_nwid(L.read_u64(k)) for k in self._txn.cursor(db=self._live.networks).iternext(values=False)]
+
+    def network_count(self) -> int:
+        return _network_count(self._txn, self._meta, self._live)
+
+    def iter_networks(self) -> Iterator[dict[str, Any]]:
+        """Every network in id order."""
+        for k, v in self._txn.cursor(db=self._live.networks):
+            yield network_view(L.read_u64(k), unpack_network(v))
+
+    def get_member(self, nwid: str, address: str) -> dict[str, Any] | None:
+        n, a = _nwid_or_none(nwid), _address_or_none(address)
+        if n is None or a is None:
+            return None
+        raw = self._txn.get(L.member_key(n, a), db=self._live.members)
+        return None if raw is None else member_view(n, a, unpack_member(raw))
+
+    def list_members(self, nwid: str) -> dict[str, int] | None:
+        """{address: revision} of a network's members, or None if there is no such network. For very large
+        networks prefer iter_member_revisions, which streams."""
+        if self.get_network(nwid) is None:
+            return None
+        return dict(self.iter_member_revisions(nwid))
+
+    def iter_member_revisions(self, nwid: str) -> Iterator[tuple[str, int]]:
+        """(address, revision) of a network's members in address order, without building member dicts
+        (GET .../member streams its JSON from this)."""
+        n = _nwid_or_none(nwid)
+        if n is None:
+            return
+        for k, v in self._member_range(n):
+            yield format_address(L.split_member_key(k)[1]), member_revision(v)
+
+    def iter_members(self, nwid: str) -> Iterator[dict[str, Any]]:
+        """A network's members in address order."""
+        n = _nwid_or_none(nwid)
+        if n is None:
+            return
+        for k, v in self._member_range(n):
+            yield member_view(n, L.split_member_key(k)[1], unpack_member(v))
+
+    def iter_all_members(self) -> Iterator[dict[str, Any]]:
+        """Every member ordered by (nwid, address)."""
+        for k, v in self._txn.cursor(db=self._live.members):
+            n, a = L.split_member_key(k)
+            yield member_view(n, a, unpack_member(v))
+
+    def counts(self, nwid: str) -> tuple[int, int]:
+        """(total members, authorized members); (0, 0) for an unknown network."""
+        n = _nwid_or_none(nwid)
+        if n is None:
+            return 0, 0
+        return L.unpack_counts(self._txn.get(L.network_key(n), db=self._live.netstat))
+
+    def _member_range(self, nwid: int) -> Iterator[tuple[bytes, bytes]]:
+        prefix = L.network_key(nwid)
+        cur = self._txn.cursor(db=self._live.members)
+        if not cur.set_range(prefix):
+            return
+        for k, v in cur.iternext():
+            if k[:8] != prefix:
+                return
+            yield k, v
+
+
 # =================================================================================================== helpers
+
+def _network_count(txn: L.Txn, meta: Any, t: L.Tables) -> int:
+    raw = txn.get(t.netcount_key, db=meta)
+    return 0 if raw is None else L.read_u64(raw)
+
 
 def _membership(raw: bytes | None) -> Membership | None:
     return None if raw is None else Membership.from_plain(msgpack.unpackb(raw, raw=False))

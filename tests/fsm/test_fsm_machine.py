@@ -1,6 +1,7 @@
 """Apply semantics of the state machine on a real ctrl.db: model rules, indexes, errors, exactly-once."""
 from __future__ import annotations
 
+import concurrent.futures
 from pathlib import Path
 from typing import Any
 
@@ -448,6 +449,48 @@ def test_foreign_format_is_refused(tmp_path: Path) -> None:
         StateMachine(path)
     with pytest.raises(FileNotFoundError):
         StateMachine(tmp_path / "missing.db", readonly=True)
+
+
+def test_a_reader_sees_one_state_while_another_thread_applies(drv: Any) -> None:
+    a = drv.nwid(start=1)
+    ok(drv.member(a, "0000000001", {"authorized": True}))
+
+    def seen(r: Any) -> Any:
+        return (r.network_count(), r.list_networks(), [n["revision"] for n in r.iter_networks()], r.counts(a),
+                r.list_members(a), r.get_network(a), r.get_member(a, "0000000001"))
+
+    with drv.m.reader() as r, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        before = seen(r)
+        networks = r.iter_networks()
+        assert next(networks)["id"] == a  # an iterator part-way through when the writes land
+
+        def writes() -> None:
+            drv.nwid(start=5)
+            ok(drv.member(a, "0000000002", {"authorized": True}))
+            ok(drv.update_network(a, {"name": "changed"}))
+            ok(drv.delete_network(a))
+
+        pool.submit(writes).result()
+        assert drv.m.list_networks() == [f"{drv.controller}000005"]  # applied, and seen by a fresh transaction
+        assert list(networks) == []  # the rest of the listing is of the reader's state: no new network
+        assert seen(r) == before
+        assert before[0] == 1 and before[3] == (1, 1) and before[4] == {"0000000001": 1}
+
+
+def test_a_reader_frees_its_lmdb_reader_slot_when_its_block_ends(drv: Any) -> None:
+    """Even while the Reader and a started iterator are still referenced (as an exception's traceback may keep
+    them until the next GC pass): ctrl.db has a fixed number of reader slots."""
+    drv.nwid(start=1)
+    drv.nwid(start=2)
+    env, _ = drv.m.tables()
+    with drv.m.reader() as r:
+        started = r.iter_networks()
+        next(started)
+        assert "no active readers" not in env.readers()
+    assert "no active readers" in env.readers(), env.readers()
+    with pytest.raises(RuntimeError, match="ended"):
+        r.network_count()
+    del started
 
 
 def test_reads_list_and_iterate_in_order(drv: Any) -> None:
