@@ -474,3 +474,18 @@ def test_an_internal_bug_propagates_from_step_instead_of_being_counted_as_a_drop
     r2 = Raft(Config("b"), random.Random(1), conf=ConfState(("a", "b", "c")))
     r2.step(Message(MsgType.APPEND, "a", "x", 1))
     assert r2.dropped["wrong_recipient"] == 1
+
+
+def test_a_new_term_drops_queued_acknowledgements_of_the_old_one() -> None:
+    """A follower acknowledges entries in term 2, then (before its next Ready) a term-3 leader truncates them. The
+    old acknowledgement must not leave after a write that no longer holds those entries (found by the simulator)."""
+    r = Raft(Config("b"), random.Random(1), conf=ConfState(("a", "b", "c")), hard_state=HardState(2, None, 0),
+             entries=[Entry(1, 1, EntryType.NORMAL, b"x")])
+    r.step(Message(MsgType.APPEND, "a", "b", 2, log_term=1, index=1, commit=1,
+                   entries=(Entry(2, 2, EntryType.NORMAL, b"old2"), Entry(3, 2, EntryType.NORMAL, b"old3"))))
+    r.step(Message(MsgType.APPEND, "c", "b", 3, log_term=1, index=1, commit=1,
+                   entries=(Entry(2, 3, EntryType.NORMAL, b"new2"),)))
+    rd = r.ready()
+    assert [e.term for e in rd.entries] == [3] and rd.entries[0].index == 2
+    acks = [(m.term, m.index) for m in rd.messages + rd.early_messages if m.type == MsgType.APPEND_RESP]
+    assert acks == [(3, 2)], acks  # no (2, 3): entries 2..3 of term 2 are never written

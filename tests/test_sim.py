@@ -3,7 +3,9 @@
 The big run is 300 seeds x 2,000 steps, alternating 3- and 5-node clusters (override with HACTL_SIM_SEEDS /
 HACTL_SIM_STEPS, never lower in CI). A failure names each failing seed with the command that replays it.
 
-The checker is shown to bite: two test-only cores with a known bug (tests/sim/buggy.py) must be caught.
+The simulator runs the shipped driver (hactl/raft/driver.py) and core over simulated disks: the I/O-thread apply, the
+snapshot bookkeeping and the early messages are the real code. The checker is shown to bite: test-only variants
+of the core and the driver with one known bug each (tests/sim/buggy.py) must be caught, each by its own check.
 """
 from __future__ import annotations
 
@@ -21,14 +23,15 @@ if str(ROOT) not in sys.path:  # `pytest` run without `python -m`: make `tests.s
     sys.path.insert(0, str(ROOT))
 
 from tests.sim import InvariantViolation, Sim  # noqa: E402
-from tests.sim.buggy import DoubleVoteRaft, PrevTermCommitRaft  # noqa: E402
+from tests.sim.buggy import DoubleVoteRaft, PrevTermCommitRaft, bug_kwargs  # noqa: E402
 from tests.sim.sim import run_case  # noqa: E402
 
 SEEDS = int(os.environ.get("HACTL_SIM_SEEDS", "300"))
 STEPS = int(os.environ.get("HACTL_SIM_STEPS", "2000"))
 WORKERS = int(os.environ.get("HACTL_SIM_WORKERS", str(min(2, os.cpu_count() or 1))))
 SAFETY = {"two-leaders", "double-vote", "log-matching", "leader-completeness", "state-machine-safety",
-          "duplicate-apply", "read-index", "snapshot-unknown", "term-regressed", "commit-regressed"}
+          "duplicate-apply", "read-index", "snapshot-unknown", "term-regressed", "commit-regressed", "not-durable",
+          "lost-committed", "commit-not-durable", "snapshot-membership"}
 
 
 def _run_many(cases: list[tuple]) -> list[tuple[int, dict | None, str | None, str | None]]:
@@ -75,13 +78,13 @@ def test_membership_and_snapshot_churn_holds_every_invariant() -> None:
     assert all(res is not None for _, res, _, _ in results), _report(results)
 
 
-def _hunt(factory: type, bug: str, seeds: range, nodes: int | None, scenario: str, skip: tuple[str, ...]
+def _hunt(factory: type | None, bug: str, seeds: range, nodes: int | None, scenario: str, skip: tuple[str, ...]
           ) -> InvariantViolation:
     found = []
     for seed in seeds:
         try:
-            Sim(seed, nodes or (3 if seed % 2 == 0 else 5), STEPS, factory=factory, bug=bug, scenario=scenario,
-                disabled_checks=skip).run()
+            Sim(seed, nodes or (3 if seed % 2 == 0 else 5), STEPS, scenario=scenario, disabled_checks=skip,
+                **bug_kwargs(bug)).run()
         except InvariantViolation as e:
             found.append(e)
             if e.kind in SAFETY:
@@ -91,14 +94,15 @@ def _hunt(factory: type, bug: str, seeds: range, nodes: int | None, scenario: st
 
 
 def test_checker_catches_double_voting() -> None:
-    e = _hunt(DoubleVoteRaft, "double-vote", range(0, 20), None, "default", ("liveness",))
+    e = _hunt(DoubleVoteRaft, "double-vote", range(0, 20), None, "default", ("liveness", "not-durable"))
     assert e.kind == "double-vote"
     assert f"--seed {e.seed} " in str(e) and "--bug double-vote" in str(e)
 
 
 def test_checker_catches_two_leaders_in_a_term() -> None:
     # Without the per-node vote check, the consequence (two leaders in one term) must be caught by itself.
-    e = _hunt(DoubleVoteRaft, "double-vote", range(0, 40), None, "default", ("liveness", "double-vote"))
+    e = _hunt(DoubleVoteRaft, "double-vote", range(0, 40), None, "default", ("liveness", "double-vote",
+                                                                              "not-durable"))
     assert e.kind == "two-leaders"
 
 
@@ -111,8 +115,32 @@ def test_checker_catches_commit_by_counting_previous_term_entries() -> None:
 def test_state_machine_safety_catches_a_lost_committed_entry() -> None:
     # The same bug seen one step later: two different entries applied at one index.
     e = _hunt(PrevTermCommitRaft, "prev-term-commit", range(0, 60), 3, "figure8",
-              ("liveness", "leader-completeness"))
+              ("liveness", "leader-completeness", "lost-committed"))
     assert e.kind == "state-machine-safety", e
+
+
+def test_clock_skew_holds_every_invariant() -> None:
+    """Clocks at very different rates and leaders cut off with a minority while reads keep coming: leases stop
+    meaning the same on every node, so reads must still take a real quorum round."""
+    results = _run_many([(seed, None, STEPS, None, "skew", ()) for seed in range(0, 60)])
+    assert all(res is not None for _, res, _, _ in results), _report(results)
+
+
+# Each injected bug, and the check that must catch it (on its own: the hunt stops at the first safety violation).
+MUTANTS = [
+    ("vote-before-durable", "default", {"not-durable"}),
+    ("read-without-quorum", "skew", {"read-index"}),
+    ("truncate-matching", "default", {"lost-committed"}),
+    ("counts-unpersisted", "default", {"commit-not-durable"}),
+    ("stale-snapshot-membership", "churn", {"snapshot-membership"}),
+]
+
+
+@pytest.mark.parametrize("bug,scenario,kinds", MUTANTS, ids=[m[0] for m in MUTANTS])
+def test_checker_catches_each_injected_bug(bug: str, scenario: str, kinds: set[str]) -> None:
+    e = _hunt(None, bug, range(0, 60), None, scenario, ("liveness",))
+    assert e.kind in kinds, e
+    assert f"--bug {bug}" in str(e)
 
 
 def test_a_seed_replays_identically_across_processes() -> None:
@@ -129,7 +157,7 @@ def test_a_seed_replays_identically_across_processes() -> None:
 
 def test_cli_lists_failing_seeds_and_how_to_replay_them() -> None:
     p = subprocess.run([sys.executable, "-m", "tests.sim", "--seeds", "4", "--steps", "300", "--jobs", "1",
-                        "--bug", "double-vote"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                        "--bug", "vote-before-durable"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 1, p.stdout + p.stderr
     assert "FAILED seed(s): 0 1 2 3" in p.stdout
-    assert "replay: python -m tests.sim --seed 0 --nodes 3 --steps 300 --bug double-vote" in p.stdout
+    assert "replay: python -m tests.sim --seed 0 --nodes 3 --steps 300 --bug vote-before-durable" in p.stdout

@@ -390,6 +390,11 @@ class Raft:
         if self.term != term:
             self.term = term
             self.vote = None
+            # Queued messages of the old term may vouch for a log this term is about to change: an append
+            # acknowledgement for entries a new leader truncates before the next Ready is even taken would leave
+            # after a write that no longer holds them (found by the simulator's durability check). Drop them;
+            # Raft retransmits whatever still matters.
+            self.msgs = [m for m in self.msgs if m.term >= term]
         self.leader = None
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0

@@ -27,12 +27,17 @@ A SNAPSHOT message is sent only with its data, and a received one is kept only i
 from __future__ import annotations
 
 import logging
+import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
-from .core import Raft
-from .types import Entry, HardState, Message, MsgType, Ready, SnapshotMeta
+from .confchange import bootstrap_state
+from .core import Config, Raft
+from .types import ConfState, Entry, HardState, Message, MsgType, Ready, SnapshotMeta
+
+if TYPE_CHECKING:
+    from .storage import RaftState
 
 log = logging.getLogger("hactl.raft")
 
@@ -58,6 +63,14 @@ class FSM(Protocol):
 class LogStore(Protocol):
     """raft.db as the driver uses it (hactl.raft.storage.RaftStorage; the simulator's disk)."""
 
+    path: str
+
+    def load(self) -> RaftState:
+        """What a restarting node needs: hard state, snapshot marker, membership, the log's bounds."""
+
+    def entries(self, lo: int, hi: int) -> list[Entry]:
+        """Entries [lo, hi) of the log."""
+
     def save(self, hard_state: HardState | None, entries: Sequence[Entry],
              snapshot: SnapshotMeta | None = None) -> None:
         """Persist one Ready in one durable write."""
@@ -71,6 +84,36 @@ class LogStore(Protocol):
 
 class DriverError(Exception):
     """The driver cannot go on (a broken invariant, or storage that failed): the node must stop."""
+
+
+def open_core(config: Config, rng: random.Random, storage: LogStore, *, bootstrap: ConfState | None = None,
+              bootstrap_contexts: dict[str, bytes] | None = None, restored: SnapshotMeta | None = None,
+              core_class: type[Raft] = Raft) -> Raft:
+    """The core of a (re)starting node, from what its journal holds.
+
+    ``bootstrap``: the initial voters, written as the first committed entries of an empty journal.
+    ``restored``: the snapshot the FSM was actually rebuilt from, when the caller rebuilt it (newer than the
+    journal's marker after a crash between taking a snapshot and recording it; older if the newest snapshot turned
+    out corrupt)."""
+    st = storage.load()
+    if bootstrap is not None and st.last_index == 0 and st.hard_state.term == 0 and st.snapshot.index == 0:
+        hard, entries = bootstrap_state(bootstrap.voters, bootstrap_contexts)
+        storage.save(hard, entries)
+        st = storage.load()
+    if restored is not None and restored.index > st.snapshot.index:
+        storage.save(None, [], snapshot=restored)  # committed state we hold but did not record yet
+        st = storage.load()
+    snap = st.snapshot
+    if restored is not None and restored.index < snap.index:
+        if st.first_index > restored.index + 1:
+            raise DriverError(f"{storage.path}: the state machine was rebuilt from snapshot {restored.index} "
+                              f"but the journal starts at {st.first_index}; this node cannot replay the gap. "
+                              "Move its data directory aside and add it back to the cluster.")
+        snap = restored
+    conf = snap.conf if snap.index else st.conf
+    entries = storage.entries(st.first_index, st.last_index + 1) if st.last_index >= st.first_index else []
+    return core_class(config, rng, hard_state=st.hard_state, conf=conf, snapshot=snap,
+                      log_start=(st.first_index - 1, st.log_start_term), entries=entries)
 
 
 @dataclass
@@ -94,6 +137,7 @@ class Driver:
         self._payloads: dict[tuple[int, int], Any] = {}  # data of snapshots the core accepted, not yet installed
         self._local_snapshot: SnapshotMeta | None = None  # taken by the FSM, not yet handed to the core
         self._marker: tuple[SnapshotMeta, int] | None = None  # (snapshot, compact-to) the next persist records
+        self._installed = core.snapshot.index  # newest snapshot installed from the leader (persist's thread)
         self._last_snapshot = core.snapshot.index
 
     # ------------------------------------------------------------------ inputs (loop thread)
@@ -147,8 +191,10 @@ class Driver:
             for key in [k for k in self._payloads if k[0] <= s.index]:
                 del self._payloads[key]
             self.fsm.restore(s, payload)
+            self._installed = max(self._installed, s.index)
         marker, self._marker = self._marker, None
-        if marker is not None and (rd.snapshot is None or marker[0].index > rd.snapshot.index):
+        # A local snapshot older than one installed from the leader meanwhile is moot: the journal moved past it.
+        if marker is not None and marker[0].index > self._installed:
             self.storage.set_snapshot(marker[0])
             if marker[1] > 0:
                 self.storage.compact(marker[1])
@@ -214,7 +260,7 @@ class Driver:
         if meta is None or meta.index > self.core.applied:
             return  # the FSM applies before the core advances: wait until the core has caught up with it
         self._local_snapshot = None
-        if meta.index <= self.core.snapshot.index:
+        if meta.index <= max(self.core.snapshot.index, self._installed):
             return
         self.core.set_snapshot(meta)
         compact_to = min(meta.index - self.opts.snapshot_trailing, self.core.applied)

@@ -21,9 +21,9 @@ from typing import Any, Callable, Protocol, Sequence
 
 from hactl.aio import cancel_and_wait
 
-from .confchange import bootstrap_state, decode_conf_change
-from .core import Config, NotLeader, ProposalRefused, Raft, Status
-from .driver import FSM, Driver, DriverError, DriverOptions, LogStore
+from .confchange import decode_conf_change
+from .core import Config, NotLeader, ProposalRefused, Status
+from .driver import FSM, Driver, DriverError, DriverOptions, LogStore, open_core
 from .storage import RaftStorage
 from .types import ConfChange, ConfChangeType, ConfState, EntryType, Message, Ready, Role, SnapshotMeta
 
@@ -79,25 +79,11 @@ class RaftNode:
         self.fsm = fsm
         self.transport = transport
         self.opts = options or NodeOptions()
-        st = storage.load()
-        if bootstrap is not None and st.last_index == 0 and st.hard_state.term == 0 and st.snapshot.index == 0:
-            hard, entries = bootstrap_state(bootstrap.voters, bootstrap_contexts)
-            storage.save(hard, entries)
-            st = storage.load()
-        if restored is not None and restored.index > st.snapshot.index:
-            storage.save(None, [], snapshot=restored)  # committed state we hold but did not record yet
-            st = storage.load()
-        snap = st.snapshot
-        if restored is not None and restored.index < snap.index:
-            if st.first_index > restored.index + 1:
-                raise RaftError(f"{storage.path}: the state machine was rebuilt from snapshot {restored.index} "
-                                f"but the journal starts at {st.first_index}; this node cannot replay the gap. "
-                                "Move its data directory aside and add it back to the cluster.")
-            snap = restored
-        conf = snap.conf if snap.index else st.conf
-        entries = storage.entries(st.first_index, st.last_index + 1) if st.last_index >= st.first_index else []
-        core = Raft(config, random.Random(seed), hard_state=st.hard_state, conf=conf, snapshot=snap,
-                    log_start=(st.first_index - 1, st.log_start_term), entries=entries)
+        try:
+            core = open_core(config, random.Random(seed), storage, bootstrap=bootstrap,
+                             bootstrap_contexts=bootstrap_contexts, restored=restored)
+        except DriverError as e:
+            raise RaftError(str(e)) from None
         self.driver = Driver(core, storage, fsm, DriverOptions(snapshot_every=self.opts.snapshot_every,
                                                                snapshot_trailing=self.opts.snapshot_trailing))
         self.core = core  # for tests and status; the composition uses the properties below

@@ -136,8 +136,18 @@ class Controller:
         except AgentServerError as e:
             raise StartupError(f"agent socket: {e}") from None
         from hactl.api.server import serve  # the API sits above the controller's parts; imported late
+        from hactl.api.tls import plain_http_warning, server_ssl_context
         host, port = parse_hostport(cfg.api.listen, cfg.source, "api.listen")
-        self._api = await serve(self, host, port, max_body_bytes=cfg.api.max_body_bytes, version=__version__)
+        ssl_context = None
+        if cfg.api.tls_cert:  # config validation guarantees api.tls_key too
+            try:
+                ssl_context = server_ssl_context(cfg.api.tls_cert, cfg.api.tls_key)
+            except ValueError as e:
+                raise StartupError(f"api.tls_cert: {e}") from None
+        elif (warning := plain_http_warning(host)) is not None:
+            log.warning("%s", warning)
+        self._api = await serve(self, host, port, max_body_bytes=cfg.api.max_body_bytes, version=__version__,
+                                ssl_context=ssl_context)
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="controller-housekeeping"))
         log.info("controller %s started: control %s, api %s, data %s", self.node_id, cfg.control.listen,
                  cfg.api.listen, self.data)

@@ -14,7 +14,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from .buggy import BUGS
+from .buggy import BUGS, bug_kwargs
 from .checker import InvariantViolation
 from .sim import SCENARIOS, Sim, default_nodes, run_case
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.seed is not None:
         nodes = a.nodes or default_nodes(a.seed)
-        kw = {"factory": BUGS[a.bug], "bug": a.bug} if a.bug else {}
+        kw = bug_kwargs(a.bug)
         t0 = time.perf_counter()
         try:
             res = Sim(a.seed, nodes, a.steps, scenario=a.scenario, verbose=a.verbose, disabled_checks=tuple(a.skip),

@@ -15,8 +15,9 @@ import struct
 from bisect import bisect_right
 from typing import TYPE_CHECKING
 
-from hactl.raft.core import conf_after
-from hactl.raft.types import ConfState, Entry, EntryType, HardState, Role
+from hactl.raft.confchange import conf_after
+from hactl.raft import quorum
+from hactl.raft.types import ConfState, Entry, EntryType, HardState, Message, MsgType, Role, SnapshotMeta
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sim import Sim, SimNode
@@ -195,8 +196,21 @@ class Checker:
             if prev != i:
                 self.fail("duplicate-apply", f"proposal {e.data!r} applied at index {prev} and again at {i}")
 
-    def snapshot_data(self, node: "SimNode", index: int, term: int, h: bytes, what: str) -> None:
-        """A snapshot (taken locally or installed) holds state hash h at (index, term)."""
+    def snapshot_marker(self, node: "SimNode", meta: SnapshotMeta) -> None:
+        """raft.db records a snapshot: its membership must be the one in force at its index (it is what a restart
+        and a lagging follower will use)."""
+        if meta.index < len(self.g_hash) and meta.conf != self.conf_at(meta.index):
+            self.fail("snapshot-membership", f"{node.id} records snapshot marker {meta.index} with membership "
+                                             f"{meta.conf}; the membership in force there is "
+                                             f"{self.conf_at(meta.index)}")
+
+    def snapshot_data(self, node: "SimNode", meta: SnapshotMeta, h: bytes, what: str) -> None:
+        """A snapshot (taken locally or installed) holds state hash h and membership meta.conf at (index, term):
+        both must be what was applied at exactly that index."""
+        index, term = meta.index, meta.term
+        if index < len(self.g_hash) and meta.conf != self.conf_at(index):
+            self.fail("snapshot-membership", f"{node.id} {what} a snapshot at {index} with membership "
+                                             f"{meta.conf}; the membership in force there is {self.conf_at(index)}")
         if index >= len(self.g_hash):
             self.fail("snapshot-ahead", f"{node.id} {what} a snapshot at {index}, beyond anything applied "
                                         f"({self.max_applied})")
@@ -210,3 +224,47 @@ class Checker:
         elif ph != h:
             self.fail("log-matching", f"{node.id} {what} a snapshot at ({index}, t{term}) whose state does not "
                                       f"match the log prefix ending there")
+
+    # ------------------------------------------------------------------ durability of what leaves a node
+
+    def message_sent(self, node: "SimNode", m: Message) -> None:
+        """The early-message invariant (hactl/raft/driver.py): a message may leave a node only if everything it
+        vouches for is durable there. Its term is durable (pre-votes carry the next term, which is never stored);
+        a granted vote is durable; an append acknowledgement covers only entries durable with the same terms."""
+        disk = node.disk
+        if m.type not in (MsgType.PRE_VOTE, MsgType.PRE_VOTE_RESP) and m.term > disk.hard.term:
+            self.fail("not-durable", f"{node.id} sent {m.type.name} of term {m.term} while term {disk.hard.term} "
+                                     f"is durable")
+        # A granted vote: durable, or superseded by a durable later term (which forbids voting in this one again).
+        if (m.type == MsgType.VOTE_RESP and not m.reject and disk.hard.term == m.term
+                and disk.hard.vote != m.to):
+            self.fail("not-durable", f"{node.id} granted its term-{m.term} vote to {m.to} before the vote was "
+                                     f"durable (durable: term {disk.hard.term}, vote {disk.hard.vote})")
+        if m.type == MsgType.APPEND_RESP and not m.reject and m.index > disk.marker.index:
+            leader = self.sim.nodes.get(m.to)
+            want = None  # the term the leader has there, while it still leads the term of the reply
+            if leader is not None and leader.raft is not None and leader.raft.term == m.term:
+                want = leader.raft.log.term(m.index)
+            if m.index > disk.last_index() or (want is not None and disk.term(m.index) != want):
+                self.fail("not-durable", f"{node.id} acknowledged entries up to {m.index} before they were durable "
+                                         f"(durable log ({disk.start}, {disk.last_index()}], term there "
+                                         f"{disk.term(m.index)}, the leader's {want})")
+
+    def leader_commit(self, node: "SimNode", commit: int) -> None:
+        """A leader's commit index covers only an entry durable on a majority of voters (its own disk included)."""
+        r = node.raft
+        term = r.log.term(commit)
+        if term is None:
+            return
+        nodes = self.sim.nodes
+
+        def holds(v: str) -> bool:
+            n = nodes.get(v)
+            if n is None:
+                return False
+            d = n.disk
+            return d.term(commit) == term or commit <= d.marker.index  # or inside a (committed) snapshot
+        if not quorum.has_quorum(r.conf.voters, holds):
+            self.fail("commit-not-durable", f"{node.id} (leader of term {r.term}) committed index {commit} "
+                                            f"(term {term}) while a majority of {list(r.conf.voters)} had not "
+                                            f"persisted it")

@@ -7,10 +7,14 @@ Time: one *step* is one nominal tick; it is split into ``ROUNDS`` network rounds
 (or up to 12 steps when reordered), so several round trips fit in one heartbeat interval. Each node ticks at its
 own rate (0.98..1.02 ticks per step) plus a per-step jitter of +-0.25 tick, so clocks drift and wobble.
 
-A node's disk (``Storage``) holds exactly what completed Readys persisted: hard state, log entries after a
-compaction point, and the newest snapshots (meta + state machine data). A Ready is persisted atomically, after a
-random delay during which the core keeps being stepped and ticked; a crash loses the Ready in flight and all
-volatile state, and the node restarts from its disk with its state machine rebuilt from the newest snapshot.
+Each node runs the shipped ``hactl.raft.driver.Driver`` (and core) over a simulated disk (``Disk``, the driver's
+LogStore with RaftStorage's semantics) and state machine (``SimFSM``, the driver's FSM: a running hash plus the
+membership). The simulator plays the threads: a Ready's persist+apply completes after a random delay (the I/O
+thread) while the core keeps being stepped and ticked and its early messages go out; its finish may come later
+still (so the state machine runs ahead of the core); a snapshot is read at one moment and handed to the driver at
+another. A crash loses the Ready in flight and all volatile state; the node restarts through ``open_core`` from its
+disk, its state machine rebuilt from the newest stored snapshot. Every message is checked when it leaves a node:
+it may vouch only for durable state (the early-message invariant of driver.py).
 
 Phases: *chaos* (drops 0-30%, duplicates, reordering, partitions, crashes, transfers, membership changes) alternates
 with *heal* (every member up, no partitions, no loss). Within 20 election timeouts of a heal a proposal made after
@@ -19,8 +23,9 @@ anywhere (so no acknowledged proposal is missing on any member). The last chaos 
 ``steps``; a run goes past ``steps`` only to finish its last heal, so every run ends with a liveness verdict.
 
 Scenarios: ``default`` (everything, moderately), ``figure8`` (new leaders cut off or killed at once, leaders crashing
-right after they advance their commit index, one entry per append: what exposes commit-by-counting) and ``churn``
-(membership changes, snapshots, transfers and reads at high rates, one node with a slow disk).
+right after they advance their commit index, one entry per append: what exposes commit-by-counting), ``churn``
+(membership changes, snapshots, transfers and reads at high rates, one node with a slow disk) and ``skew`` (clocks
+at very different rates, leaders cut off with a minority while reads keep coming).
 """
 from __future__ import annotations
 
@@ -31,14 +36,17 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Callable
 
-from hactl.raft.core import Config, NotLeader, ProposalRefused, Raft, bootstrap_state
-from hactl.raft.types import (ConfChange, ConfChangeType, ConfState, Entry, HardState, Message, MsgType, ReadState,
-                              Ready, Role, SnapshotMeta)
+from hactl.raft.confchange import conf_after
+from hactl.raft.core import Config, NotLeader, ProposalRefused, Raft
+from hactl.raft.driver import Driver, DriverOptions, open_core
+from hactl.raft.storage import RaftState
+from hactl.raft.types import (ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, MsgType,
+                              ReadState, Ready, Role, SnapshotMeta)
 
 from .checker import BASE, Checker, InvariantViolation, chain, short
 
 ROUNDS = 4  # network rounds per step (one step = one nominal tick)
-SCENARIOS = ("default", "figure8", "churn")
+SCENARIOS = ("default", "figure8", "churn", "skew")
 FINAL_HEAL = 100  # the last chaos phase ends at least this many steps before the end: every run ends healed
 LEADER = Role.LEADER
 SNAPSHOT = MsgType.SNAPSHOT
@@ -66,6 +74,8 @@ class Profile:
     persist_slow: float = 0.0  # chance a Ready's persist takes 1..2*ROUNDS rounds instead of none
     kill_new_leader: float = 0.0  # chance a newly elected leader crashes 0..4 steps later
     isolate_new_leader: float = 0.0  # chance a newly elected leader is cut off with a minority right away
+    part_kinds: tuple[str, ...] = ("split", "isolate", "isolate-leader", "oneway", "leader-deaf", "leader-mute")
+    skew: float = 0.02  # clock rates are drawn from 1 +- skew (per node, at every chaos phase and restart)
     crash_on_commit: float = 0.0  # chance a leader crashes right after advancing its commit index (before its
     #                               next Ready, so followers never hear of it)
 
@@ -106,59 +116,197 @@ class Network:
 
 # ---------------------------------------------------------------------------------------------------------- disk
 
-class Storage:
-    """What survives a crash: exactly the Readys whose persist completed, plus local snapshots."""
+class Disk:
+    """A node's raft.db and snapshot store (hactl.raft.driver.LogStore): exactly what completed writes left.
 
-    def __init__(self) -> None:
+    Same semantics as RaftStorage: a save is atomic; a snapshot marker at an index whose stored entry has the
+    snapshot's term compacts the log through it (keeping later entries), otherwise drops the whole log. Snapshot
+    data (what the FSM's snapshot store holds) is kept for the newest five, so a leader may find its data gone.
+    Every write is checked: committed entries are never lost, a hard state never regresses."""
+
+    def __init__(self, node: "SimNode") -> None:
+        self.node = node
+        self.path = f"<disk of {node.id}>"
         self.hard = HardState()
         self.start = 0  # compaction point: entries are start+1 ..
         self.start_term = 0
         self.start_ph = BASE  # log prefix hash at `start`
         self.ents: list[Entry] = []
         self.phs: list[bytes] = []  # prefix hash at each entry
-        self.snap: tuple[SnapshotMeta, SnapData] | None = None  # newest
-        self.snaps: dict[tuple[int, int], tuple[SnapshotMeta, SnapData]] = {}  # newest few, by (index, term)
+        self.marker = SnapshotMeta()  # the snapshot marker (raft.db's)
+        self.snaps: dict[tuple[int, int], tuple[SnapshotMeta, SnapData]] = {}  # the snapshot store, newest few
 
-    def last_index(self) -> int:
-        return self.start + len(self.ents)
+    # ---- LogStore
 
-    def add_snapshot(self, meta: SnapshotMeta, data: SnapData) -> None:
-        self.snaps[(meta.index, meta.term)] = (meta, data)
-        if self.snap is None or meta.index > self.snap[0].index:
-            self.snap = (meta, data)
-        if len(self.snaps) > 5:
-            del self.snaps[min(self.snaps)]
+    def load(self) -> RaftState:
+        return RaftState(self.hard, self.marker.conf, self.marker, self.start + 1, self.last_index(), self.start_term)
 
-    def install(self, meta: SnapshotMeta, data: SnapData) -> None:
-        """A snapshot from the leader replaces the whole log (the core's RaftLog.restore does the same)."""
-        self.add_snapshot(meta, data)
-        self.start, self.start_term, self.start_ph = meta.index, meta.term, data[2]
-        self.ents, self.phs = [], []
+    def entries(self, lo: int, hi: int) -> list[Entry]:
+        return self.ents[lo - self.start - 1: hi - self.start - 1]
+
+    def save(self, hard: HardState | None, entries: list[Entry], snapshot: SnapshotMeta | None = None) -> None:
+        ck = self.node.sim.checker
+        if snapshot is not None:
+            ck.snapshot_marker(self.node, snapshot)
+            if snapshot.index < self.marker.index:
+                ck.fail("driver", f"{self.node.id} records snapshot {snapshot.index} below its marker "
+                                  f"{self.marker.index}")
+            data = self.snaps.get((snapshot.index, snapshot.term))
+            if data is None:
+                ck.fail("snapshot-data", f"{self.node.id} records snapshot ({snapshot.index}, t{snapshot.term}) "
+                                         f"whose data is not in its store")
+            self.marker = snapshot
+            if self.term(snapshot.index) == snapshot.term:
+                self.compact(snapshot.index)
+            else:
+                self.start, self.start_term, self.start_ph = snapshot.index, snapshot.term, data[1][2]
+                self.ents, self.phs = [], []
+        if entries:
+            self._persist_entries(entries)
+        if hard is not None:
+            ck.hard_state(self.node, self.hard, hard)
+            self.hard = hard
+        if self.hard.commit > max(self.last_index(), self.marker.index):
+            ck.fail("commit-beyond-log", f"{self.node.id} persisted commit {self.hard.commit} beyond its persisted "
+                                         f"log ({self.last_index()}): it could not restart")
+
+    def set_snapshot(self, meta: SnapshotMeta) -> None:
+        self.node.sim.checker.snapshot_marker(self.node, meta)
+        if not (self.marker.index <= meta.index <= self.last_index()) or self.term(meta.index) != meta.term:
+            self.node.sim.checker.fail("driver", f"{self.node.id} records marker ({meta.index}, t{meta.term}) "
+                                                 f"outside its log ({self.start}, {self.last_index()}]")
+        self.marker = meta
 
     def compact(self, index: int) -> None:
         if index <= self.start:
             return
+        if index > self.marker.index:
+            self.node.sim.checker.fail("driver", f"{self.node.id} compacts to {index} past its marker "
+                                                 f"{self.marker.index}")
         k = index - self.start
         self.start_term, self.start_ph = self.ents[k - 1].term, self.phs[k - 1]
         del self.ents[:k]
         del self.phs[:k]
         self.start = index
 
+    # ---- helpers
+
+    def last_index(self) -> int:
+        return self.start + len(self.ents)
+
+    def term(self, index: int) -> int | None:
+        if index == self.start:
+            return self.start_term
+        if self.start < index <= self.last_index():
+            return self.ents[index - self.start - 1].term
+        return None
+
+    def add_snapshot(self, meta: SnapshotMeta, data: SnapData) -> None:
+        self.snaps[(meta.index, meta.term)] = (meta, data)
+        while len(self.snaps) > 5:
+            del self.snaps[min(self.snaps)]
+
+    def newest_snapshot(self) -> tuple[SnapshotMeta, SnapData] | None:
+        return self.snaps[max(self.snaps)] if self.snaps else None
+
+    def _persist_entries(self, ents: list[Entry]) -> None:
+        node, ck = self.node, self.node.sim.checker
+        first = ents[0].index
+        if first <= self.start or first > self.last_index() + 1:
+            ck.fail("persist-gap", f"{node.id}: Ready entries start at {first}; persisted log is "
+                                   f"({self.start}, {self.last_index()}]")
+        k = first - self.start - 1
+        removed = self.ents[k:]
+        del self.ents[k:]
+        del self.phs[k:]
+        prev = self.phs[-1] if self.phs else self.start_ph
+        prev_term = self.ents[-1].term if self.ents else self.start_term
+        want = first
+        for e in ents:
+            if e.index != want or e.term < prev_term:
+                ck.fail("bad-entries", f"{node.id}: Ready entries not consecutive or terms decrease at {short(e)}")
+            prev = chain(prev, e)
+            ck.register_prefix(node, e, prev)
+            self.ents.append(e)
+            self.phs.append(prev)
+            want += 1
+            prev_term = e.term
+        for e in removed:  # a committed entry once durable here may be replaced only by itself
+            if e.index <= ck.known_commit and ck.c_term[e.index] == e.term and self.term(e.index) != e.term:
+                ck.fail("lost-committed", f"{node.id} truncated committed entry {short(e)} from its durable log")
+
+
+# ---------------------------------------------------------------------------------------------------------- state machine
+
+class SimFSM:
+    """The state machine (hactl.raft.driver.FSM): a running hash over every applied entry plus the membership,
+    both in one state, so a snapshot's (index, term, membership) come from one consistent read."""
+
+    def __init__(self, node: "SimNode", base: tuple[SnapshotMeta, SnapData] | None) -> None:
+        self.node = node
+        meta, data = base if base is not None else (SnapshotMeta(), (0, 0, BASE))
+        self.index, self.term, self.hash = data
+        self.conf = meta.conf
+
+    def apply_batch(self, entries: list[Entry]) -> list[None]:
+        node, ck = self.node, self.node.sim.checker
+        for e in entries:
+            if e.index != self.index + 1:
+                ck.fail("apply-order", f"{node.id} applies {short(e)} after {self.index}")
+            self.hash = chain(self.hash, e)
+            self.index, self.term = e.index, e.term
+            if e.type == EntryType.CONF_CHANGE:
+                self.conf = conf_after(self.conf, e.data) or self.conf
+            ck.applied(node, e, self.hash)
+            node.applied(e)
+        return [None] * len(entries)
+
+    def snapshot(self) -> SnapshotMeta | None:
+        if self.index == 0:
+            return None
+        meta, data = SnapshotMeta(self.index, self.term, self.conf), (self.index, self.term, self.hash)
+        self.node.sim.checker.snapshot_data(self.node, meta, data[2], "took")
+        self.node.disk.add_snapshot(meta, data)
+        return meta
+
+    def snapshot_payload(self, meta: SnapshotMeta) -> SnapData | None:
+        got = self.node.disk.snaps.get((meta.index, meta.term))
+        return None if got is None else got[1]
+
+    def restore(self, meta: SnapshotMeta, payload: SnapData) -> None:
+        node, ck = self.node, self.node.sim.checker
+        if payload is None or payload[:2] != (meta.index, meta.term):
+            ck.fail("snapshot-data", f"{node.id}: snapshot ({meta.index}, t{meta.term}) installed with data "
+                                     f"{payload!r}")
+        if meta.index < self.index:
+            ck.fail("snapshot-regress", f"{node.id} installs snapshot {meta.index} over applied {self.index}")
+        ck.snapshot_data(node, meta, payload[2], "installed")
+        node.disk.add_snapshot(meta, payload)
+        self.index, self.term, self.hash = payload
+        self.conf = meta.conf
+        node.sim.event(f"{node.id} installed snapshot {meta.index} t{meta.term}")
+        node.sim.counts["snapshots_installed"] += 1
+        node.sim.resolve_pending(node)
+
 
 # ---------------------------------------------------------------------------------------------------------- node
 
 class SimNode:
+    """One node: the shipped Driver (and core) over a simulated disk and state machine. The simulator plays the
+    threads: a Ready's persist+apply completes some rounds after it was taken (the I/O thread), its finish may
+    come later still (the event loop), and a snapshot is read at one moment and handed over at another."""
+
     def __init__(self, sim: "Sim", nid: str, created: int, initial: bool):
         self.sim = sim
         self.id = nid
-        self.st = Storage()
-        self.raft: Raft | None = None
+        self.disk = Disk(self)
+        self.driver: Driver | None = None
+        self.fsm: SimFSM | None = None
         self.inc = 0  # incarnation: bumped at every start, so replies to an old incarnation are recognised
-        self.sm_index = 0
-        self.sm_hash = BASE
         self.inflight: Ready | None = None
+        self.io_done = False  # the in-flight Ready was persisted and applied, finish() pending
         self.due = 0
-        self.inbox: dict[tuple[int, int], SnapData] = {}  # snapshot data that arrived with SNAPSHOT messages
+        self.snap_due: tuple[int, SnapshotMeta | None] | None = None  # (round, meta) of a snapshot being taken
         self.lead_term = -1
         self.rate = 1.0
         self.acc = 0.0
@@ -171,27 +319,34 @@ class SimNode:
         self.doomed = False  # crash at the next safe point (set by fault injection inside the hot path)
         self.seen: tuple | None = None  # (role, term, leader) for the verbose trace
 
+    @property
+    def raft(self) -> Raft | None:
+        return None if self.driver is None else self.driver.core
+
+    @property
+    def sm_index(self) -> int:
+        return 0 if self.fsm is None else self.fsm.index
+
     # ---- lifecycle
 
-    def start(self) -> None:
-        sim, st = self.sim, self.st
-        # The membership is in the log from index 1 (bootstrap_state), so without a snapshot the core starts with
-        # an empty conf and learns it by applying the log, exactly like a node added later.
-        meta, data = st.snap if st.snap is not None else (SnapshotMeta(), (0, 0, BASE))
-        conf = meta.conf
+    def start(self, bootstrap: ConfState | None = None) -> None:
+        sim = self.sim
+        base = self.disk.newest_snapshot()  # what rebuild_ctrl_db restores, like a real start
+        self.fsm = fsm = SimFSM(self, base)
         cfg = Config(id=self.id, **sim.cfg)
         self.inc += 1
-        self.raft = sim.factory(cfg, random.Random(sim.rng.getrandbits(64)), hard_state=st.hard, conf=conf,
-                                snapshot=meta, log_start=(st.start, st.start_term), entries=list(st.ents))
-        self.sm_index, self.sm_hash = data[0], data[2]
-        if self.raft.applied != self.sm_index:
-            sim.checker.fail("driver", f"{self.id} restarted with applied {self.raft.applied}, snapshot at "
-                                       f"{self.sm_index}")
+        core = open_core(cfg, random.Random(sim.rng.getrandbits(64)), self.disk, bootstrap=bootstrap,
+                         restored=base[0] if base is not None else None, core_class=sim.factory)
+        self.driver = sim.driver_factory(core, self.disk, fsm, DriverOptions(snapshot_every=0,
+                                                                             snapshot_trailing=sim.trailing))
+        if core.applied != fsm.index:
+            sim.checker.fail("driver", f"{self.id} restarted with applied {core.applied}, snapshot at {fsm.index}")
         self.inflight = None
-        self.inbox = {}
+        self.io_done = False
+        self.snap_due = None
         self.lead_term = -1
-        self.last_commit = self.raft.log.committed
-        self.rate = sim.rng.uniform(0.98, 1.02)
+        self.last_commit = core.log.committed
+        self.rate = sim.rng.uniform(1 - sim.prof.skew, 1 + sim.prof.skew)
         self.acc = sim.rng.random()
         self.restart_at = None
         self.seen = None
@@ -199,9 +354,10 @@ class SimNode:
         self.observe()
 
     def crash(self) -> None:
-        self.raft = None
-        self.inflight = None  # a persist that had not completed never happened
-        self.inbox = {}
+        self.driver = None  # a persist that had not completed never happened; volatile state is gone
+        self.fsm = None
+        self.inflight = None
+        self.snap_due = None
 
     # ---- the hot path
 
@@ -218,8 +374,10 @@ class SimNode:
             if c < self.last_commit:
                 ck.fail("commit-regressed", f"{self.id} commit index went from {self.last_commit} to {c}")
             self.last_commit = c
-            if r.role == LEADER and self.sim.prof.crash_on_commit and self.sim.phase == "chaos":
-                self.doomed = self.sim.rng.random() < self.sim.prof.crash_on_commit
+            if r.role == LEADER:
+                ck.leader_commit(self, c)
+                if self.sim.prof.crash_on_commit and self.sim.phase == "chaos":
+                    self.doomed = self.sim.rng.random() < self.sim.prof.crash_on_commit
         if c > ck.known_commit:
             ck.commit_advanced(self, c)
         if self.sim.verbose:
@@ -228,121 +386,85 @@ class SimNode:
                 self.seen = seen
                 self.sim.trace(f"{self.id} {r.role.name} term {r.term} leader {r.leader}")
 
-    def complete(self) -> None:
-        """The in-flight Ready's persist finished: install, persist, send, apply, advance."""
-        rd = self.inflight
+    def take_ready(self, now: int) -> None:
+        d = self.driver
+        self.inflight = rd = d.next_ready()
+        self.io_done = False
+        self.send(rd.early_messages)  # step 0: a leader's replication goes out before its own write
+
+    def do_io(self) -> None:
+        """The I/O thread's part: install, persist (its messages may leave), apply."""
+        rd, d = self.inflight, self.driver
+        self.send(d.persist(rd))
+        d.apply(rd)
+        self.io_done = True
+
+    def finish(self) -> None:
+        """The loop's part: advance the core."""
+        rd, d = self.inflight, self.driver
         self.inflight = None
-        sim, ck, st, r = self.sim, self.sim.checker, self.st, self.raft
-        if rd.snapshot is not None:
-            s = rd.snapshot
-            data = self.inbox.pop((s.index, s.term), None)
-            if data is None:
-                ck.fail("snapshot-data", f"{self.id}: Ready asks to install snapshot ({s.index}, t{s.term}) "
-                                         f"that never arrived here")
-            if s.index < self.sm_index:
-                ck.fail("snapshot-regress", f"{self.id} installs snapshot {s.index} over applied {self.sm_index}")
-            ck.snapshot_data(self, s.index, s.term, data[2], "installed")
-            st.install(s, data)
-            self.sm_index, self.sm_hash = s.index, data[2]
-            sim.event(f"{self.id} installed snapshot {s.index} t{s.term}")
-            sim.counts["snapshots_installed"] += 1
-            sim.resolve_pending(self)
-        if rd.entries:
-            self.persist_entries(rd.entries)
-        if rd.hard_state is not None:
-            ck.hard_state(self, st.hard, rd.hard_state)
-            st.hard = rd.hard_state
-            if st.hard.commit > st.last_index():
-                ck.fail("commit-beyond-log", f"{self.id} persisted commit {st.hard.commit} beyond its persisted "
-                                             f"log ({st.last_index()}): it could not restart")
-        for m in rd.messages:
-            sim.send(self, m)
-        for e in rd.committed:
-            self.apply(e)
+        self.io_done = False
         for rs in rd.read_states:
-            sim.read_done(self, rs)
-        r.advance(rd)
-        if r.applied != self.sm_index:
-            ck.fail("driver", f"{self.id}: core applied {r.applied} after advance, state machine at {self.sm_index}")
-        if self.sm_index and r.pending_snapshot is None and r.conf != ck.conf_at(self.sm_index):
-            ck.fail("membership", f"{self.id} has conf {r.conf} at applied index {self.sm_index}; the committed "
-                                  f"membership there is {ck.conf_at(self.sm_index)}")
+            self.sim.read_done(self, rs)
+        d.finish(rd)
+        r = d.core
+        if r.applied != self.fsm.index and r.pending_snapshot is None and not self.sim.driver_bug:
+            self.sim.checker.fail("driver", f"{self.id}: core applied {r.applied} after finish, state machine at "
+                                            f"{self.fsm.index}")
         self.observe()
 
-    def persist_entries(self, ents: list[Entry]) -> None:
-        st, ck = self.st, self.sim.checker
-        first = ents[0].index
-        if first <= st.start or first > st.last_index() + 1:
-            ck.fail("persist-gap", f"{self.id}: Ready entries start at {first}; persisted log is "
-                                   f"({st.start}, {st.last_index()}]")
-        k = first - st.start - 1
-        del st.ents[k:]
-        del st.phs[k:]
-        prev = st.phs[-1] if st.phs else st.start_ph
-        prev_term = st.ents[-1].term if st.ents else st.start_term
-        want = first
-        for e in ents:
-            if e.index != want or e.term < prev_term:
-                ck.fail("bad-entries", f"{self.id}: Ready entries not consecutive or terms decrease at {short(e)}")
-            prev = chain(prev, e)
-            ck.register_prefix(self, e, prev)
-            st.ents.append(e)
-            st.phs.append(prev)
-            want += 1
-            prev_term = e.term
+    def early(self) -> None:
+        if self.inflight is not None and not self.io_done:
+            self.send(self.driver.early())
 
-    def apply(self, e: Entry) -> None:
-        if e.index != self.sm_index + 1:
-            self.sim.checker.fail("apply-order", f"{self.id} applies {short(e)} after {self.sm_index}")
-        self.sm_hash = h = chain(self.sm_hash, e)
-        self.sm_index = e.index
-        self.sim.checker.applied(self, e, h)
+    def send(self, msgs: list[Message]) -> None:
+        for m, payload in self.driver.outgoing(msgs):
+            self.sim.send(self, m, payload)
+
+    def applied(self, e: Entry) -> None:
         pend = self.sim.pending.get(self.id)
         if pend:
             p = pend.pop(e.index, None)
             if p is not None:
                 self.sim.resolve(self, e, p)
 
-    def take_snapshot(self, trailing: int) -> None:
-        """Snapshot the state machine at the applied index, persist it, hand it to the core, compact behind it."""
-        r, st, ck = self.raft, self.st, self.sim.checker
-        if self.inflight is not None or r.pending_snapshot is not None:
+    def begin_snapshot(self, now: int, trailing: int) -> None:
+        """The FSM reads its state at once (maybe ahead of the core), and the driver hears of it later."""
+        d = self.driver
+        if d.snapshotting:
             return
-        i = self.sm_index
-        if r.applied != i or r.log.offset != st.start:
-            ck.fail("driver", f"{self.id}: core applied {r.applied} / offset {r.log.offset}, driver {i} / {st.start}")
-        if i > r.snapshot.index:
-            t = r.log.term(i)
-            if t is None:
-                return
-            if st.start < i <= st.last_index() and st.phs[i - st.start - 1] != self.sm_hash:
-                ck.fail("state-machine-vs-log", f"{self.id}: state after applying {i} does not match its own log")
-            meta = SnapshotMeta(i, t, r.conf)
-            data = (i, t, self.sm_hash)
-            ck.snapshot_data(self, i, t, self.sm_hash, "took")
-            st.add_snapshot(meta, data)
-            r.set_snapshot(meta)
+        self.sim.trailing = trailing
+        d.opts.snapshot_trailing = trailing
+        d.begin_snapshot()
+        meta = d.take_snapshot()
+        self.snap_due = (now + self.sim.rng.randint(0, 2 * ROUNDS), meta)
+        if meta is not None:
             self.sim.counts["snapshots_taken"] += 1
-        ci = min(r.snapshot.index - trailing, st.last_index())
-        if ci > r.log.offset:
-            r.compact(ci)
-            st.compact(ci)
+
+    def snapshot_done(self) -> None:
+        _, meta = self.snap_due
+        self.snap_due = None
+        before = self.raft.log.offset
+        self.driver.snapshot_taken(meta)
+        if self.raft.log.offset > before:
             self.sim.counts["compactions"] += 1
-            self.sim.trace(f"{self.id} snapshot {r.snapshot.index}, compacted to {ci}")
+            self.sim.trace(f"{self.id} snapshot {self.raft.snapshot.index}, compacted to {self.raft.log.offset}")
 
 
 # ---------------------------------------------------------------------------------------------------------- the sim
 
 class Sim:
-    def __init__(self, seed: int, nodes: int = 3, steps: int = 2000, *, factory: Callable[..., Raft] = Raft,
-                 bug: str | None = None, scenario: str = "default", verbose: int = 0,
-                 out: Callable[[str], None] = print, disabled_checks: tuple[str, ...] = ()):
+    def __init__(self, seed: int, nodes: int = 3, steps: int = 2000, *, factory: type[Raft] = Raft,
+                 driver_factory: type[Driver] = Driver, bug: str | None = None, scenario: str = "default",
+                 verbose: int = 0, out: Callable[[str], None] = print, disabled_checks: tuple[str, ...] = ()):
         if nodes < 1:
             raise ValueError("nodes must be >= 1")
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
         self.seed, self.n, self.steps = seed, nodes, steps
-        self.factory, self.bug, self.scenario = factory, bug, scenario
+        self.factory, self.driver_factory, self.bug, self.scenario = factory, driver_factory, bug, scenario
+        self.driver_bug = driver_factory is not Driver
+        self.trailing = 0
         self.verbose, self.out = verbose, out
         self.disabled_checks = disabled_checks
         self.rng = random.Random(f"hactl-sim-{seed}")
@@ -372,12 +494,9 @@ class Sim:
         self.heal_end = 0
         self.slow_node: str | None = None
         self.scheduled: list[tuple] = []  # (step, "crash", node, incarnation) | (step, "unblock", links, 0)
-        boot_hard, boot_entries = bootstrap_state(ids)
-        for nid in ids:  # what node.py does on first start: the bootstrap entries, persisted and committed
+        for nid in ids:  # first start: the bootstrap entries, persisted and committed (open_core, as node.py)
             n = self._add_node(nid, initial=True)
-            n.persist_entries(boot_entries)
-            n.st.hard = boot_hard
-            n.start()
+            n.start(bootstrap=ConfState(tuple(ids)))
         self._refresh_up()
         self._start_chaos()
 
@@ -391,6 +510,8 @@ class Sim:
                    check_quorum=True, promote_max_lag=rng.choice([5, 100]))
         if self.scenario == "figure8":
             cfg.update(max_msg_entries=1, max_inflight=1)
+        if self.scenario == "skew":
+            cfg.update(pre_vote=True)  # without it a fast clock with a stale log disrupts every election forever
         return cfg
 
     def _draw_base(self) -> dict:
@@ -425,6 +546,15 @@ class Sim:
             members = [n.id for n in self.node_list if not n.retired]
             # one node with a slow disk falls behind and is sent snapshots while its own writes are in flight
             self.slow_node = rng.choice(members) if members and rng.random() < 0.7 else None
+        elif self.scenario == "skew":
+            # Clocks that run at very different rates (a paused VM, a throttled host): leases and timeouts stop
+            # meaning the same thing on every node, so only a real quorum round makes a read linearizable. A
+            # leader is often cut off with a minority while reads keep coming on every node.
+            p.skew = rng.uniform(0.5, 0.8)
+            p.read, p.prop = rng.uniform(0.3, 0.8), rng.uniform(0.3, 0.8)
+            p.part, p.part_heal, p.part_kinds = rng.uniform(0.01, 0.03), rng.uniform(0.02, 0.05), ("isolate-leader",)
+            p.drop, p.crash = rng.uniform(0.0, 0.05), 0.0
+            p.member = p.snap = 0.0
         return p
 
     # ---- bookkeeping
@@ -513,23 +643,32 @@ class Sim:
             rng.shuffle(order)
             slow, slow_node = self.prof.persist_slow, self.slow_node
             for n in order:
+                if n.snap_due is not None and n.snap_due[0] <= now:
+                    n.snapshot_done()
                 if n.inflight is not None:
                     if n.due > now:
+                        n.early()  # what the loop sends while the I/O thread persists
                         continue
-                    n.complete()
+                    if not n.io_done:
+                        n.do_io()
+                        if slow and rng.random() < slow:
+                            n.due = now + rng.randint(1, ROUNDS)  # the loop gets to finish() a little later
+                            continue
+                    n.finish()
                     if n.doomed:
                         self._crash(n, rng.randint(1, self.prof.max_down), "right after committing")
                         continue
-                if n.raft.has_ready():
-                    n.inflight = rd = n.raft.ready()
-                    for m in rd.early_messages:  # step 0: a leader's replication goes out before its own write
-                        self.send(n, m)
+                if n.driver.has_work():
+                    n.take_ready(now)
                     if n.id == slow_node:  # a node with a slow disk: every write takes 1..3 ticks
                         n.due = now + rng.randint(ROUNDS, 3 * ROUNDS)
                     elif slow and rng.random() < slow:
                         n.due = now + rng.randint(1, 2 * ROUNDS)
                     else:
-                        n.complete()
+                        n.do_io()
+                        n.finish()
+                        if n.doomed:
+                            self._crash(n, rng.randint(1, self.prof.max_down), "right after committing")
 
     def _deliver(self, now: int) -> None:
         heap, nodes, blocked, rng = self.net.heap, self.nodes, self.net.blocked, self.rng
@@ -537,10 +676,10 @@ class Sim:
         while heap and heap[0][0] <= now:
             _, _, m, data, inc = heapq.heappop(heap)
             dst = nodes.get(m.to)
-            ok = dst is not None and dst.raft is not None and (m.frm, m.to) not in blocked
+            ok = dst is not None and dst.driver is not None and (m.frm, m.to) not in blocked
             if m.type == SNAPSHOT or (not ok and m.type == MsgType.APPEND):
                 src = nodes.get(m.frm)
-                if src is not None and src.raft is not None and src.inc == inc:
+                if src is not None and src.driver is not None and src.inc == inc:
                     if m.type == SNAPSHOT:
                         src.raft.report_snapshot(m.to, ok)
                     elif rng.random() < 0.2:
@@ -549,22 +688,14 @@ class Sim:
                 self.trace(f"{'deliver' if ok else 'LOST'} {_fmt(m)}")
             if not ok:
                 continue
-            if data is not None:
-                dst.inbox[(m.snapshot.index, m.snapshot.term)] = data
-            dst.raft.step(m)
+            dst.driver.step(m, data)
             dst.observe()
             if dst.doomed:
                 self._crash(dst, rng.randint(1, self.prof.max_down), "right after committing")
 
-    def send(self, src: SimNode, m: Message) -> None:
-        data = None
-        if m.type == SNAPSHOT:
-            got = src.st.snaps.get((m.snapshot.index, m.snapshot.term))
-            if got is None:
-                self.checker.fail("snapshot-data", f"{src.id} sends snapshot ({m.snapshot.index}, "
-                                                   f"t{m.snapshot.term}) it never persisted")
-            data = got[1]
-        if not self.net.send(self.now, m, data, src.inc) and m.type == SNAPSHOT:
+    def send(self, src: SimNode, m: Message, payload: SnapData | None) -> None:
+        self.checker.message_sent(src, m)
+        if not self.net.send(self.now, m, payload, src.inc) and m.type == SNAPSHOT:
             src.raft.report_snapshot(m.to, False)
 
     # ---- proposals and reads
@@ -637,7 +768,7 @@ class Sim:
             self._read()
         if p.snap and self.up_nodes and rng.random() < p.snap:
             n = rng.choice(self.up_nodes)
-            n.take_snapshot(rng.choice([0, 0, 1, 2, 5, 10, 20]))
+            n.begin_snapshot(self.now, rng.choice([0, 0, 1, 2, 5, 10, 20]))
 
     # ---- faults
 
@@ -712,7 +843,7 @@ class Sim:
         if len(ids) < 2:
             return
         blocked = self.net.blocked
-        kind = rng.choice(["split", "isolate", "isolate-leader", "oneway", "leader-deaf", "leader-mute"])
+        kind = rng.choice(list(self.prof.part_kinds))
         leaders = [n.id for n in self.leaders()]
         target = rng.choice(leaders) if leaders else rng.choice(ids)
         if kind == "split":
@@ -832,6 +963,9 @@ class Sim:
         self.phase = "chaos"
         self.prof = p = self._draw_profile()
         self.net.drop, self.net.dup, self.net.reorder = p.drop, p.dup, p.reorder
+        if p.skew > 0.02:
+            for n in self.up_nodes:
+                n.rate = self.rng.uniform(1 - p.skew, 1 + p.skew)
         self.phase_end = self.step + self.rng.randint(100, 400)
         self.event(f"chaos until {self.phase_end}: drop {p.drop:.2f} dup {p.dup:.2f} reorder {p.reorder:.2f} "
                    f"crash {p.crash:.3f} partition {p.part:.3f} transfer {p.transfer:.3f} member {p.member:.3f}")
@@ -844,6 +978,9 @@ class Sim:
         self.net.blocked.clear()
         self.scheduled = []
         self.prof.persist_slow = min(self.prof.persist_slow, 0.1)
+        self.prof.skew = min(self.prof.skew, 0.02)
+        for n in self.up_nodes:  # clocks back in step: liveness is promised for sane clocks only
+            n.rate = self.rng.uniform(1 - self.prof.skew, 1 + self.prof.skew)
         members = self.checker.gconf.members()
         for n in self.node_list:
             if n.raft is None and (not n.retired or n.id in members):
@@ -928,9 +1065,9 @@ def run_seed(seed: int, nodes: int | None = None, steps: int = 2000, **kw) -> di
 def run_case(case: tuple) -> tuple[int, dict | None, str | None, str | None]:
     """Process-pool entry point: (seed, nodes|None, steps, bug|None, scenario, skipped checks) ->
     (seed, result or None, violation kind or None, violation message or None)."""
-    from .buggy import BUGS
+    from .buggy import bug_kwargs
     seed, nodes, steps, bug, scenario, skip = case
-    kw = {"factory": BUGS[bug], "bug": bug} if bug else {}
+    kw = bug_kwargs(bug)
     try:
         return seed, run_seed(seed, nodes, steps, scenario=scenario, disabled_checks=tuple(skip), **kw), None, None
     except InvariantViolation as e:
