@@ -53,13 +53,13 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 def render_list(rows: Any, a: argparse.Namespace | None = None) -> str:
     if not isinstance(rows, list):
         return json.dumps(rows, default=_json_default)
-    headers = ["ID", "ADDRESS", "ROLE", "LEADER", "CONNECTED", "LAST CONTACT", "MATCH", "VERSION"]
+    headers = ["ID", "ADDRESS", "ROLE", "LEADER", "CONNECTED", "LAST CONTACT", "MATCH", "VERSION", "CERTIFICATES"]
     out = []
     for r in rows:
         r = r if isinstance(r, dict) else {"id": r}
         out.append([_dash(r.get("id")), _dash(r.get("address")), _dash(r.get("role")),
                     "*" if r.get("leader") else "", _yes(r.get("connected")), _ago(r.get("last_contact")),
-                    _dash(r.get("match")), _dash(r.get("version"))])
+                    _dash(r.get("match")), _dash(r.get("version")), ",".join(r.get("certificates") or []) or "-"])
     return table(headers, out)
 
 
@@ -82,6 +82,11 @@ def render_add(r: Any, a: argparse.Namespace) -> str:
 
 def render_remove(r: Any, a: argparse.Namespace) -> str:
     return f"removed {a.id} from the cluster"
+
+
+def render_revoke(r: Any, a: argparse.Namespace) -> str:
+    serials = ", ".join(r.get("revoked", [])) if isinstance(r, dict) else ""
+    return f"revoked the certificate(s) of {a.id}: {serials}"
 
 
 def render_transfer(r: Any, a: argparse.Namespace) -> str:
@@ -219,6 +224,12 @@ def add_agent_commands(subparsers: Any) -> None:
     p = leaf(cluster, "remove", "remove member ID from the cluster",
              Leaf("cluster.remove", lambda a: {"id": a.id}, render_remove))
     p.add_argument("id", metavar="ID")
+    p = leaf(cluster, "revoke", "deny member ID's certificate on the control channel for good (removal does it "
+                                "too); its connections are closed",
+             Leaf("cluster.revoke", lambda a: {"id": a.id, "serial": a.serial}, render_revoke))
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--serial", default=None, help="revoke only this certificate serial (hex); default: every "
+                                                 "certificate recorded for ID")
     p = leaf(cluster, "transfer-leadership", "hand leadership to ID (default: the most up-to-date voter)",
              Leaf("cluster.transfer", lambda a: {"id": a.id}, render_transfer))
     p.add_argument("id", metavar="ID", nargs="?", default=None)

@@ -27,7 +27,11 @@ class AgentHandle(Protocol):
         promote it once caught up. Forwarded to the leader when run on a follower. Returns {"id", "role"}."""
 
     async def cluster_remove(self, node_id: str, timeout: float) -> dict[str, Any]:
-        ...
+        """Remove a member; every certificate recorded for it is denied from then on. Returns {"id", "removed"}."""
+
+    async def cluster_revoke(self, node_id: str, serial: str | None, timeout: float) -> dict[str, Any]:
+        """Deny controller certificate `serial` of `node_id` on the control channel for good (None: every one
+        recorded for it); its connections are closed. Returns {"node", "revoked": [serials]}."""
 
     async def transfer_leadership(self, target: str | None, timeout: float) -> dict[str, Any]:
         """Returns {"leader": new leader id}."""

@@ -144,6 +144,15 @@ def _check_abs_path(v: str) -> str | None:
     return None
 
 
+def _check_serial(v: Any) -> str | None:
+    if v is None:
+        return None
+    t = v.strip().lower().removeprefix("0x").replace(":", "")
+    if not 0 < len(t) <= 40 or any(c not in "0123456789abcdef" for c in t):
+        return f"must be a certificate serial number in hex, got {v!r}"
+    return None
+
+
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("status"),
     Command("cluster.list"),
@@ -151,6 +160,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
         "address": Arg(str, required=True, check=_check_address, describe="host:port"),
         "learner": Arg(bool, default=False)}, default_timeout=120.0),
     Command("cluster.remove", {"id": Arg(str, required=True, check=_check_node_id)}, default_timeout=60.0),
+    Command("cluster.revoke", {"id": Arg(str, required=True, check=_check_node_id),
+                               "serial": Arg((str, type(None)), default=None, check=_check_serial)},
+            default_timeout=60.0),
     Command("cluster.transfer", {"id": Arg((str, type(None)), default=None, check=_check_node_id)},
             default_timeout=60.0),
     Command("snapshot_db", {"path": Arg((str, type(None)), default=None, check=_check_abs_path)},

@@ -312,6 +312,8 @@ class AgentServer:
             out = h.cluster_add(a["address"], a["learner"], t)
         elif req.cmd == "cluster.remove":
             out = h.cluster_remove(a["id"], t)
+        elif req.cmd == "cluster.revoke":
+            out = h.cluster_revoke(a["id"], a["serial"], t)
         elif req.cmd == "cluster.transfer":
             out = h.transfer_leadership(a["id"], t)
         elif req.cmd == "snapshot_db":

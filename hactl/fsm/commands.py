@@ -22,6 +22,8 @@ Types and their fields:
     restore.chunk     restore_id: str, seq: int (0, 1, ...), networks: [map], members: [map]
     restore.commit    restore_id: str, chunks: int, networks: int, members: int
     restore.abort     restore_id: str
+    cluster.certificate  node: str, serial: str (hex)   a controller's certificate, as the leader saw it
+    cluster.revoke       node: str, serial: str | nil   deny that certificate (nil: every one recorded for node)
 ``changes`` is the canonical output of the validator (validate.py); records in restore chunks are whole objects
 as ``hactl db dump`` prints them.
 
@@ -42,7 +44,7 @@ import msgpack
 from hactl.fsm.coerce import ValidationError
 from hactl.fsm.model import NETWORK_N_MAX, format_address, format_nwid
 from hactl.fsm.validate import (member_record, network_record, parse_address, parse_label, parse_nwid,
-                                parse_request_id, parse_time, parse_token_hash, signing_public_key,
+                                parse_request_id, parse_serial, parse_time, parse_token_hash, signing_public_key,
                                 validate_member_changes, validate_network_changes)
 
 SCHEMA_VERSION = 1
@@ -241,9 +243,27 @@ class RestoreAbort(Command):
     restore_id: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterCertificate(Command):
+    """Record the certificate serial a controller uses (so that removing or revoking it can deny it)."""
+    TYPE: ClassVar[str] = "cluster.certificate"
+    WIRE: ClassVar[dict[str, Checker]] = {"node": _str, "serial": _str}
+    node: str
+    serial: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterRevoke(Command):
+    """Deny a controller certificate on the control channel for good (every recorded one when serial is None)."""
+    TYPE: ClassVar[str] = "cluster.revoke"
+    WIRE: ClassVar[dict[str, Checker]] = {"node": _str, "serial": _opt_str}
+    node: str
+    serial: str | None = None
+
+
 COMMAND_TYPES: dict[str, type[Command]] = {c.TYPE: c for c in (
     NoOp, ClusterInit, NetworkCreate, NetworkUpdate, NetworkDelete, MemberCreate, MemberUpdate, MemberDelete,
-    MemberAuthorize, RestoreBegin, RestoreChunk, RestoreCommit, RestoreAbort)}
+    MemberAuthorize, RestoreBegin, RestoreChunk, RestoreCommit, RestoreAbort, ClusterCertificate, ClusterRevoke)}
 
 
 # ---------------------------------------------------------------------------------------------------- codec
@@ -345,6 +365,16 @@ def _envelope(request_id: str, time: int) -> dict[str, Any]:
 
 def build_noop(request_id: str, time: int) -> bytes:
     return encode(NoOp(**_envelope(request_id, time)))
+
+
+def build_cluster_certificate(request_id: str, time: int, node: str, serial: str) -> bytes:
+    return encode(ClusterCertificate(request_id=request_id, time=time, node=parse_label(node, "node"),
+                                     serial=parse_serial(serial)))
+
+
+def build_cluster_revoke(request_id: str, time: int, node: str, serial: str | None = None) -> bytes:
+    return encode(ClusterRevoke(request_id=request_id, time=time, node=parse_label(node, "node"),
+                                serial=None if serial is None else parse_serial(serial)))
 
 
 def build_cluster_init(request_id: str, time: int, *, cluster_id: str, timeline_id: str, address: str,

@@ -40,6 +40,8 @@ META_SIGNING_KEY = b"signing_key"  # raw Ed25519 private key (replicated state, 
 META_CONTROLLER = b"controller"  # the controller address, 5 bytes: read by every model command
 META_RESTORE = b"restore"  # msgpack map: the restore being staged, if any
 META_MEMBERSHIP = b"membership"  # msgpack map: the cluster membership in force at the applied index
+META_CERTS = b"certs"  # msgpack map: controller id -> certificate serials (hex) recorded for it
+META_REVOKED = b"revoked"  # msgpack map: serial (hex) -> {node, reason, index}: denied on the control channel
 
 _U64 = struct.Struct(">Q")
 _U64x2 = struct.Struct(">QQ")

@@ -21,9 +21,10 @@ import msgpack
 
 from hactl.fsm import layout as L
 from hactl.fsm.coerce import ValidationError
-from hactl.fsm.commands import (ClusterInit, Command, CommandError, MemberAuthorize, MemberCreate, MemberDelete,
-                                MemberUpdate, NetworkCreate, NetworkDelete, NetworkUpdate, NoOp, RestoreAbort,
-                                RestoreBegin, RestoreChunk, RestoreCommit, decode)
+from hactl.fsm.commands import (ClusterCertificate, ClusterInit, ClusterRevoke, Command, CommandError,
+                                MemberAuthorize, MemberCreate, MemberDelete, MemberUpdate, NetworkCreate,
+                                NetworkDelete, NetworkUpdate, NoOp, RestoreAbort, RestoreBegin, RestoreChunk,
+                                RestoreCommit, decode)
 from hactl.fsm.ipassign import V4Plan, has_routed_v4, pick_v4
 from hactl.fsm.membership import Membership
 from hactl.fsm.model import (ARRAY_MAX, NETWORK_N_MAX, RECORD_FORMAT, format_address, format_nwid,
@@ -31,8 +32,8 @@ from hactl.fsm.model import (ARRAY_MAX, NETWORK_N_MAX, RECORD_FORMAT, format_add
                              network_view, pack_member, pack_network, unpack_member, unpack_network)
 from hactl.fsm.result import ErrorCode, Result
 from hactl.fsm.validate import (check_network_id, member_record, network_record, parse_address, parse_label,
-                                parse_nwid, parse_token_hash, signing_public_key, validate_member_changes,
-                                validate_network_changes)
+                                parse_nwid, parse_serial, parse_token_hash, signing_public_key,
+                                validate_member_changes, validate_network_changes)
 
 log = logging.getLogger("hactl.fsm")
 
@@ -116,6 +117,7 @@ class StateMachine:
             MemberAuthorize: self._member_upsert, MemberDelete: self._member_delete,
             RestoreBegin: self._restore_begin, RestoreChunk: self._restore_chunk,
             RestoreCommit: self._restore_commit, RestoreAbort: self._restore_abort,
+            ClusterCertificate: self._cluster_certificate, ClusterRevoke: self._cluster_revoke,
         }
 
     def close(self) -> None:
@@ -148,8 +150,7 @@ class StateMachine:
                             results.append(None)
                             continue
                         if isinstance(data, Membership):
-                            txn.put(L.META_MEMBERSHIP, msgpack.packb(data.to_plain(), use_bin_type=True),
-                                    db=self._meta)
+                            self._put_membership(txn, data, index)
                             results.append(None)
                         else:
                             results.append(self._apply_one(txn, index, data) if data else None)
@@ -525,6 +526,60 @@ class StateMachine:
         txn.delete(L.META_RESTORE, db=self._meta)
         return Result.success({"restore_id": cmd.restore_id, "state": "aborted"})
 
+    # ------------------------------------------------------------------------------- controller certificates
+
+    def _put_membership(self, txn: L.Txn, m: Membership, index: int) -> None:
+        """The membership in force from ``index`` on. A controller that leaves it loses its certificates for good:
+        they move to the deny-list in this same transaction (a removed node's certificate is still valid for
+        years; only this makes it worthless)."""
+        old = _membership(txn.get(L.META_MEMBERSHIP, db=self._meta))
+        gone = set(old.voters + old.learners) - set(m.voters + m.learners) if old is not None else set()
+        if gone:
+            certs, revoked = self._certs(txn), self._revoked(txn)
+            for node in sorted(gone):
+                for serial in certs.pop(node, []):
+                    revoked[serial] = {"node": node, "reason": "removed", "index": index}
+            self._put_certs(txn, certs, revoked)
+        txn.put(L.META_MEMBERSHIP, msgpack.packb(m.to_plain(), use_bin_type=True), db=self._meta)
+
+    def _cluster_certificate(self, txn: L.Txn, cmd: ClusterCertificate, index: int) -> Result:
+        node, serial = parse_label(cmd.node, "node"), parse_serial(cmd.serial)
+        certs, revoked = self._certs(txn), self._revoked(txn)
+        if serial in revoked:
+            raise _Fail(ErrorCode.CONFLICT, f"certificate {serial} is revoked", "serial")
+        if serial not in certs.setdefault(node, []):
+            certs[node].append(serial)
+            self._put_certs(txn, certs, revoked)
+        return Result.success({"node": node, "serial": serial})
+
+    def _cluster_revoke(self, txn: L.Txn, cmd: ClusterRevoke, index: int) -> Result:
+        node = parse_label(cmd.node, "node")
+        certs, revoked = self._certs(txn), self._revoked(txn)
+        if cmd.serial is None:
+            serials = certs.pop(node, [])
+            if not serials:
+                raise _Fail(ErrorCode.NOT_FOUND, f"no certificate of {node} is recorded; name its serial", "serial")
+        else:
+            serials = [parse_serial(cmd.serial)]
+            if serials[0] in certs.get(node, []):
+                certs[node].remove(serials[0])
+        for serial in serials:
+            revoked[serial] = {"node": node, "reason": "revoked", "index": index}
+        self._put_certs(txn, {k: v for k, v in certs.items() if v}, revoked)
+        return Result.success({"node": node, "revoked": serials})
+
+    def _certs(self, txn: L.Txn) -> dict[str, list[str]]:
+        raw = txn.get(L.META_CERTS, db=self._meta)
+        return {} if raw is None else msgpack.unpackb(raw, raw=False)
+
+    def _revoked(self, txn: L.Txn) -> dict[str, dict[str, Any]]:
+        raw = txn.get(L.META_REVOKED, db=self._meta)
+        return {} if raw is None else msgpack.unpackb(raw, raw=False)
+
+    def _put_certs(self, txn: L.Txn, certs: dict[str, list[str]], revoked: dict[str, dict[str, Any]]) -> None:
+        txn.put(L.META_CERTS, msgpack.packb(certs, use_bin_type=True), db=self._meta)
+        txn.put(L.META_REVOKED, msgpack.packb(revoked, use_bin_type=True), db=self._meta)
+
     def _clear(self, txn: L.Txn, t: L.Tables) -> None:
         for db in (t.networks, t.members, t.ips, t.netstat):
             txn.drop(db, delete=False)
@@ -543,6 +598,11 @@ class StateMachine:
         """The cluster membership at the applied index (None before the first membership entry)."""
         with self._env.begin() as txn:
             return _membership(txn.get(L.META_MEMBERSHIP, db=self._meta))
+
+    def certificates(self) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
+        """(node -> recorded certificate serials, revoked serial -> {node, reason, index}), read together."""
+        with self._env.begin() as txn:
+            return self._certs(txn), self._revoked(txn)
 
     def signing_key(self) -> bytes | None:
         """The controller's raw Ed25519 private key (kept out of cluster_info so it is not shown by accident)."""

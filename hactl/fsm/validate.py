@@ -96,6 +96,15 @@ def parse_label(v: Any, field: str) -> str:
     return v
 
 
+def parse_serial(v: Any, field: str = "serial") -> str:
+    """A certificate serial number as lowercase hex without leading zeros (X.509 serials are at most 20 bytes)."""
+    if isinstance(v, str):
+        t = v.strip().lower().removeprefix("0x").replace(":", "")
+        if 0 < len(t) <= 40 and all(c in "0123456789abcdef" for c in t):
+            return format(int(t, 16), "x")
+    raise ValidationError(field, "expected a certificate serial number in hex (at most 20 bytes)")
+
+
 def parse_token_hash(v: Any, field: str = "token_hash") -> str:
     if not isinstance(v, str) or not v or len(v) > TOKEN_HASH_MAX or not v.isascii():
         raise ValidationError(field, f"expected a non-empty ASCII string of at most {TOKEN_HASH_MAX} chars")

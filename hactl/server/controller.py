@@ -27,7 +27,8 @@ from hactl._fs import atomic_write
 from hactl.aio import cancel_and_wait
 from hactl.api.cluster import ClusterUnavailable
 from hactl.config import Config, parse_hostport
-from hactl.fsm.commands import build_cluster_init, new_controller_address, new_signing_key
+from hactl.fsm.commands import (build_cluster_certificate, build_cluster_init, new_controller_address,
+                                new_signing_key)
 from hactl.fsm.machine import StateMachine
 from hactl.fsm.result import Result
 from hactl.raft import core as raft_core
@@ -36,12 +37,13 @@ from hactl.raft.storage import RaftStorage
 from hactl.raft.types import ConfChange, ConfChangeType, ConfState, Entry, Role
 from hactl.server.fsm_adapter import ControllerFSM, MembershipTracker, meta_of
 from hactl.server.health import Health
+from hactl.server.peers import PeerPolicy
 from hactl.server.tokens import TokenError, read_or_create_token, token_hash
 from hactl.server.writes import WritePath
 from hactl.snapshots.rebuild import rebuild_ctrl_db
 from hactl.snapshots.store import SnapshotStore
 from hactl.transport.mesh import Mesh, MeshOptions
-from hactl.transport.pki import load_identity
+from hactl.transport.pki import cert_serial, load_identity
 from hactl.transport.raft_transport import RaftTransport
 
 log = logging.getLogger("hactl.server")
@@ -104,8 +106,11 @@ class Controller:
         self.model = ControllerFSM(machine, store, on_restart_needed=self._restart_needed)
         mesh_id = hashlib.sha256(Path(cfg.pki.ca).read_bytes()).hexdigest()[:16]  # the CA defines the cluster
         peers = {k: v for k, v in self._addresses.items() if k != self.node_id}
+        self.peers = PeerPolicy(self.node_id, machine)
+        self._own_serial = cert_serial(identity.cert_pem)
         self.mesh = Mesh(self.node_id, mesh_id, cfg.cluster.trust_domain, identity, cfg.control.listen, peers,
-                         options=MeshOptions(max_frame=cfg.control.max_frame_bytes))
+                         options=MeshOptions(max_frame=cfg.control.max_frame_bytes), authorizer=self.peers)
+        self.mesh.on_connect(self._on_peer_connected)
         transport = RaftTransport(self.mesh, snapshot_sink=store.receiver,
                                   on_snapshot_status=lambda to, ok: self.node and self.node.report_snapshot(to, ok),
                                   on_unreachable=lambda to: self.node and self.node.report_unreachable(to))
@@ -119,6 +124,7 @@ class Controller:
                                 snapshot_trailing=cfg.snapshots.trailing_entries),
             bootstrap=bootstrap, restored=restored,
             bootstrap_contexts={k: v.encode() for k, v in cfg.cluster.initial_cluster.items()})
+        self.peers.node = self.node
         self.node.on_role_change = self._on_role_change
         self.node.on_conf_change = self._on_conf_change
         transport.set_receiver(self.node.receive)
@@ -244,8 +250,31 @@ class Controller:
                  self.node.term if self.node else 0)
         if role == Role.LEADER:
             self._tasks.append(asyncio.create_task(self._ensure_initialized()))
+            for peer, serial in [(self.node_id, self._own_serial)] + [
+                    (c.peer_id, c.serial) for c in map(self.mesh.connection, self.mesh.connected()) if c]:
+                self._record_certificate(peer, serial)
+
+    def _on_peer_connected(self, conn: Any) -> None:
+        if self.node is not None and self.node.is_leader:
+            self._record_certificate(conn.peer_id, conn.serial)
+
+    def _record_certificate(self, peer: str, serial: str | None) -> None:
+        """The leader records each member's certificate serial once, so that removal or revocation can deny it."""
+        if serial is None or not self.peers.unrecorded(peer, serial):
+            return
+
+        async def record() -> None:
+            rid = f"cert-{peer}-{serial}"  # one fixed id: however many leaders try, it is recorded once
+            try:
+                await self.submit(build_cluster_certificate(rid, self.now_ms(), peer, serial), rid)
+            except Exception as e:  # the next connection or leader tries again
+                log.info("recording the certificate of %s not done yet: %s", peer, e)
+        self._tasks.append(asyncio.create_task(record()))
 
     def _on_conf_change(self, cc: ConfChange, conf: ConfState) -> None:
+        self.peers.membership_changed()
+        if self.mesh is not None and cc.type == ConfChangeType.REMOVE:
+            self.mesh.enforce()  # a removed member's connection goes now, not at its next reconnect
         # An address book, not a mirror of the membership: while the bootstrap entries replay one member at a
         # time, the others are briefly not members yet, and dropping their connections would be churn.
         if cc.type == ConfChangeType.REMOVE:
@@ -287,6 +316,7 @@ class Controller:
             await asyncio.sleep(1.0)
             node = self.node
             self.health_.observe()
+            self.mesh.enforce()  # revocations applied since (ctrl.db's deny-list) close their connections
             if interval and time.monotonic() - self._last_snapshot_time >= interval:
                 self._last_snapshot_time = time.monotonic()
                 if node.running and node.applied > node.snapshot_index and not node.snapshot_in_progress:

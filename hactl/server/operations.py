@@ -17,7 +17,8 @@ from hactl import __version__
 from hactl._fs import atomic_write, file_sha256
 from hactl.agent.handle import AgentError
 from hactl.api.cluster import ClusterUnavailable, OutcomeUnknown, Overloaded
-from hactl.fsm.commands import build_restore, decode, encode, RestoreAbort
+from hactl.fsm.coerce import ValidationError
+from hactl.fsm.commands import RestoreAbort, build_cluster_revoke, build_restore, decode, encode
 from hactl.fsm.machine import FormatError, StateMachine
 from hactl.raft.core import NotLeader, ProposalRefused
 from hactl.raft.node import RaftError
@@ -47,6 +48,7 @@ class Operations:
         st = ctl.node.status()
         conns = ctl.mesh.connected()
         now = time.monotonic()
+        certs, _ = ctl.model.machine.certificates()
         rows = []
         for nid in list(st.conf.voters) + list(st.conf.learners):
             info = conns.get(nid)
@@ -60,6 +62,7 @@ class Operations:
                 "last_contact": 0.0 if me else (round(now - info.last_contact, 3) if info else None),
                 "match": st.progress[nid][0] if nid in st.progress else None,
                 "version": __version__ if me else (info.software if info else None),
+                "certificates": certs.get(nid, []),  # serials recorded for it: what removal or revoke denies
             })
         return rows
 
@@ -72,6 +75,24 @@ class Operations:
 
     async def cluster_remove(self, node_id: str, timeout: float) -> dict[str, Any]:
         return await self._on_leader("remove", {"id": node_id}, timeout)
+
+    async def cluster_revoke(self, node_id: str, serial: str | None, timeout: float) -> dict[str, Any]:
+        """Deny certificates of `node_id` through Raft (the write is forwarded to the leader like any other)."""
+        rid = f"revoke-{uuid.uuid4().hex}"
+        try:
+            cmd = build_cluster_revoke(rid, self.ctl.now_ms(), node_id, serial)
+        except ValidationError as e:
+            raise AgentError("bad_request", f"{e.field}: {e.message}") from None
+        try:
+            result = await asyncio.wait_for(self.ctl.submit(cmd, rid), timeout)
+        except (ClusterUnavailable, Overloaded) as e:
+            raise AgentError("unavailable", f"revoke not applied: {e}") from None
+        except (OutcomeUnknown, asyncio.TimeoutError) as e:
+            raise AgentError("unknown", f"revoke may or may not have been applied: {e or 'timed out'}") from None
+        if not result.ok:
+            raise AgentError("not_found" if result.error == "NOT_FOUND" else "refused", result.message or "")
+        self.ctl.mesh.enforce()
+        return dict(result.value or {})
 
     async def transfer_leadership(self, target: str | None, timeout: float) -> dict[str, Any]:
         return await self._on_leader("transfer", {"id": target}, timeout)
@@ -114,6 +135,7 @@ class Operations:
                 if nid in node.membership.voters:
                     raise AgentError("exists", f"{nid} is already a voter")
                 ctx = args["address"].encode()
+                self.ctl.peers.approve(nid, timeout)  # it may connect before its membership entry applies
                 if args.get("learner"):
                     if nid not in node.membership.learners:
                         await node.change_membership(ConfChange(ConfChangeType.ADD_LEARNER, nid, ctx), timeout)

@@ -30,7 +30,7 @@ log = logging.getLogger("hactl.server")
 FORWARD_METHOD = "raft.propose"
 # Remote error codes after which the leader certainly did not append the forwarded entry (or appended it and saw
 # another entry commit at its index, so it never can): a retry or a 503/429 is safe.
-_NOT_APPENDED = frozenset({"not_leader", "overloaded", "bad_request", "busy", "unknown_method"})
+_NOT_APPENDED = frozenset({"not_leader", "overloaded", "bad_request", "busy", "unknown_method", "forbidden"})
 _RETRY_PAUSE = 0.05
 
 
@@ -90,8 +90,13 @@ class WritePath:
                     maybe_before, maybe = maybe, True  # once the call is sent the leader may append it
                     try:
                         reply = await self.mesh.call(leader, FORWARD_METHOD, {"cmd": command}, timeout=remaining)
+                    except ConnectionLost:
+                        # A PeerUnavailable subclass, but the call WAS sent: the connection closed before the
+                        # answer (e.g. the leader was killed after appending and replicating the entry, which
+                        # the next leader then commits). Resetting `maybe` here answered 503 for applied writes.
+                        raise
                     except PeerUnavailable:
-                        maybe = maybe_before  # nothing was sent
+                        maybe = maybe_before  # not connected, or the send was refused: nothing was sent
                         raise
                     except RemoteError as e:
                         if e.code in _NOT_APPENDED:

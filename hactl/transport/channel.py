@@ -155,6 +155,7 @@ class Connection:
         self.stream = stream
         self.kind = kind  # "controller" | "router"
         self.peer_id = peer_id
+        self.serial: str | None = None  # the peer certificate's serial (hex), once authenticated
         self.addr = addr
         self.initiator = initiator  # id of the node that dialed: the dedupe tie-break needs it
         self.outbound = stream.outbound

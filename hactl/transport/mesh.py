@@ -17,24 +17,49 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import grpc
 import grpc.aio
 
 from .channel import (METHOD, SERVICE, ClientStream, Connection, ServerStream, StreamClosed, grpc_options,
                       open_stream)
-from .errors import DuplicateConnection, HandshakeError, PeerUnavailable
+from .errors import DuplicateConnection, HandshakeError, PeerUnavailable, RemoteError
 from .frames import (DEFAULT_MAX_FRAME, PROTOCOL_VERSION, Call, Close, ErrorReply, Frame, FrameError, Hello, Ping,
                      Pong, Reply, UnknownFrame, decode, encode)
 from .handshake import check_controller_hello, check_server_hello, hello_transcript, sign
-from .pki import Identity, spiffe_id
+from .pki import Identity, cert_serial, spiffe_id
 from .rpc import Handler, RpcEndpoint
 
 log = logging.getLogger("hactl.transport")
 
 FrameHandler = Callable[[Connection, Any], None]
 _NOTHING = object()
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    vouchable: bool  # True: refused only because this node does not know the peer (another member may)
+
+
+class PeerAuthorizer(Protocol):
+    """Who may use the control channel: decided by the controller from the replicated membership and deny-list."""
+
+    def check(self, peer: str, serial: str | None) -> Refusal | None:
+        """None if controller ``peer``, presenting certificate ``serial``, may connect and call now."""
+
+    def is_member(self, peer: str, serial: str | None) -> bool:
+        """Is ``peer`` a current member in this node's own view, with a certificate not denied (to vouch)?"""
+
+    def vouchers(self) -> list[str]:
+        """Members whose word counts for a peer this node does not know yet."""
+
+    def vouched(self, peer: str, by: str) -> None:
+        """A voucher confirmed ``peer`` is a member: accept it until the membership changes here."""
+
+
+VOUCH_METHOD = "mesh.vouch"
 
 
 @dataclass
@@ -91,7 +116,8 @@ class RouterInfo:
 
 class Mesh:
     def __init__(self, node_id: str, cluster_id: str, trust_domain: str, identity: Identity, listen_addr: str,
-                 peers: dict[str, str] | None = None, *, options: MeshOptions | None = None):
+                 peers: dict[str, str] | None = None, *, options: MeshOptions | None = None,
+                 authorizer: PeerAuthorizer | None = None):
         if identity.kind != "controller" or identity.node_id != node_id or identity.trust_domain != trust_domain:
             raise ValueError(f"the certificate is for {identity.uri}, but this node is "
                              f"spiffe://{trust_domain}/controller/{node_id}: issue a certificate for it with "
@@ -115,13 +141,16 @@ class Mesh:
         self._disconnect_listeners: list[Callable[[Connection], None]] = []
         self._connect_listeners: list[Callable[[Connection], None]] = []
         self.rpc = RpcEndpoint(max_concurrent_per_conn=self.opts.max_calls_per_conn)
+        self.authorizer = authorizer
+        if authorizer is not None:
+            self.rpc.register(VOUCH_METHOD, self._serve_vouch)
         self._server: grpc.aio.Server | None = None
         self._pinger: asyncio.Task | None = None
         self._running = False
         self._changed = asyncio.Event()
         self.port = 0
         self.stats: dict[str, int] = {"refused": 0, "bad_frames": 0, "dial_failures": 0, "duplicates_closed": 0,
-                                      "duplicates_refused": 0}
+                                      "duplicates_refused": 0, "calls_refused": 0}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -342,6 +371,10 @@ class Mesh:
             log.debug("%s: ignoring unknown frame kind %r", conn.label, frame.tag)
         elif conn.kind != "controller":
             log.warning("%s sent a %s frame, which routers may not use; ignored", conn.label, type(frame).__name__)
+        elif isinstance(frame, Call) and (refusal := self._refusal(conn)) is not None:
+            self.stats["calls_refused"] += 1
+            log.warning("call %s from %s refused: %s", frame.method, conn.peer_id, refusal)
+            conn.send_frame(ErrorReply(frame.rid, "forbidden", refusal))
         elif isinstance(frame, (Call, Reply, ErrorReply)):
             self.rpc.on_frame(conn, frame)
         else:
@@ -364,6 +397,56 @@ class Mesh:
                     conn.send_frame(Ping(n))
             for conn in list(self._routers):
                 conn.send_frame(Ping(n))
+
+    # ------------------------------------------------------------------ authorization
+
+    def _refusal(self, conn: Connection) -> str | None:
+        if self.authorizer is None or conn.kind != "controller":
+            return None
+        r = self.authorizer.check(conn.peer_id, conn.serial)
+        return None if r is None else r.reason
+
+    async def _authorize(self, pid: str, serial: str | None) -> str | None:
+        """None if controller ``pid`` may connect; else why not. A peer this node does not know (it may have
+        missed the peer's addition while it was down) is accepted if a connected member vouches for it."""
+        if self.authorizer is None:
+            return None
+        refusal = self.authorizer.check(pid, serial)
+        if refusal is None:
+            return None
+        if not refusal.vouchable:
+            return refusal.reason
+        for voucher in self.authorizer.vouchers():
+            conn = self.connection(voucher)
+            if voucher == pid or conn is None:
+                continue
+            try:
+                reply = await self.rpc.call(conn, VOUCH_METHOD, {"id": pid, "serial": serial},
+                                            timeout=self.opts.hello_timeout / 3)
+            except Exception as e:  # a voucher that cannot answer says nothing
+                log.debug("vouch for %s by %s failed: %s", pid, voucher, e)
+                continue
+            if isinstance(reply, dict) and reply.get("member") is True:
+                log.info("peer %s accepted: not a member in this node's view, but member %s vouches for it "
+                         "(this node is probably behind)", pid, voucher)
+                self.authorizer.vouched(pid, voucher)
+                return None
+        return refusal.reason
+
+    async def _serve_vouch(self, peer: str, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+            raise RemoteError("bad_request", "expected {id, serial}")
+        serial = body.get("serial") if isinstance(body.get("serial"), str) else None
+        assert self.authorizer is not None
+        return {"member": self.authorizer.is_member(body["id"], serial)}
+
+    def enforce(self) -> None:
+        """Close every controller connection that is no longer authorized (after a removal or a revocation)."""
+        for conn in list(self._conns.values()):
+            reason = self._refusal(conn)
+            if reason is not None:
+                log.warning("peer %s disconnected: %s", conn.peer_id, reason)
+                conn.close(f"no longer authorized: {reason}", error=True)
 
     # ------------------------------------------------------------------ accepting
 
@@ -413,7 +496,7 @@ class Mesh:
             else:
                 first.append(frame)
         if hello is not None and hello.type == "controller":
-            await self._serve_controller(stream, context, hello, cert_id, remote)
+            await self._serve_controller(stream, context, hello, cert_id, remote, cert_serial(pem) if pem else None)
         else:
             await self._serve_router(stream, context, hello, first, cert_id, remote, pending)
 
@@ -421,10 +504,13 @@ class Mesh:
         await context.abort(code, reason)
 
     async def _serve_controller(self, stream: ServerStream, context: grpc.aio.ServicerContext, hello: Hello,
-                                cert_id: tuple[str, str, str] | None, remote: str) -> None:
+                                cert_id: tuple[str, str, str] | None, remote: str, serial: str | None) -> None:
         try:
             pid = check_controller_hello(hello, cert_id, my_id=self.node_id, cluster_id=self.cluster_id,
                                          trust_domain=self.trust_domain)
+            reason = await self._authorize(pid, serial)
+            if reason is not None:
+                raise HandshakeError(reason)
         except HandshakeError as e:
             self.stats["refused"] += 1
             log.warning("peer %s refused (from %s): %s", hello.id or "?", remote, e)
@@ -448,6 +534,7 @@ class Mesh:
         except StreamClosed:
             return
         conn = self._new_conn(stream, kind="controller", peer_id=pid, addr=remote, initiator=pid, hello=hello)
+        conn.serial = serial
         if self._install(conn):
             conn.start()
         await conn.wait_closed()
@@ -548,8 +635,15 @@ class Mesh:
 
     async def _dial(self, pid: str, addr: str) -> Connection:
         stream, frame = await self._handshake(pid, addr)
-        return self._new_conn(stream, kind="controller", peer_id=pid, addr=addr, initiator=self.node_id,
+        serial = cert_serial(frame.cert) if frame.cert else None
+        refusal = self.authorizer.check(pid, serial) if self.authorizer is not None else None
+        if refusal is not None and not refusal.vouchable:  # a peer we dial is in our address book: only a
+            await stream.close()                            # denied certificate stops us
+            raise HandshakeError(f"refused to connect: {refusal.reason}")
+        conn = self._new_conn(stream, kind="controller", peer_id=pid, addr=addr, initiator=self.node_id,
                               hello=frame)
+        conn.serial = serial
+        return conn
 
     async def _handshake(self, pid: str | None, addr: str) -> tuple[Any, Hello]:
         """Open a stream and exchange hellos; the server must prove it is controller `pid` (or, with None, any

@@ -276,6 +276,18 @@ def _load_key(pem: bytes, where: Any = "key") -> Any:
         raise PkiError(f"{where}: not an unencrypted PEM private key ({e})") from None
 
 
+def cert_serial(cert: bytes | str | x509.Certificate) -> str | None:
+    """A certificate's serial number as lowercase hex (what the deny-list holds), or None if it does not parse."""
+    if isinstance(cert, str):
+        cert = cert.encode()
+    if isinstance(cert, bytes):
+        try:
+            cert = x509.load_pem_x509_certificate(cert)
+        except ValueError:
+            return None
+    return format(cert.serial_number, "x")
+
+
 def spiffe_id(cert: bytes | str | x509.Certificate) -> tuple[str, str, str] | None:
     """(trust_domain, kind, id) from a certificate's ``spiffe://td/kind/id`` URI SAN, or None."""
     if isinstance(cert, str):

@@ -40,9 +40,9 @@ def test_cluster_list_table_and_json(srv: ServerThread, capsys):
     assert code == 0 and err == ""
     lines = out.splitlines()
     assert lines[0].split() == ["ID", "ADDRESS", "ROLE", "LEADER", "CONNECTED", "LAST", "CONTACT", "MATCH",
-                                "VERSION"]
-    assert lines[1].split() == ["ctrl1", "127.0.0.1:6262", "voter", "*", "yes", "-", "42", "0.1.0"]
-    assert lines[3].split() == ["ctrl3", "127.0.0.1:6264", "voter", "no", "12.5s", "ago", "40", "0.1.0"]
+                                "VERSION", "CERTIFICATES"]
+    assert lines[1].split() == ["ctrl1", "127.0.0.1:6262", "voter", "*", "yes", "-", "42", "0.1.0", "-"]
+    assert lines[3].split() == ["ctrl3", "127.0.0.1:6264", "voter", "no", "12.5s", "ago", "40", "0.1.0", "-"]
     # Columns line up: every row's ADDRESS starts where the header's does.
     col = lines[0].index("ADDRESS")
     assert all(line[col:].startswith("127.0.0.1") for line in lines[1:])

@@ -30,6 +30,8 @@ SAMPLES: list[C.Command] = [
     C.RestoreChunk(request_id="r", time=1, restore_id="x", seq=0, networks=[{"id": NWID}], members=[]),
     C.RestoreCommit(request_id="r", time=1, restore_id="x", chunks=1, networks=1, members=0),
     C.RestoreAbort(request_id="r", time=1, restore_id="x"),
+    C.ClusterCertificate(request_id="r", time=1, node="ctrl1", serial="1f"),
+    C.ClusterRevoke(request_id="r", time=1, node="ctrl1", serial=None),
 ]
 
 

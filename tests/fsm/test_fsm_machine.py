@@ -510,3 +510,32 @@ def test_reads_list_and_iterate_in_order(drv: Any) -> None:
     assert drv.m.counts(b) == (3, 2) and drv.m.list_members(a) == {"0000000007": 1}
     assert list(drv.m.iter_member_revisions(b)) == [("0000000001", 1), ("0000000002", 1), ("0000000003", 1)]
     assert list(drv.m.iter_members("zz")) == [] and drv.m.list_members("a1b2c3d4e5000123") is None
+
+
+def test_controller_certificates_are_recorded_revoked_and_denied_on_removal(drv: Any) -> None:
+    from hactl.fsm import commands as C
+    drv.membership(("a", "b", "c"))
+    for node, serial in (("a", "0A"), ("b", "0b"), ("b", "ff01"), ("c", "c0")):
+        assert drv.apply(C.build_cluster_certificate(drv.rid(), drv.tick(), node, serial)).ok
+    assert drv.apply(C.build_cluster_certificate(drv.rid(), drv.tick(), "b", "b")).ok  # same serial: recorded once
+    certs, revoked = drv.m.certificates()
+    assert certs == {"a": ["a"], "b": ["b", "ff01"], "c": ["c0"]} and revoked == {}
+    # Removing b from the membership denies every certificate recorded for it, in the same entry.
+    drv.membership(("a", "c"))
+    certs, revoked = drv.m.certificates()
+    assert "b" not in certs and set(revoked) == {"b", "ff01"} and revoked["b"]["reason"] == "removed"
+    # A revoked certificate cannot be recorded again.
+    r = drv.apply(C.build_cluster_certificate(drv.rid(), drv.tick(), "b", "ff01"))
+    assert not r.ok and r.error == "CONFLICT" and r.field == "serial"
+    # Revoking one serial of a member; then every recorded one.
+    assert drv.apply(C.build_cluster_certificate(drv.rid(), drv.tick(), "c", "c1")).ok
+    r = drv.apply(C.build_cluster_revoke(drv.rid(), drv.tick(), "c", "c0"))
+    assert r.ok and r.value == {"node": "c", "revoked": ["c0"]}
+    r = drv.apply(C.build_cluster_revoke(drv.rid(), drv.tick(), "a"))
+    assert r.ok and r.value == {"node": "a", "revoked": ["a"]}
+    certs, revoked = drv.m.certificates()
+    assert certs == {"c": ["c1"]} and set(revoked) == {"b", "ff01", "c0", "a"}
+    r = drv.apply(C.build_cluster_revoke(drv.rid(), drv.tick(), "a"))  # nothing left to revoke: a clear error
+    assert not r.ok and r.error == "NOT_FOUND" and "name its serial" in r.message
+    with pytest.raises(Exception, match="serial"):
+        C.build_cluster_revoke("x", 1, "a", "not-hex")

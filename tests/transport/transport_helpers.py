@@ -51,9 +51,9 @@ class PkiFixture:
         return self.ids[key]
 
     def mesh(self, node_id: str, *, peers: dict[str, str] | None = None, cluster: str = CLUSTER,
-             addr: str = "127.0.0.1:0", ca: str = "ca", **opts: Any) -> Mesh:
+             addr: str = "127.0.0.1:0", ca: str = "ca", authorizer: Any = None, **opts: Any) -> Mesh:
         return Mesh(node_id, cluster, TD, self.identity(node_id, ca=ca), addr, peers or {},
-                    options=fast_options(**opts))
+                    options=fast_options(**opts), authorizer=authorizer)
 
 
 @pytest.fixture(scope="session")

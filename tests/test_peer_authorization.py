@@ -1,0 +1,75 @@
+"""The control channel admits members only: a revoked certificate and a removed member's still-valid certificate
+are refused by real controllers, over real mutual TLS; a member issued a new certificate comes back."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+
+from hactl.dev.cluster import TRUST_DOMAIN
+from hactl.transport.errors import HandshakeError
+from hactl.transport.mesh import Mesh
+from hactl.transport.pki import cert_serial, issue, load_identity
+from tests.proc_cluster import ProcCluster
+from tests.test_agent_processes import agent
+
+
+def dial_as(c: ProcCluster, nid: str, pki_dir: Path, target: str) -> str:
+    """Open a controller connection to `target` with `nid`'s certificate from `pki_dir`; the id it proves, or
+    the refusal (HandshakeError text)."""
+    identity = load_identity(pki_dir / "node.crt", pki_dir / "node.key", pki_dir / "ca.crt")
+    mesh_id = hashlib.sha256((pki_dir / "ca.crt").read_bytes()).hexdigest()[:16]
+    mesh = Mesh(nid, mesh_id, TRUST_DOMAIN, identity, "127.0.0.1:0")
+
+    async def go() -> str:
+        try:
+            return await asyncio.wait_for(mesh.probe(c.specs[target].ctrl_addr), 15)
+        except HandshakeError as e:
+            return f"refused: {e}"
+    return asyncio.run(go())
+
+
+def certificates(c: ProcCluster, nid: str) -> list[str]:
+    """The certificate serials the cluster recorded for member `nid` (from `hactl agent cluster list`)."""
+    code, rows, err = agent(c, "ctrl1", "cluster", "list")
+    assert code == 0, err
+    return next((r.get("certificates", []) for r in rows if r["id"] == nid), [])
+
+
+def test_a_revoked_certificate_then_a_removed_member_are_refused(cluster) -> None:
+    c: ProcCluster = cluster()
+    ctrl = c.wait_ready()
+    victim = "ctrl3"
+    pki_dir = c.root / "pki" / victim
+    old_serial = cert_serial((pki_dir / "node.crt").read_bytes())
+    assert dial_as(c, victim, pki_dir, "ctrl1") == "ctrl1"  # a member's certificate is accepted
+    # The leader records every member's certificate serial (so that it can be denied later).
+    c.wait(lambda: old_serial in certificates(c, victim), 20, "the leader to record ctrl3's certificate")
+    code, out, err = agent(c, "ctrl1", "cluster", "revoke", victim)
+    assert code == 0 and out == {"node": victim, "revoked": [old_serial]}, (out, err)
+    refused = dial_as(c, victim, pki_dir, "ctrl1")
+    assert refused.startswith("refused") and f"certificate {old_serial} of {victim} was revoked" in refused, refused
+    c.wait(lambda: victim not in c.status("ctrl1")["cluster"]["peers_connected"], 20, "ctrl3 disconnected")
+    # The other two still form a quorum and take writes.
+    code, _ = c.write("ctrl2", "POST", f"/controller/network/{ctrl}______", {"name": "after-revoke"})
+    assert code == 200
+    assert "was revoked" in c.log("ctrl1") or "was revoked" in c.log("ctrl2")
+
+    # A new certificate for the same member (a new serial) is accepted again, and it catches up.
+    c.kill(victim)
+    issue(c.root / "pki" / "ca", pki_dir, kind="controller", node_id=victim, trust_domain=TRUST_DOMAIN,
+          overwrite=True)
+    assert cert_serial((pki_dir / "node.crt").read_bytes()) != old_serial
+    new_serial = cert_serial((pki_dir / "node.crt").read_bytes())
+    c.start(victim)
+    c.wait(lambda: (c.status(victim) or {}).get("cluster", {}).get("applied", 0)
+           >= c.status("ctrl1")["cluster"]["commit"], 30, "the re-issued member to catch up")
+    c.wait(lambda: new_serial in certificates(c, victim), 20, "the new certificate to be recorded")
+
+    # Removal denies every certificate recorded for the member, so its still-valid one is refused.
+    code, _, err = agent(c, "ctrl1", "cluster", "remove", victim)
+    assert code == 0, err
+    refused = dial_as(c, victim, pki_dir, "ctrl2")
+    assert refused.startswith("refused") and "was removed" in refused, refused
+    code, _ = c.write("ctrl1", "POST", f"/controller/network/{ctrl}______", {"name": "after-remove"})
+    assert code == 200
