@@ -24,6 +24,10 @@ import yaml
 from hactl.dev.cluster import init_cluster
 
 
+REFUSED = "refused"  # send_once: the connection was refused, the request was never sent
+UNKNOWN = "unknown"  # send_once: no answer (reset, timeout): the request may have run
+
+
 def free_port_block(n: int) -> int:
     """A base port such that base..base+n-1 are all free on 127.0.0.1 right now, below the ephemeral range
     (32768+) so outgoing connections cannot take them between this check and the bind."""
@@ -139,6 +143,17 @@ class ProcCluster:
         finally:
             conn.close()
 
+    def send_once(self, nid: str, method: str, path: str, body: Any = None, *, timeout: float = 20) -> int | str:
+        """One request, never retried, as a client without Idempotency-Key sees it: the HTTP status, or
+        REFUSED when the connection was refused (nothing was sent, so nothing can have been applied), or UNKNOWN
+        when the connection broke or timed out after the request may have reached the node."""
+        try:
+            return self.request(nid, method, path, body, timeout=timeout)[0]
+        except ConnectionRefusedError:
+            return REFUSED
+        except (OSError, http.client.HTTPException):  # reset, timeout, garbled answer: it may have run
+            return UNKNOWN
+
     def status(self, nid: str) -> dict[str, Any] | None:
         try:
             code, body, _ = self.request(nid, "GET", "/status", timeout=2)
@@ -168,6 +183,34 @@ class ProcCluster:
                     seen.add(nid)
             return seen.pop() if len(seen) == 1 else None
         return self.wait(find, timeout, "a single leader")
+
+    def role(self, nid: str) -> str | None:
+        st = self.status(nid)
+        return st["cluster"]["role"] if st else None
+
+    def wait_new_leader(self, old: str, timeout: float = 20) -> str:
+        """Until exactly one of the running nodes other than ``old`` says it is the leader; its id. ``old`` is
+        not asked: it may be frozen (its /status would hang) or still believe it leads."""
+        return self.leader(among=[n for n in self.ids if n != old and n in self.procs], timeout=timeout)
+
+    def wait_applied(self, index: int, nids: list[str] | None = None, timeout: float = 30) -> None:
+        """Until every given node (default: every running one) has applied ``index``."""
+        def done() -> bool:
+            for nid in nids or list(self.procs):
+                st = self.status(nid)
+                if not st or st["cluster"]["applied"] < index:
+                    return False
+            return True
+        self.wait(done, timeout, f"every node to apply index {index}")
+
+    def wait_caught_up(self, nids: list[str] | None = None, timeout: float = 30) -> int:
+        """Until every given node (default: every running one) has applied what the leader had committed when
+        this was called; that index."""
+        leader = self.leader(among=nids, timeout=timeout)
+        target = self.wait(lambda: (self.status(leader) or {}).get("cluster", {}).get("commit"), timeout,
+                           f"the commit index of {leader}")
+        self.wait_applied(target, nids, timeout)
+        return target
 
     def wait_ready(self, nids: list[str] | None = None, timeout: float = 30) -> str:
         """Until every given node answers /status with the cluster's controller address and a leader."""
