@@ -254,11 +254,10 @@ def test_idle_and_surplus_connections_are_closed(handle: FakeHandle, tmp_path: P
 
 def test_a_slow_handler_times_out_server_side(srv: ServerThread, handle: FakeHandle):
     handle.delay = 5.0
-    t0 = time.monotonic()
     with pytest.raises(C.AgentClientError) as ei:
         call(srv, "cluster.list", timeout=0.2)
+    # The server's own answer (its wording), not the client giving up on a silent server.
     assert ei.value.code == "timeout" and "outcome is unknown" in ei.value.message
-    assert time.monotonic() - t0 < 3.0  # the server's answer (0.2 s + 1 s grace), not the client giving up
     handle.delay = 0
     assert call(srv, "status")["id"] == "ctrl1"
 
@@ -270,11 +269,9 @@ def test_the_client_gives_up_on_a_server_that_never_answers(tmp_path: Path, monk
     mute.bind(path)
     mute.listen(1)  # accepts (in the backlog) and never reads or answers
     try:
-        t0 = time.monotonic()
-        with pytest.raises(C.AgentClientError) as ei:
+        with pytest.raises(C.AgentClientError) as ei:  # (the suite's timeout catches a client that hangs)
             asyncio.run(C.call(path, "status", timeout=0.2))
         assert ei.value.code == "timeout"
-        assert time.monotonic() - t0 < 2.0
     finally:
         mute.close()
 
@@ -300,9 +297,7 @@ def test_stop_lets_a_running_request_answer(handle: FakeHandle, tmp_path: Path):
         deadline = time.monotonic() + 5
         while not handle.calls and time.monotonic() < deadline:
             time.sleep(0.01)
-        t0 = time.monotonic()
-        s.close()  # stop(grace=2) while the request runs
-        assert time.monotonic() - t0 < 2.0  # it waited for the request, not for the whole grace
+        s.close()  # stop(grace=2) while the request runs: the request still gets its answer
         assert [r["id"] for r in fut.result(5)] == ["ctrl1", "ctrl2", "ctrl3"]
     assert not Path(s.server.path).exists()
 
