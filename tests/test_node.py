@@ -136,16 +136,22 @@ def test_restart_from_raft_db_replays_and_catches_up(tmp_path: Path) -> None:
     run(main())
 
 
+async def leave_one_behind(c: Cluster) -> tuple[RaftNode, str, int]:
+    """Stop a follower, then write 200 entries (the leader snapshots every 50): (leader, the stopped id, last index)."""
+    lead = await c.leader()
+    victim = next(k for k in c.ids if k != lead.id)
+    await c.stop(victim)
+    idx = 0
+    for i in range(200):
+        idx, _ = await lead.propose(kv(f"d{i}", i))
+    return lead, victim, idx
+
+
 def test_far_behind_follower_gets_a_snapshot_and_log_is_compacted(tmp_path: Path) -> None:
     async def main() -> None:
         c = Cluster(tmp_path, ["n1", "n2", "n3"], snapshot_every=50, trailing=10)
         await c.start_all()
-        lead = await c.leader()
-        victim = next(k for k in c.ids if k != lead.id)
-        await c.stop(victim)
-        idx = 0
-        for i in range(200):
-            idx, _ = await lead.propose(kv(f"d{i}", i))
+        lead, victim, idx = await leave_one_behind(c)
         for _ in range(200):
             if lead.core.log.offset > 0:
                 break
@@ -299,12 +305,7 @@ def test_a_leader_whose_snapshot_data_is_gone_sends_nothing_then_catches_the_fol
         fsms = {nid: ForgetfulKV() for nid in c.ids}
         for nid in c.ids:
             await c.start(nid, ConfState(tuple(c.ids)), fsm=fsms[nid])
-        lead = await c.leader()
-        victim = next(k for k in c.ids if k != lead.id)
-        await c.stop(victim)
-        idx = 0
-        for i in range(200):
-            idx, _ = await lead.propose(kv(f"d{i}", i))
+        lead, victim, idx = await leave_one_behind(c)
         while lead.core.log.offset == 0:
             await asyncio.sleep(TICK)
         fresh = KVStateMachine()

@@ -276,27 +276,28 @@ def _load_key(pem: bytes, where: Any = "key") -> Any:
         raise PkiError(f"{where}: not an unencrypted PEM private key ({e})") from None
 
 
-def cert_serial(cert: bytes | str | x509.Certificate) -> str | None:
-    """A certificate's serial number as lowercase hex (what the deny-list holds), or None if it does not parse."""
+def _as_cert(cert: bytes | str | x509.Certificate) -> x509.Certificate | None:
     if isinstance(cert, str):
         cert = cert.encode()
     if isinstance(cert, bytes):
         try:
-            cert = x509.load_pem_x509_certificate(cert)
+            return x509.load_pem_x509_certificate(cert)
         except ValueError:
             return None
-    return format(cert.serial_number, "x")
+    return cert
+
+
+def cert_serial(cert: bytes | str | x509.Certificate) -> str | None:
+    """A certificate's serial number as lowercase hex (what the deny-list holds), or None if it does not parse."""
+    c = _as_cert(cert)
+    return None if c is None else format(c.serial_number, "x")
 
 
 def spiffe_id(cert: bytes | str | x509.Certificate) -> tuple[str, str, str] | None:
     """(trust_domain, kind, id) from a certificate's ``spiffe://td/kind/id`` URI SAN, or None."""
-    if isinstance(cert, str):
-        cert = cert.encode()
-    if isinstance(cert, bytes):
-        try:
-            cert = x509.load_pem_x509_certificate(cert)
-        except ValueError:
-            return None
+    cert = _as_cert(cert)  # type: ignore[assignment]
+    if cert is None:
+        return None
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (x509.ExtensionNotFound, ValueError):
