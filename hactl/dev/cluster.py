@@ -281,9 +281,7 @@ class Supervisor:
                             "api_url": s.api_url, "ctrl_addr": s.ctrl_addr, "data_dir": str(s.data_dir),
                             "agent_socket": str(s.agent_socket), "config": str(s.config)} for s in self.specs],
                  "token_file": str(self.data / "api-token")}
-        tmp = self.data / "dev-cluster.json.tmp"
-        tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.data / "dev-cluster.json")
+        atomic_write(self.data / "dev-cluster.json", json.dumps(state, indent=2) + "\n", 0o600)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
