@@ -1,7 +1,7 @@
-"""Fixtures for the API tests (the cluster, server and client live in api_helpers.py).
+"""Fixtures for the API tests (the controllers, server and client live in api_helpers.py).
 
 `async def` tests run in a fresh event loop each (pytest_pyfunc_call below); fixtures that return an
-`AsyncResource` are entered inside that loop, so the cluster, server and client all live in the test's loop.
+`AsyncResource` are entered inside that loop, so the controllers, server and client all live in the test's loop.
 """
 from __future__ import annotations
 
@@ -21,14 +21,21 @@ TEST_TIMEOUT = 60.0
 
 @pytest.fixture
 def env(tmp_path: Path) -> ApiEnv:
-    """An initialised single-node cluster serving the API."""
+    """A real single-node controller: the leader of an initialised cluster, serving the API."""
     return ApiEnv(tmp_path / "env")
 
 
 @pytest.fixture
 def noleader_env(tmp_path: Path) -> ApiEnv:
-    """A node configured with two voters whose second never exists: it never elects a leader."""
-    return ApiEnv(tmp_path / "noleader", voters=("n1", "n2"), init=False)
+    """A real controller whose initial cluster has a second voter that never runs: it never elects a leader, so
+    the cluster is never initialised."""
+    return ApiEnv(tmp_path / "noleader", state="never_elected")
+
+
+@pytest.fixture
+def quorum_lost_env(tmp_path: Path) -> ApiEnv:
+    """A real controller of an initialised two-voter cluster whose other voter has stopped: no leader."""
+    return ApiEnv(tmp_path / "quorum-lost", state="quorum_lost")
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -1,17 +1,18 @@
 """Authentication: the three token forms, 401 `{}` for everything else, /health open."""
 from __future__ import annotations
 
-from api_helpers import TOKEN, ApiEnv
+from api_helpers import ApiEnv, initialised
 
 
 async def test_token_forms_accepted(env: ApiEnv) -> None:
+    token = env.token
     forms = [
-        {"headers": {"X-ZT1-Auth": TOKEN}},
-        {"params": {"auth": TOKEN}},
-        {"headers": {"Authorization": f"Bearer {TOKEN}"}},
-        {"headers": {"Authorization": f"bearer {TOKEN}"}},
-        {"headers": {"Authorization": f"BEARER   {TOKEN}  "}},
-        {"headers": {"Authorization": f"BeArEr {TOKEN}"}},
+        {"headers": {"X-ZT1-Auth": token}},
+        {"params": {"auth": token}},
+        {"headers": {"Authorization": f"Bearer {token}"}},
+        {"headers": {"Authorization": f"bearer {token}"}},
+        {"headers": {"Authorization": f"BEARER   {token}  "}},
+        {"headers": {"Authorization": f"BeArEr {token}"}},
     ]
     for kw in forms:
         for path in ("/status", "/controller", "/controller/network", "/openapi.json"):
@@ -20,24 +21,29 @@ async def test_token_forms_accepted(env: ApiEnv) -> None:
 
 
 async def test_everything_else_is_401_with_empty_object(env: ApiEnv) -> None:
+    token = env.token
+    assert env.controller is not None
+    stored = initialised(env.controller)["token_hash"]  # what ctrl.db keeps: "sha256:<hex>"
     bad = [
         {},
         {"headers": {"X-ZT1-Auth": "wrong"}},
         {"headers": {"X-ZT1-Auth": ""}},
-        {"headers": {"X-ZT1-Auth": TOKEN + "x"}},
-        {"headers": {"X-ZT1-Auth": TOKEN.upper()}},
+        {"headers": {"X-ZT1-Auth": token + "x"}},
+        {"headers": {"X-ZT1-Auth": token.upper()}},
         {"params": {"auth": "wrong"}},
-        {"params": {"Auth": TOKEN}},  # the query parameter name is exact
-        {"headers": {"Authorization": TOKEN}},  # no scheme
-        {"headers": {"Authorization": f"Basic {TOKEN}"}},
-        {"headers": {"Authorization": f"Token {TOKEN}"}},
+        {"params": {"Auth": token}},  # the query parameter name is exact
+        {"headers": {"Authorization": token}},  # no scheme
+        {"headers": {"Authorization": f"Basic {token}"}},
+        {"headers": {"Authorization": f"Token {token}"}},
         {"headers": {"Authorization": "Bearer"}},
         {"headers": {"Authorization": "Bearer " + "x" * 5000}},
-        {"headers": {"X-Auth": TOKEN}},
+        {"headers": {"X-Auth": token}},
+        {"headers": {"X-ZT1-Auth": stored}},  # the stored hash is not a token
+        {"headers": {"X-ZT1-Auth": stored.partition(":")[2]}},
     ]
     paths = [("GET", "/status"), ("GET", "/controller"), ("GET", "/controller/network"),
              ("POST", "/controller/network"), ("GET", "/unstable/controller/network"), ("GET", "/openapi.json"),
-             ("DELETE", "/controller/network/c0ffee1234000001"), ("GET", "/no/such/path"),
+             ("DELETE", f"/controller/network/{env.nwid(1)}"), ("GET", "/no/such/path"),
              ("PATCH", "/controller/network")]
     for kw in bad:
         for method, path in paths:
@@ -50,7 +56,7 @@ async def test_everything_else_is_401_with_empty_object(env: ApiEnv) -> None:
 
 async def test_any_valid_form_among_several_is_enough(env: ApiEnv) -> None:
     r = await env.request("GET", "/controller", auth=False, headers={"X-ZT1-Auth": "wrong"},
-                          params={"auth": TOKEN})
+                          params={"auth": env.token})
     assert r.status == 200
 
 
@@ -58,7 +64,7 @@ async def test_health_needs_no_token(env: ApiEnv) -> None:
     r = await env.request("GET", "/health", auth=False)
     assert r.status == 200, r
     assert r.json["healthy"] is True
-    assert r.json["leader"] == "n1"
+    assert r.json["leader"] == env.cluster.node_id
 
 
 async def test_health_is_503_without_a_leader(noleader_env: ApiEnv) -> None:

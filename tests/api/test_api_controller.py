@@ -1,52 +1,29 @@
 """The API served by real controllers (hactl.server.controller.Controller): three nodes in-process, real mTLS mesh, real
 forwarding. Writes sent to any node (followers forward to the leader), reads on every node.
 
-The bulk of the API tests use the single-node RaftCluster of api_helpers.py; this file checks what only a
+The bulk of the API tests use a single-node controller (api_helpers.ApiEnv); this file checks what only a
 multi-node cluster can show: the same API, same answers, on every node.
 """
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from hactl.config import ApiConfig, ClusterConfig, Config, ControlConfig, PkiConfig, RaftConfig, SnapshotConfig
-from hactl.server import controller as controller_mod
-from hactl.transport import pki
+from api_helpers import make_configs
 
-TD = "api.test"
+from hactl.server import controller as controller_mod
+
 IDS = ("c1", "c2", "c3")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def configs(root: Path) -> list[Config]:
-    pki.init_ca(root / "ca", TD)
-    ctrl = {i: f"127.0.0.1:{free_port()}" for i in IDS}
-    out = []
-    for i in IDS:
-        cert, key = pki.issue(root / "ca", root / "pki" / i, kind="controller", node_id=i, trust_domain=TD)
-        out.append(Config(
-            id=i, data_dir=str(root / i),
-            cluster=ClusterConfig(trust_domain=TD, initial_cluster=dict(ctrl)),
-            control=ControlConfig(listen=ctrl[i], advertise=ctrl[i]),
-            api=ApiConfig(listen=f"127.0.0.1:{free_port()}", token_file=str(root / "api-token")),
-            raft=RaftConfig(tick_ms=50, election_ticks=10, apply_timeout_s=10.0),
-            snapshots=SnapshotConfig(every_entries=0, interval_s=0),
-            pki=PkiConfig(ca=str(root / "ca" / "ca.crt"), cert=str(cert), key=str(key))))
-    return out
-
-
 async def test_every_node_serves_the_same_model(tmp_path: Path) -> None:
-    cfgs = configs(tmp_path)
+    # Slower ticks than the single-node tests: three nodes share two loaded cores, and a heartbeat delayed past
+    # the election timeout would start needless elections.
+    cfgs = make_configs(tmp_path, IDS, tick_ms=50, election_ticks=10)
     nodes = [controller_mod.Controller(c) for c in cfgs]
     urls = [f"http://{c.api.listen}" for c in cfgs]
     try:

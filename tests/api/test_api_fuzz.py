@@ -16,7 +16,7 @@ from typing import Any
 import yarl
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from api_helpers import CONTROLLER, TOKEN, ApiEnv
+from api_helpers import ApiEnv
 
 from hactl.fsm.model import MEMBER_SETTABLE, NETWORK_SETTABLE
 from hactl.fsm.rules import RULE_TYPES
@@ -25,25 +25,12 @@ EXAMPLES = 600
 
 # ------------------------------------------------------------------------------------------- strategies
 
-NWIDS = [f"{CONTROLLER}{n:06x}" for n in (1, 2, 0xABC)]
 ADDRS = ["abcdef0123", "0000000001", "fedcba9876"]
 
 hex_str = lambda n: st.text("0123456789abcdefABCDEF", min_size=n, max_size=n)  # noqa: E731
 junk_segment = st.text(max_size=24).map(lambda s: urllib.parse.quote(s, safe=""))
-nwid_seg = st.one_of(st.sampled_from(NWIDS), st.sampled_from(NWIDS).map(str.upper), hex_str(16),
-                     st.just(f"{CONTROLLER}______"), st.just(f"{CONTROLLER}000000"), junk_segment)
 addr_seg = st.one_of(st.sampled_from(ADDRS), hex_str(10), st.sampled_from(["0000000000", "ff00000000"]),
                      junk_segment)
-
-paths = st.one_of(
-    st.sampled_from(["/status", "/controller", "/health", "/openapi.json", "/controller/network",
-                     "/unstable/controller/network", f"/controller/network/{CONTROLLER}______", "/", ""]),
-    nwid_seg.map(lambda n: f"/controller/network/{n}"),
-    nwid_seg.map(lambda n: f"/controller/network/{n}/member"),
-    nwid_seg.map(lambda n: f"/unstable/controller/network/{n}/member"),
-    st.tuples(nwid_seg, addr_seg).map(lambda t: f"/controller/network/{t[0]}/member/{t[1]}"),
-    st.lists(junk_segment, max_size=5).map(lambda s: "/" + "/".join(s)),
-)
 
 big_ints = st.integers(min_value=-(10 ** 40), max_value=10 ** 40)
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), big_ints,
@@ -92,31 +79,53 @@ bodies = st.one_of(
     shaped.map(lambda d: json.dumps(d).encode()[:-1]),  # truncated
     st.sampled_from(SPECIAL_BODIES),
 )
-auth_headers = st.one_of(
-    st.just({"X-ZT1-Auth": TOKEN}), st.just({"X-ZT1-Auth": TOKEN}), st.just({"X-ZT1-Auth": TOKEN}),
-    st.just({"Authorization": f"bEaReR {TOKEN}"}), st.just({}), st.just({"X-ZT1-Auth": "nope"}),
-)
 extra_headers = st.fixed_dictionaries({}, optional={
     "Idempotency-Key": st.one_of(st.sampled_from(["k1", "k2", "k3"]), st.text(max_size=140).filter(
         lambda s: all(c == "\t" or (c >= " " and c != "\x7f") for c in s))),  # what clients will send
     "Content-Type": st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded"]),
 })
-queries = st.fixed_dictionaries({}, optional={
-    "consistency": st.one_of(st.sampled_from(["local", "linearizable"]), st.text(max_size=10)),
-    "auth": st.sampled_from([TOKEN, "bad"]),
-})
 methods = st.sampled_from(["GET", "GET", "POST", "POST", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"])
-# Mostly a method the path has (so requests get past routing into validation and the state machine), and
-# sometimes anything at all.
-member_path = st.tuples(nwid_seg, addr_seg).map(lambda t: f"/controller/network/{t[0]}/member/{t[1]}")
-routed = st.one_of(
-    st.tuples(st.sampled_from(["POST", "PUT", "DELETE", "GET"]), member_path),
-    st.tuples(st.sampled_from(["POST", "PUT", "DELETE", "GET"]), nwid_seg.map(lambda n: f"/controller/network/{n}")),
-    st.tuples(st.sampled_from(["POST", "PUT"]), st.sampled_from(["/controller/network",
-                                                               f"/controller/network/{CONTROLLER}______"])),
-    st.tuples(st.just("GET"), paths),
-)
-requests = st.one_of(routed, routed, routed, st.tuples(methods, paths))
+
+
+def known_nwids(address: str) -> list[str]:
+    return [f"{address}{n:06x}" for n in (1, 2, 0xABC)]
+
+
+def cluster_strategies(address: str, token: str) -> dict[str, st.SearchStrategy[Any]]:
+    """The strategies that name the cluster's controller address or its API token (random per cluster, so they
+    are built once the cluster exists): requests, auth headers and queries."""
+    nwids = known_nwids(address)
+    nwid_seg = st.one_of(st.sampled_from(nwids), st.sampled_from(nwids).map(str.upper), hex_str(16),
+                         st.just(f"{address}______"), st.just(f"{address}000000"), junk_segment)
+    paths = st.one_of(
+        st.sampled_from(["/status", "/controller", "/health", "/openapi.json", "/controller/network",
+                         "/unstable/controller/network", f"/controller/network/{address}______", "/", ""]),
+        nwid_seg.map(lambda n: f"/controller/network/{n}"),
+        nwid_seg.map(lambda n: f"/controller/network/{n}/member"),
+        nwid_seg.map(lambda n: f"/unstable/controller/network/{n}/member"),
+        st.tuples(nwid_seg, addr_seg).map(lambda t: f"/controller/network/{t[0]}/member/{t[1]}"),
+        st.lists(junk_segment, max_size=5).map(lambda s: "/" + "/".join(s)),
+    )
+    # Mostly a method the path has (so requests get past routing into validation and the state machine), and
+    # sometimes anything at all.
+    member_path = st.tuples(nwid_seg, addr_seg).map(lambda t: f"/controller/network/{t[0]}/member/{t[1]}")
+    routed = st.one_of(
+        st.tuples(st.sampled_from(["POST", "PUT", "DELETE", "GET"]), member_path),
+        st.tuples(st.sampled_from(["POST", "PUT", "DELETE", "GET"]),
+                  nwid_seg.map(lambda n: f"/controller/network/{n}")),
+        st.tuples(st.sampled_from(["POST", "PUT"]), st.sampled_from(["/controller/network",
+                                                                   f"/controller/network/{address}______"])),
+        st.tuples(st.just("GET"), paths),
+    )
+    return {
+        "request": st.one_of(routed, routed, routed, st.tuples(methods, paths)),
+        "auth": st.one_of(
+            st.just({"X-ZT1-Auth": token}), st.just({"X-ZT1-Auth": token}), st.just({"X-ZT1-Auth": token}),
+            st.just({"Authorization": f"bEaReR {token}"}), st.just({}), st.just({"X-ZT1-Auth": "nope"})),
+        "query": st.fixed_dictionaries({}, optional={
+            "consistency": st.one_of(st.sampled_from(["local", "linearizable"]), st.text(max_size=10)),
+            "auth": st.sampled_from([token, "bad"])}),
+    }
 
 
 # ----------------------------------------------------------------------------------------------- test
@@ -126,8 +135,9 @@ def test_fuzz_never_5xx_and_the_model_stays_readable(tmp_path: Path) -> None:
     env = ApiEnv(tmp_path / "fuzz")
     loop.run_until_complete(env.__aenter__())
     try:
+        assert env.address is not None
         # Known networks, so member requests reach the state machine rather than stopping at 404.
-        for n in NWIDS[:2]:
+        for n in known_nwids(env.address)[:2]:
             loop.run_until_complete(env.ok("POST", f"/controller/network/{n}", {}))
 
         async def send(method: str, path: str, query: dict[str, str], headers: dict[str, str],
@@ -141,7 +151,7 @@ def test_fuzz_never_5xx_and_the_model_stays_readable(tmp_path: Path) -> None:
 
         @settings(max_examples=EXAMPLES, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))
-        @given(request=requests, query=queries, auth=auth_headers, extra=extra_headers, body=bodies)
+        @given(**cluster_strategies(env.address, env.token), extra=extra_headers, body=bodies)
         def one(request: tuple[str, str], query: dict[str, str], auth: dict[str, str], extra: dict[str, str],
                 body: bytes | None) -> None:
             method, path = request
@@ -197,7 +207,9 @@ def test_fuzz_raw_bytes_in_headers_and_paths(tmp_path: Path) -> None:
     env = ApiEnv(tmp_path / "raw")
     loop.run_until_complete(env.__aenter__())
     try:
-        loop.run_until_complete(env.ok("POST", f"/controller/network/{NWIDS[0]}", {}))
+        assert env.address is not None
+        nwid = known_nwids(env.address)[0]
+        loop.run_until_complete(env.ok("POST", f"/controller/network/{nwid}", {}))
 
         async def send(raw: bytes) -> bytes:
             assert env.server is not None
@@ -211,9 +223,9 @@ def test_fuzz_raw_bytes_in_headers_and_paths(tmp_path: Path) -> None:
 
         @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         @given(method=st.sampled_from([b"GET", b"POST", b"PUT", b"DELETE"]),
-               path=st.one_of(path_bytes.map(lambda p: f"/controller/network/{NWIDS[0]}/member/".encode() + p),
+               path=st.one_of(path_bytes.map(lambda p: f"/controller/network/{nwid}/member/".encode() + p),
                               path_bytes.map(lambda p: b"/controller/network/" + p), path_bytes.map(lambda p: b"/" + p)),
-               auth=st.one_of(st.just(TOKEN.encode()), header_bytes),
+               auth=st.one_of(st.just(env.token.encode()), header_bytes),
                key=st.one_of(st.none(), header_bytes),
                body=st.sampled_from([b"", b"{}", b'{"name": "\xff\xfe"}', b'{"authorized": true}']))
         def one(method: bytes, path: bytes, auth: bytes, key: bytes | None, body: bytes) -> None:
@@ -232,7 +244,7 @@ def test_fuzz_raw_bytes_in_headers_and_paths(tmp_path: Path) -> None:
                 json.loads(payload)
 
         one()
-        assert loop.run_until_complete(env.ok("GET", "/controller/network")) == [NWIDS[0]]
+        assert loop.run_until_complete(env.ok("GET", "/controller/network")) == [nwid]
     finally:
         loop.run_until_complete(env.__aexit__(None, None, None))
         loop.close()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from api_helpers import CONTROLLER, ApiEnv
+from api_helpers import ApiEnv
 
 NETWORK_DEFAULTS: dict[str, Any] = {
     "objtype": "network",
@@ -24,10 +24,6 @@ NETWORK_DEFAULTS: dict[str, Any] = {
 }
 
 
-def nw(n: int) -> str:
-    return f"{CONTROLLER}{n:06x}"
-
-
 async def test_fresh_network_matches_the_contract_defaults(env: ApiEnv) -> None:
     before = env.cluster.now_ms()
     net = await env.new_network()
@@ -41,11 +37,13 @@ async def test_fresh_network_matches_the_contract_defaults(env: ApiEnv) -> None:
 
 async def test_random_create_under_this_controller(env: ApiEnv) -> None:
     ids = set()
-    for path in ("/controller/network", f"/controller/network/{CONTROLLER}______",
-                 f"/controller/network/{CONTROLLER.upper()}______"):
+    ctrl = env.address
+    assert ctrl is not None
+    for path in ("/controller/network", f"/controller/network/{ctrl}______",
+                 f"/controller/network/{ctrl.upper()}______"):
         for method in ("POST", "PUT"):
             net = await env.ok(method, path, {"name": f"{method} {path}"})
-            assert net["id"].startswith(CONTROLLER) and net["id"] == net["id"].lower()
+            assert net["id"].startswith(ctrl) and net["id"] == net["id"].lower()
             assert int(net["id"][10:], 16) != 0
             assert net["name"] == f"{method} {path}"
             ids.add(net["id"])
@@ -61,15 +59,15 @@ async def test_random_create_with_a_foreign_prefix_is_400(env: ApiEnv) -> None:
 
 
 async def test_empty_body_means_defaults(env: ApiEnv) -> None:
-    r = await env.request("POST", f"/controller/network/{CONTROLLER}______", data=b"")
+    r = await env.request("POST", env.create_path, data=b"")
     assert r.status == 200, r
     assert r.json["name"] == ""
-    r = await env.request("POST", f"/controller/network/{CONTROLLER}______", data=b"  \n")
+    r = await env.request("POST", env.create_path, data=b"  \n")
     assert r.status == 200, r
 
 
 async def test_post_creates_or_updates_and_put_is_post(env: ApiEnv) -> None:
-    nwid = nw(0x42)
+    nwid = env.nwid(0x42)
     created = await env.ok("POST", f"/controller/network/{nwid}", {"name": "a"})
     assert created["id"] == nwid and created["revision"] == 1 and created["name"] == "a"
     updated = await env.ok("PUT", f"/controller/network/{nwid}", {"private": False})
@@ -80,7 +78,7 @@ async def test_post_creates_or_updates_and_put_is_post(env: ApiEnv) -> None:
 
 
 async def test_ids_are_case_insensitive_in_the_path_and_lowercase_in_output(env: ApiEnv) -> None:
-    nwid = nw(0xABCDEF)
+    nwid = env.nwid(0xABCDEF)
     net = await env.ok("POST", f"/controller/network/{nwid.upper()}", {})
     assert net["id"] == net["nwid"] == nwid
     assert (await env.ok("GET", f"/controller/network/{nwid.upper()}"))["id"] == nwid
@@ -90,7 +88,7 @@ async def test_ids_are_case_insensitive_in_the_path_and_lowercase_in_output(env:
 
 
 async def test_revision_grows_only_on_change(env: ApiEnv) -> None:
-    nwid = nw(7)
+    nwid = env.nwid(7)
     body = {"name": "n", "mtu": 1500, "routes": [{"target": "10.0.0.0/24"}]}
     first = await env.ok("POST", f"/controller/network/{nwid}", body)
     assert first["revision"] == 1
@@ -98,8 +96,8 @@ async def test_revision_grows_only_on_change(env: ApiEnv) -> None:
     assert same == first  # no change: same revision, same record
     assert (await env.ok("POST", f"/controller/network/{nwid}", {}))["revision"] == 1
     # read-only and unknown fields are ignored, so they change nothing either
-    ro = await env.ok("POST", f"/controller/network/{nwid}", {"revision": 99, "id": nw(8), "creationTime": 5,
-                                                                 "objtype": "x", "bogus": True})
+    ro = await env.ok("POST", f"/controller/network/{nwid}", {"revision": 99, "id": env.nwid(8), "creationTime": 5,
+                                                              "objtype": "x", "bogus": True})
     assert ro == first
     # a value that canonicalises to the stored one is no change
     assert (await env.ok("POST", f"/controller/network/{nwid}", {"mtu": "1500"}))["revision"] == 1
@@ -108,7 +106,7 @@ async def test_revision_grows_only_on_change(env: ApiEnv) -> None:
 
 
 async def test_coercions(env: ApiEnv) -> None:
-    nwid = nw(1)
+    nwid = env.nwid(1)
     cases: list[tuple[dict[str, Any], dict[str, Any]]] = [
         ({"private": 0}, {"private": False}),
         ({"private": 1}, {"private": True}),
@@ -148,7 +146,7 @@ async def test_coercions(env: ApiEnv) -> None:
 
 
 async def test_rejections_name_the_field(env: ApiEnv) -> None:
-    nwid = nw(2)
+    nwid = env.nwid(2)
     cases: list[tuple[dict[str, Any], str]] = [
         ({"name": 5}, "name"),
         ({"private": "maybe"}, "private"),
@@ -200,7 +198,7 @@ async def test_rejections_name_the_field(env: ApiEnv) -> None:
 
 async def test_arrays_of_exactly_16384_are_accepted(env: ApiEnv) -> None:
     rules = [{"type": "ACTION_ACCEPT"}] * 16384
-    net = await env.ok("POST", f"/controller/network/{nw(3)}", {"rules": rules})
+    net = await env.ok("POST", f"/controller/network/{env.nwid(3)}", {"rules": rules})
     assert len(net["rules"]) == 16384
 
 
@@ -216,17 +214,17 @@ async def test_bad_network_ids_in_the_path(env: ApiEnv) -> None:
             assert r.status == 400 and r.json["field"] == "nwid", (path, r)
     # {ctrl}______ is a create-only path: reading or deleting it is a bad network id
     for method in ("GET", "DELETE"):
-        r = await env.request(method, f"/controller/network/{CONTROLLER}______")
+        r = await env.request(method, env.create_path)
         assert r.status == 400 and r.json["field"] == "nwid", r
     # a network of another controller, or n == 0, cannot be created here
-    for bad in ("deadbeef01000001", f"{CONTROLLER}000000"):
+    for bad in ("deadbeef01000001", env.nwid(0)):
         r = await env.post(f"/controller/network/{bad}")
         assert r.status == 400 and r.json["field"] == "nwid", (bad, r)
     assert env.cluster.machine().network_count() == 0
 
 
 async def test_unknown_networks_are_404(env: ApiEnv) -> None:
-    missing = nw(0x999)
+    missing = env.nwid(0x999)
     for method, path in [("GET", f"/controller/network/{missing}"), ("DELETE", f"/controller/network/{missing}"),
                          ("GET", f"/controller/network/{missing}/member"),
                          ("GET", f"/unstable/controller/network/{missing}/member"),
@@ -238,7 +236,7 @@ async def test_unknown_networks_are_404(env: ApiEnv) -> None:
 
 
 async def test_delete_returns_the_network_and_takes_its_members(env: ApiEnv) -> None:
-    nwid = nw(5)
+    nwid = env.nwid(5)
     await env.ok("POST", f"/controller/network/{nwid}", {"name": "doomed"})
     for a in ("1111111111", "2222222222"):
         await env.ok("POST", f"/controller/network/{nwid}/member/{a}", {"authorized": True})
@@ -262,7 +260,7 @@ async def test_delete_returns_the_network_and_takes_its_members(env: ApiEnv) -> 
 async def test_unstable_network_list_with_counts(env: ApiEnv) -> None:
     empty = await env.ok("GET", "/unstable/controller/network")
     assert empty == {"data": [], "meta": {"networkCount": 0}}
-    a, b = nw(0x10), nw(0x20)
+    a, b = env.nwid(0x10), env.nwid(0x20)
     await env.ok("POST", f"/controller/network/{a}", {"name": "a"})
     await env.ok("POST", f"/controller/network/{b}", {"name": "b"})
     for i, auth in enumerate([True, True, False]):
@@ -278,8 +276,12 @@ async def test_unstable_network_list_with_counts(env: ApiEnv) -> None:
 
 
 async def test_network_before_initialisation(noleader_env: ApiEnv) -> None:
-    # no leader and no cluster.init: local reads work on the empty model, writes and linearizable reads are 503
+    # No leader ever, so no cluster.init: writes are 503, and so are local reads, although the (empty) local model
+    # could answer them: before initialisation ctrl.db holds no token hash, so the controller cannot tell whether
+    # the caller may read, and answers "retry soon" rather than serve or refuse (Controller.check_token).
     env = noleader_env
-    assert await env.ok("GET", "/controller/network", params={"consistency": "local"}) == []
-    r = await env.post(f"/controller/network/{CONTROLLER}______")
+    for params in ({"consistency": "local"}, None):
+        r = await env.get("/controller/network", params=params)
+        assert r.status == 503 and r.json["error"] == "CLUSTER_NO_LEADER", r
+    r = await env.post("/controller/network")  # no controller address exists yet: the create path without one
     assert r.status == 503 and r.json["error"] == "CLUSTER_NO_LEADER", r

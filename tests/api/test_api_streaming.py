@@ -5,22 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import time
-from typing import Callable
 
-from api_helpers import CONTROLLER, TOKEN, ApiEnv
+from api_helpers import WAIT, ApiEnv, until
 
 from hactl.api.context import CONTEXT, StreamLimits
-
-CREATE = f"/controller/network/{CONTROLLER}______"
-WAIT = 20.0  # seconds any polled condition may take on a loaded machine
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.01)
 
 
 def limits(env: ApiEnv) -> StreamLimits:
@@ -38,7 +26,7 @@ def lmdb_readers(env: ApiEnv) -> int:
 async def big_networks(env: ApiEnv, n: int = 4) -> list[str]:
     """Networks of ~770 KB of JSON each (16384 rules): a listing of them cannot fit in socket buffers."""
     rules = [{"type": "ACTION_ACCEPT"}] * 16384
-    return [(await env.ok("POST", CREATE, {"rules": rules}))["id"] for _ in range(n)]
+    return [(await env.ok("POST", env.create_path, {"rules": rules}))["id"] for _ in range(n)]
 
 
 async def stalled_get(env: ApiEnv, path: str) -> socket.socket:
@@ -49,7 +37,7 @@ async def stalled_get(env: ApiEnv, path: str) -> socket.socket:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: it sets the advertised window
     s.setblocking(False)
     await loop.sock_connect(s, ("127.0.0.1", env.server.port))
-    await loop.sock_sendall(s, f"GET {path} HTTP/1.1\r\nHost: x\r\nX-ZT1-Auth: {TOKEN}\r\n\r\n".encode())
+    await loop.sock_sendall(s, f"GET {path} HTTP/1.1\r\nHost: x\r\nX-ZT1-Auth: {env.token}\r\n\r\n".encode())
     return s
 
 
@@ -75,7 +63,7 @@ async def test_listings_are_one_state_while_writes_are_applied(env: ApiEnv) -> N
     """Networks are deleted (each with its one member, in one entry) and members added to another network while
     the listings are read: every answer must still be one state of the model."""
     names = {"name": "n" * 1000}  # ~1.5 KB per network: a listing spans several streamed batches
-    olds = [r["id"] for r in await asyncio.gather(*(env.ok("POST", CREATE, names) for _ in range(240)))]
+    olds = [r["id"] for r in await asyncio.gather(*(env.ok("POST", env.create_path, names) for _ in range(240)))]
     await asyncio.gather(*(env.ok("POST", f"/controller/network/{n}/member/abcdef0123", {"authorized": True})
                            for n in olds))
     hot = (await env.new_network())["id"]
