@@ -16,7 +16,7 @@ import yaml
 from hactl.api.server import serve
 from hactl.api.tls import plain_http_warning, server_ssl_context
 from hactl.transport.pki import init_ca, issue
-from tests.api.api_helpers import RaftCluster
+from tests.api.api_helpers import make_configs, start_initialised
 from tests.proc_cluster import free_port_block
 from tests.single_node import ControllerProcess, api_port, http_get, single_node
 
@@ -85,8 +85,7 @@ def test_serve_with_ssl_context_answers_https_only(tmp_path: Path) -> None:
     ca, cert, key = make_pki(tmp_path, "n1")
 
     async def main() -> None:
-        cluster = RaftCluster(tmp_path / "node")
-        await cluster.start()
+        cluster = await start_initialised(make_configs(tmp_path / "node", ("n1",))[0])
         server = await serve(cluster, "127.0.0.1", 0, version="1.0",
                              ssl_context=server_ssl_context(str(cert), str(key)))
         try:

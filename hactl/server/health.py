@@ -1,7 +1,7 @@
 """What /status's `cluster` object and /health report about this controller."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from hactl.raft.node import RaftNode
 from hactl.raft.types import Role
@@ -9,12 +9,14 @@ from hactl.transport.mesh import Mesh
 
 
 class Health:
-    def __init__(self, node: RaftNode, mesh: Mesh):
+    def __init__(self, node: RaftNode, mesh: Mesh, alarms: Callable[[], list[dict[str, Any]]]):
         self.node = node
         self.mesh = mesh
         self.leader_commit_seen = 0  # the leader's commit index as of our last contact (followers)
         self.restart_reason: str | None = None
-        self.alarms: dict[str, str] = {}  # name -> message: conditions that refuse writes (see storage alarms)
+        # The replicated alarms as this node applied them (StateMachine.alarms): while any is on, writes that add
+        # data are refused on every node (see alarms.py). Read at each call, so /status is never staler than ctrl.db.
+        self.alarms = alarms
 
     def observe(self) -> None:
         """Called periodically: remember how far the leader had committed."""
@@ -23,17 +25,25 @@ class Health:
 
     def status(self) -> dict[str, Any]:
         st = self.node.status()
-        return {"id": self.node.id, "role": st.role.name.lower(), "term": st.term, "leader": st.leader,
+        running = self.node.running
+        # A stopped node (fail-stop, the process is about to exit) must not point anyone at itself as leader.
+        return {"id": self.node.id, "role": st.role.name.lower() if running else "stopped", "term": st.term,
+                "leader": st.leader if running else None,
                 "commit": st.commit, "applied": st.applied, "voters": list(st.conf.voters),
                 "learners": list(st.conf.learners), "peers_connected": sorted(self.mesh.connected()),
                 "routers": [{"id": r.id, "addr": r.addr, "hello": r.hello} for r in self.mesh.routers()],
-                "alarms": [{"name": k, "message": v} for k, v in sorted(self.alarms.items())]}
+                "alarms": self.alarms()}
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Healthy: running, a leader is known, caught up with what the leader had committed, no restart pending."""
+        """Healthy: running, a leader is known, caught up with what the leader had committed, no restart pending.
+
+        An alarm does not make a node unhealthy: the node works and serves reads and deletes; it is the cluster
+        that is short of space. Answering 503 would make load balancers and supervisors drop or restart every
+        node at once, which frees nothing. The alarms are listed (node and name only: /health needs no token,
+        the messages name paths and sizes; /status has them)."""
         st = self.node.status()
         target = st.commit if st.role == Role.LEADER else self.leader_commit_seen
         ok = (self.node.running and st.leader is not None and st.applied >= min(target, st.commit)
               and self.restart_reason is None)
         return ok, {"leader": st.leader, "applied": st.applied, "commit": st.commit, "role": st.role.name.lower(),
-                    "alarms": sorted(self.alarms)}
+                    "alarms": [{"node": a["node"], "name": a["name"]} for a in self.alarms()]}

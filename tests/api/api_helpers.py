@@ -91,26 +91,6 @@ async def start_initialised(cfg: Config) -> Controller:
     return c
 
 
-class RaftCluster:
-    """What tests/test_api_https.py (outside tests/api) starts behind its own TLS server: once a stand-in, now a
-    real single-node Controller (this wrapper only keeps that file's constructor and start/stop; every Cluster
-    method is the controller's own). Move that file to start_initialised() and this can go."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.controller: Controller | None = None
-
-    async def start(self) -> None:
-        self.controller = await start_initialised(make_configs(self.tmp, ("n1",))[0])
-
-    async def stop(self) -> None:
-        if self.controller is not None:
-            await self.controller.stop()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.controller, name)
-
-
 # ---------------------------------------------------------------------------------------------- client
 
 @dataclass

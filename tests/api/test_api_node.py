@@ -79,3 +79,5 @@ async def test_after_the_raft_node_failed_writes_and_reads_are_503_not_500(env: 
     assert r.status == 503 and r.json["healthy"] is False, r
     st = await env.ok("GET", "/status")
     assert st["online"] is False
+    # A stopped node points nobody at itself: no leader, role "stopped" (until the process exits).
+    assert st["cluster"]["role"] == "stopped" and st["cluster"]["leader"] is None, st["cluster"]
