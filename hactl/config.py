@@ -18,6 +18,7 @@ import yaml
 
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MIN_STORAGE_BYTES = 1 << 20  # smaller maps hold next to nothing; a smaller free-space floor warns too late
 
 
 class ConfigError(Exception):
@@ -71,6 +72,17 @@ class SnapshotConfig:
 
 
 @dataclass
+class StorageConfig:
+    # The LMDB map sizes: the most each file can ever hold (address space, not disk: the files grow as needed).
+    raft_db_max_bytes: int = 16 << 30
+    ctrl_db_max_bytes: int = 64 << 30
+    # The NOSPACE alarm (writes that add data refused cluster-wide) is raised before a map or the disk is full:
+    # when a file's live data passes this share of its map, or the data directory's file system has less free.
+    alarm_used_ratio: float = 0.9
+    alarm_min_free_bytes: int = 256 << 20
+
+
+@dataclass
 class PkiConfig:
     ca: str = "pki/ca.crt"
     cert: str = "pki/node.crt"  # the names `hactl pki issue` writes into its --out directory
@@ -96,6 +108,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     raft: RaftConfig = field(default_factory=RaftConfig)
     snapshots: SnapshotConfig = field(default_factory=SnapshotConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     pki: PkiConfig = field(default_factory=PkiConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -236,6 +249,15 @@ def validate(cfg: Config) -> None:
     s = cfg.snapshots
     if s.every_entries < 0 or s.trailing_entries < 0 or s.interval_s < 0:
         raise ConfigError(src, "snapshots", "every_entries, trailing_entries and interval_s must be >= 0")
+    st = cfg.storage
+    for key, val in (("storage.raft_db_max_bytes", st.raft_db_max_bytes),
+                     ("storage.ctrl_db_max_bytes", st.ctrl_db_max_bytes),
+                     ("storage.alarm_min_free_bytes", st.alarm_min_free_bytes)):
+        if val < MIN_STORAGE_BYTES:
+            raise ConfigError(src, key, f"must be at least 1 MiB ({MIN_STORAGE_BYTES} bytes), got {val}")
+    if not 0 < st.alarm_used_ratio <= 1:
+        raise ConfigError(src, "storage.alarm_used_ratio",
+                          f"must be in (0, 1] (the share of a file's map it may fill), got {st.alarm_used_ratio}")
     # Half a TLS configuration is a mistake, not a request for plain HTTP. Whether the files load is checked at
     # start, where they are read.
     if cfg.api.tls_cert and not cfg.api.tls_key:

@@ -59,6 +59,14 @@ def test_example_documents_every_key_with_its_default() -> None:
     ("id: a\napi: {tls_cert: api.crt}\n", "api.tls_key", "required when api.tls_cert is set"),
     ("id: a\napi: {tls_key: api.key}\n", "api.tls_cert", "required when api.tls_key is set"),
     ("id: a\napi: {tls_cert: [a]}\n", "api.tls_cert", "expected a string"),
+    ("id: a\nstorage: {ctrl_db_max_bytes: 1048575}\n", "storage.ctrl_db_max_bytes", "at least 1 MiB"),
+    ("id: a\nstorage: {raft_db_max_bytes: 0}\n", "storage.raft_db_max_bytes", "at least 1 MiB"),
+    ("id: a\nstorage: {alarm_min_free_bytes: 4096}\n", "storage.alarm_min_free_bytes", "at least 1 MiB"),
+    ("id: a\nstorage: {ctrl_db_max_bytes: 64GiB}\n", "storage.ctrl_db_max_bytes", "expected an integer"),
+    ("id: a\nstorage: {alarm_used_ratio: 0}\n", "storage.alarm_used_ratio", "must be in (0, 1]"),
+    ("id: a\nstorage: {alarm_used_ratio: 1.01}\n", "storage.alarm_used_ratio", "must be in (0, 1]"),
+    ("id: a\nstorage: {alarm_used_ratio: high}\n", "storage.alarm_used_ratio", "expected a number"),
+    ("id: a\nstorage: {alarm_ratio: 0.5}\n", "storage.alarm_ratio", "unknown key"),
 ])
 def test_bad_config_names_file_and_key(tmp_path: Path, text: str, key: str, words: str) -> None:
     p = tmp_path / "bad.yaml"
@@ -66,6 +74,18 @@ def test_bad_config_names_file_and_key(tmp_path: Path, text: str, key: str, word
     with pytest.raises(ConfigError) as e:
         load(p)
     assert e.value.key == key and words in e.value.problem and str(p) in str(e.value)
+
+
+def test_storage_defaults_are_the_map_sizes_and_alarm_levels(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("id: n1\n")
+    st = load(p).storage
+    assert (st.raft_db_max_bytes, st.ctrl_db_max_bytes) == (16 << 30, 64 << 30)
+    assert (st.alarm_used_ratio, st.alarm_min_free_bytes) == (0.9, 256 << 20)
+    p.write_text("id: n1\nstorage: {ctrl_db_max_bytes: 1048576, alarm_used_ratio: 1, alarm_min_free_bytes: 1048576}\n")
+    st = load(p).storage
+    assert (st.ctrl_db_max_bytes, st.alarm_used_ratio, st.alarm_min_free_bytes) == (1 << 20, 1.0, 1 << 20)
+    assert st.raft_db_max_bytes == 16 << 30  # keys not given keep their defaults
 
 
 def test_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:

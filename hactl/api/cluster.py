@@ -23,6 +23,14 @@ class Overloaded(Exception):
     """The leader's proposal queue is full: HTTP 429, answered at once."""
 
 
+class NoSpace(Overloaded):
+    """A storage alarm is on (some node's raft.db, ctrl.db or disk is nearly full) and the write would add data:
+    refused before anything was proposed, so nothing was applied. HTTP 507 NOSPACE.
+
+    A kind of Overloaded (a refusal for lack of capacity that leaves nothing behind), so callers that treat
+    Overloaded as "certainly not applied" (the agent's restore, which then aborts) are right about it too."""
+
+
 class OutcomeUnknown(Exception):
     """The write was proposed but not seen applied in time; it may still commit: HTTP 504."""
 
@@ -35,14 +43,14 @@ class Cluster(Protocol):
 
     async def submit(self, command: bytes, request_id: str) -> Result:
         """Replicate one encoded fsm command; returns its Result once applied on THIS node (read-your-writes).
-        Raises ClusterUnavailable, Overloaded or OutcomeUnknown."""
+        Raises ClusterUnavailable, Overloaded (NoSpace while a storage alarm is on) or OutcomeUnknown."""
 
     async def read_barrier(self) -> None:
         """Wait until this node has applied everything committed before the call (ReadIndex).
         Raises ClusterUnavailable."""
 
     def status(self) -> dict[str, Any]:
-        """The `cluster` object of GET /status: id, role, term, leader, commit, applied."""
+        """The `cluster` object of GET /status: id, role, term, leader, commit, applied, alarms."""
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """(healthy, details): healthy when a leader is known and this node has applied up to the leader's

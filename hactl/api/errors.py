@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from aiohttp import web
 
-from hactl.api.cluster import ClusterUnavailable, OutcomeUnknown, Overloaded
+from hactl.api.cluster import ClusterUnavailable, NoSpace, OutcomeUnknown, Overloaded
 from hactl.fsm.coerce import ValidationError
 from hactl.fsm.result import ErrorCode, Result
 
@@ -86,7 +86,10 @@ def result_response(result: Result) -> web.Response:
 
 
 def cluster_error(e: Exception) -> web.Response:
-    """The controller's three exceptions (see cluster.py) as HTTP answers."""
+    """The controller's exceptions (see cluster.py) as HTTP answers."""
+    if isinstance(e, NoSpace):  # before Overloaded, its base class
+        # No Retry-After: the alarm clears when an operator frees space, not after some seconds.
+        return json_response(error_body("NOSPACE", str(e)), 507)
     if isinstance(e, ClusterUnavailable):
         return json_response(error_body("CLUSTER_NO_LEADER", str(e) or "no leader is known; retry later"),
                              503, retry_after(e.retry_after))

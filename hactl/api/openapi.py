@@ -29,6 +29,8 @@ _STATUS_TEXT = {
     500: "A bug in hactl (logged on the server)",
     503: "No leader is known (CLUSTER_NO_LEADER) or the cluster is not initialised; retry after Retry-After",
     504: "OUTCOME_UNKNOWN: the write may still commit; retry with the same Idempotency-Key",
+    507: "NOSPACE: a storage alarm is on (a node's raft.db, ctrl.db or disk is nearly full); nothing was applied. "
+         "Deletes still work: free space (or raise the storage limits) and the alarm clears by itself",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
 
@@ -69,6 +71,8 @@ def _operation(r: Route) -> dict[str, Any]:
                                       "and body: reusing it for another request is 422",
                        "schema": {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_MAX}})
         statuses |= {400, 422, 429, 503, 504}
+        if r.method != "DELETE":  # deletes are what frees space: a storage alarm never refuses them
+            statuses.add(507)
     op: dict[str, Any] = {
         "operationId": r.operation_id,
         "summary": r.summary,

@@ -24,6 +24,9 @@ Types and their fields:
     restore.abort     restore_id: str
     cluster.certificate  node: str, serial: str (hex)   a controller's certificate, as the leader saw it
     cluster.revoke       node: str, serial: str | nil   deny that certificate (nil: every one recorded for node)
+    alarm.raise       node: str, name: str ([A-Z][A-Z0-9_]*, e.g. NOSPACE), message: str   a node's alarm, on
+                      until cleared; while any alarm is on, writes that add data are refused (ALARM_EXEMPT_TYPES)
+    alarm.clear       node: str, name: str
 ``changes`` is the canonical output of the validator (validate.py); records in restore chunks are whole objects
 as ``hactl db dump`` prints them.
 
@@ -35,6 +38,7 @@ Everything time- or random-dependent is chosen here, on the proposer, and carrie
 """
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, ClassVar, Iterable, Iterator
@@ -51,6 +55,8 @@ SCHEMA_VERSION = 1
 FINGERPRINT_BYTES = 32  # SHA-256
 FINGERPRINT_FIELD = "fp"
 MAX_COMMAND_BYTES = 4 << 20  # entries bigger than this are refused by decode (a bound on msgpack allocations)
+ALARM_NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,31}$")
+ALARM_MESSAGE_MAX = 1024
 
 
 class CommandError(ValueError):
@@ -261,9 +267,36 @@ class ClusterRevoke(Command):
     serial: str | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlarmRaise(Command):
+    """``node`` reports a condition (``name``, e.g. NOSPACE) that makes the cluster refuse writes adding data."""
+    TYPE: ClassVar[str] = "alarm.raise"
+    WIRE: ClassVar[dict[str, Checker]] = {"node": _str, "name": _str, "message": _str}
+    node: str
+    name: str
+    message: str  # what is wrong and what to do, as the node that measured it says it
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlarmClear(Command):
+    TYPE: ClassVar[str] = "alarm.clear"
+    WIRE: ClassVar[dict[str, Checker]] = {"node": _str, "name": _str}
+    node: str
+    name: str
+
+
 COMMAND_TYPES: dict[str, type[Command]] = {c.TYPE: c for c in (
     NoOp, ClusterInit, NetworkCreate, NetworkUpdate, NetworkDelete, MemberCreate, MemberUpdate, MemberDelete,
-    MemberAuthorize, RestoreBegin, RestoreChunk, RestoreCommit, RestoreAbort, ClusterCertificate, ClusterRevoke)}
+    MemberAuthorize, RestoreBegin, RestoreChunk, RestoreCommit, RestoreAbort, ClusterCertificate, ClusterRevoke,
+    AlarmRaise, AlarmClear)}
+
+# Accepted while an alarm is on (every other type is refused before it is proposed): deletes, so an operator can
+# free space; the alarms themselves, so they can clear; cluster bookkeeping (certificates, revocations: a few
+# bytes, and refusing a revocation would be a security hole); abandoning a restore, which frees its staging;
+# and noop, which adds no model data.
+ALARM_EXEMPT_TYPES = frozenset(c.TYPE for c in (
+    NetworkDelete, MemberDelete, AlarmRaise, AlarmClear, ClusterInit, ClusterCertificate, ClusterRevoke,
+    RestoreAbort, NoOp))
 
 
 # ---------------------------------------------------------------------------------------------------- codec
@@ -315,6 +348,14 @@ def with_fingerprint(command: bytes, fingerprint: bytes | None) -> bytes:
     if fingerprint is None:
         return command
     return encode(replace(decode(command), fingerprint=_fingerprint(fingerprint, FINGERPRINT_FIELD)))
+
+
+def command_type(command: bytes) -> str | None:
+    """The type of an encoded command (None when it does not decode: apply then answers BAD_COMMAND)."""
+    try:
+        return decode(command).TYPE
+    except CommandError:
+        return None
 
 
 def fingerprint_of(command: bytes) -> bytes | None:
@@ -375,6 +416,30 @@ def build_cluster_certificate(request_id: str, time: int, node: str, serial: str
 def build_cluster_revoke(request_id: str, time: int, node: str, serial: str | None = None) -> bytes:
     return encode(ClusterRevoke(request_id=request_id, time=time, node=parse_label(node, "node"),
                                 serial=None if serial is None else parse_serial(serial)))
+
+
+def parse_alarm_name(v: Any, field: str = "name") -> str:
+    if not isinstance(v, str) or not ALARM_NAME_RE.match(v):
+        raise ValidationError(field, f"expected an alarm name such as NOSPACE ([A-Z][A-Z0-9_]*, at most 32 "
+                                     f"characters), got {v!r}")
+    return v
+
+
+def parse_alarm_message(v: Any, field: str = "message") -> str:
+    if not isinstance(v, str) or not v or len(v) > ALARM_MESSAGE_MAX or not v.isprintable():
+        raise ValidationError(field, f"expected a non-empty printable string of at most {ALARM_MESSAGE_MAX} "
+                                     f"characters")
+    return v
+
+
+def build_alarm_raise(request_id: str, time: int, node: str, name: str, message: str) -> bytes:
+    return encode(AlarmRaise(**_envelope(request_id, time), node=parse_label(node, "node"),
+                             name=parse_alarm_name(name), message=parse_alarm_message(message)))
+
+
+def build_alarm_clear(request_id: str, time: int, node: str, name: str) -> bytes:
+    return encode(AlarmClear(**_envelope(request_id, time), node=parse_label(node, "node"),
+                             name=parse_alarm_name(name)))
 
 
 def build_cluster_init(request_id: str, time: int, *, cluster_id: str, timeline_id: str, address: str,

@@ -1,7 +1,8 @@
 """ctrl.db's LMDB layout: named sub-databases, key encodings and meta keys (shared by machine.py and fsck.py).
 
     meta        format, applied (index, term), cluster info, signing key, controller address, network count,
-                pending restore, the cluster membership at the applied index
+                pending restore, the cluster membership at the applied index, controller certificates and the
+                deny-list, the active alarms
     networks    nwid (8 bytes BE)                      -> packed network record (model.py)
     members     nwid (8) + address (5)                 -> packed member record; a network's members are one range
     ips         nwid (8) + version (1) + ip (4 or 16)  -> member address (5): every address assigned on a network,
@@ -42,6 +43,9 @@ META_RESTORE = b"restore"  # msgpack map: the restore being staged, if any
 META_MEMBERSHIP = b"membership"  # msgpack map: the cluster membership in force at the applied index
 META_CERTS = b"certs"  # msgpack map: controller id -> certificate serials (hex) recorded for it
 META_REVOKED = b"revoked"  # msgpack map: serial (hex) -> {node, reason, index}: denied on the control channel
+# msgpack array of {node, name, message, index, time} sorted by (node, name): the alarms on (absent: none). An
+# array in a fixed order, not a map, so every node's record is the same bytes whatever order alarms came in.
+META_ALARMS = b"alarms"
 
 _U64 = struct.Struct(">Q")
 _U64x2 = struct.Struct(">QQ")

@@ -21,10 +21,10 @@ import msgpack
 
 from hactl.fsm import layout as L
 from hactl.fsm.coerce import ValidationError
-from hactl.fsm.commands import (ClusterCertificate, ClusterInit, ClusterRevoke, Command, CommandError,
-                                MemberAuthorize, MemberCreate, MemberDelete, MemberUpdate, NetworkCreate,
-                                NetworkDelete, NetworkUpdate, NoOp, RestoreAbort, RestoreBegin, RestoreChunk,
-                                RestoreCommit, decode)
+from hactl.fsm.commands import (AlarmClear, AlarmRaise, ClusterCertificate, ClusterInit, ClusterRevoke, Command,
+                                CommandError, MemberAuthorize, MemberCreate, MemberDelete, MemberUpdate,
+                                NetworkCreate, NetworkDelete, NetworkUpdate, NoOp, RestoreAbort, RestoreBegin,
+                                RestoreChunk, RestoreCommit, decode, parse_alarm_message, parse_alarm_name)
 from hactl.fsm.ipassign import V4Plan, has_routed_v4, pick_v4
 from hactl.fsm.membership import Membership
 from hactl.fsm.model import (ARRAY_MAX, NETWORK_N_MAX, RECORD_FORMAT, format_address, format_nwid,
@@ -118,6 +118,7 @@ class StateMachine:
             RestoreBegin: self._restore_begin, RestoreChunk: self._restore_chunk,
             RestoreCommit: self._restore_commit, RestoreAbort: self._restore_abort,
             ClusterCertificate: self._cluster_certificate, ClusterRevoke: self._cluster_revoke,
+            AlarmRaise: self._alarm_raise, AlarmClear: self._alarm_clear,
         }
 
     def close(self) -> None:
@@ -531,7 +532,7 @@ class StateMachine:
     def _put_membership(self, txn: L.Txn, m: Membership, index: int) -> None:
         """The membership in force from ``index`` on. A controller that leaves it loses its certificates for good:
         they move to the deny-list in this same transaction (a removed node's certificate is still valid for
-        years; only this makes it worthless)."""
+        years; only this makes it worthless). Its alarms go too: no one else would ever clear them."""
         old = _membership(txn.get(L.META_MEMBERSHIP, db=self._meta))
         gone = set(old.voters + old.learners) - set(m.voters + m.learners) if old is not None else set()
         if gone:
@@ -540,6 +541,9 @@ class StateMachine:
                 for serial in certs.pop(node, []):
                     revoked[serial] = {"node": node, "reason": "removed", "index": index}
             self._put_certs(txn, certs, revoked)
+            alarms = self._alarms(txn)
+            if any(a["node"] in gone for a in alarms):
+                self._put_alarms(txn, [a for a in alarms if a["node"] not in gone])
         txn.put(L.META_MEMBERSHIP, msgpack.packb(m.to_plain(), use_bin_type=True), db=self._meta)
 
     def _cluster_certificate(self, txn: L.Txn, cmd: ClusterCertificate, index: int) -> Result:
@@ -580,6 +584,43 @@ class StateMachine:
         txn.put(L.META_CERTS, msgpack.packb(certs, use_bin_type=True), db=self._meta)
         txn.put(L.META_REVOKED, msgpack.packb(revoked, use_bin_type=True), db=self._meta)
 
+    # ------------------------------------------------------------------------------------------------ alarms
+
+    def _alarm_raise(self, txn: L.Txn, cmd: AlarmRaise, index: int) -> Result:
+        node, name = parse_label(cmd.node, "node"), parse_alarm_name(cmd.name)
+        message = parse_alarm_message(cmd.message)
+        membership = _membership(txn.get(L.META_MEMBERSHIP, db=self._meta))
+        if membership is not None and node not in membership.voters + membership.learners:
+            # A raise from a node removed while it was in flight would refuse writes for good: nobody clears it.
+            raise _Fail(ErrorCode.NOT_FOUND, f"{node} is not a member of the cluster", "node")
+        alarms = self._alarms(txn)
+        for a in alarms:
+            if a["node"] == node and a["name"] == name:
+                return Result.success(dict(a))  # already on: the first raise (its index and message) stands
+        rec = {"node": node, "name": name, "message": message, "index": index, "time": cmd.time}
+        self._put_alarms(txn, [*alarms, rec])
+        return Result.success(dict(rec))
+
+    def _alarm_clear(self, txn: L.Txn, cmd: AlarmClear, index: int) -> Result:
+        node, name = parse_label(cmd.node, "node"), parse_alarm_name(cmd.name)
+        alarms = self._alarms(txn)
+        kept = [a for a in alarms if (a["node"], a["name"]) != (node, name)]
+        if len(kept) != len(alarms):
+            self._put_alarms(txn, kept)
+        # Clearing an alarm that is not on succeeds too: a retried or duplicate clear is not an error.
+        return Result.success({"node": node, "name": name, "cleared": len(kept) != len(alarms)})
+
+    def _alarms(self, txn: L.Txn) -> list[dict[str, Any]]:
+        raw = txn.get(L.META_ALARMS, db=self._meta)
+        return [] if raw is None else msgpack.unpackb(raw, raw=False)
+
+    def _put_alarms(self, txn: L.Txn, alarms: list[dict[str, Any]]) -> None:
+        if not alarms:
+            txn.delete(L.META_ALARMS, db=self._meta)  # absent means none: the check before every write is a miss
+            return
+        ordered = sorted(alarms, key=lambda a: (a["node"], a["name"]))
+        txn.put(L.META_ALARMS, msgpack.packb(ordered, use_bin_type=True), db=self._meta)
+
     def _clear(self, txn: L.Txn, t: L.Tables) -> None:
         for db in (t.networks, t.members, t.ips, t.netstat):
             txn.drop(db, delete=False)
@@ -603,6 +644,22 @@ class StateMachine:
         """(node -> recorded certificate serials, revoked serial -> {node, reason, index}), read together."""
         with self._env.begin() as txn:
             return self._certs(txn), self._revoked(txn)
+
+    def alarms(self) -> list[dict[str, Any]]:
+        """The alarms on, as applied: [{node, name, message, index (of the raise), time (the raiser's clock)}]
+        ordered by (node, name). While any is on, writes that add data are refused (commands.ALARM_EXEMPT_TYPES)."""
+        with self._env.begin() as txn:
+            return self._alarms(txn)
+
+    def usage(self) -> tuple[int, int]:
+        """(bytes of live data, map size): the pages every table and the main database use now. Unlike the file
+        size, which never shrinks, this goes down when data is deleted (LMDB reuses freed pages before it grows
+        the file), so it tells how close an apply is to MDB_MAP_FULL."""
+        with self._env.begin() as txn:
+            stats = [self._env.stat(), *(txn.stat(db) for db in self._db.values())]
+        pages = sum(s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"] for s in stats)
+        map_size: int = self._env.info()["map_size"]
+        return pages * stats[0]["psize"], map_size
 
     def signing_key(self) -> bytes | None:
         """The controller's raw Ed25519 private key (kept out of cluster_info so it is not shown by accident)."""

@@ -437,6 +437,24 @@ class RaftStorage:
                              snapshot=self._snapshot or SnapshotMeta(), first_index=self._comp_index + 1,
                              last_index=self._last_index, log_start_term=self._comp_term)
 
+    def usage(self) -> tuple[int, int]:
+        """(bytes of live data, map size): the pages the log, the meta records and the main database use now.
+
+        Unlike the file size, which never shrinks, live data goes down once compaction deletes entries, so it is
+        what tells how close the next save is to MDB_MAP_FULL (freed pages are reused before the file grows).
+        Safe from any thread; it waits for a save in progress (the lock), so call it off the event loop.
+        """
+        with self._lock:
+            env = self._require_env()
+            try:
+                with env.begin() as txn:
+                    stats = [env.stat(), txn.stat(self._log_db), txn.stat(self._meta_db)]
+                map_size: int = env.info()["map_size"]
+            except lmdb.Error as e:
+                raise self._error(f"read failed: {e}") from e
+        pages = sum(s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"] for s in stats)
+        return pages * stats[0]["psize"], map_size
+
     def first_index(self) -> int:
         with self._lock:
             self._require_env()

@@ -6,7 +6,8 @@ or data directory, 3 restart on purpose (a snapshot install or a restore needs a
 
 Fail-stop: a node whose storage failed never lingers. Its raft loop stops (nothing more is persisted, applied or
 acknowledged), every waiting request is answered, and the process exits 1 so its supervisor restarts it; a
-restart that fails again keeps failing visibly instead of serving a frozen model.
+restart that fails again keeps failing visibly instead of serving a frozen model. For full LMDB maps and disks
+that is the last line of defence: the storage alarms (alarms.py) refuse writes well before.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from hactl.raft import core as raft_core
 from hactl.raft.node import NodeOptions, NoLeader, RaftError, RaftNode
 from hactl.raft.storage import RaftStorage
 from hactl.raft.types import ConfChange, ConfChangeType, ConfState, Entry, Role
+from hactl.server.alarms import StorageMonitor
 from hactl.server.fsm_adapter import ControllerFSM, MembershipTracker, meta_of
 from hactl.server.health import Health
 from hactl.server.peers import PeerPolicy
@@ -82,6 +84,7 @@ class Controller:
         self.mesh: Mesh | None = None
         self.writes: WritePath | None = None
         self.health_: Health | None = None
+        self.storage_alarms: StorageMonitor | None = None
 
     # ------------------------------------------------------------------ start and stop
 
@@ -96,9 +99,9 @@ class Controller:
             identity = load_identity(cfg.pki.cert, cfg.pki.key, cfg.pki.ca)
         except Exception as e:
             raise StartupError(f"pki: cannot load this node's identity: {e}") from e
-        self.storage = RaftStorage(self.data / "raft.db")
+        self.storage = RaftStorage(self.data / "raft.db", map_size=cfg.storage.raft_db_max_bytes)
         store = SnapshotStore(self.data / "snapshots", retain=cfg.snapshots.retain)
-        machine, used = rebuild_ctrl_db(self.data, store, self._journal_after)
+        machine, used = rebuild_ctrl_db(self.data, store, self._journal_after, map_size=cfg.storage.ctrl_db_max_bytes)
         restored = meta_of(used) if used is not None else None
         membership = machine.membership()
         if membership is not None:  # what ctrl.db holds supersedes initial_cluster (members come and go)
@@ -128,7 +131,10 @@ class Controller:
         self.node.on_role_change = self._on_role_change
         self.node.on_conf_change = self._on_conf_change
         transport.set_receiver(self.node.receive)
-        self.health_ = Health(self.node, self.mesh)
+        self.health_ = Health(self.node, self.mesh, machine.alarms)
+        self.storage_alarms = StorageMonitor(self.node_id, self.data, cfg.storage, raft_usage=self.storage.usage,
+                                             ctrl_usage=machine.usage, alarms=machine.alarms, submit=self.submit,
+                                             now_ms=self.now_ms)
         self.writes = WritePath(self.node, self.mesh, machine, self.machine, apply_timeout=r.apply_timeout_s,
                                 proposal_queue=r.proposal_queue)
         from hactl.server.operations import Operations
@@ -195,6 +201,8 @@ class Controller:
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
+        if self.storage_alarms is not None:
+            await self.storage_alarms.stop()
         if self._agent is not None:
             await self._agent.stop()
         if self._api is not None:
@@ -317,6 +325,7 @@ class Controller:
             node = self.node
             self.health_.observe()
             self.mesh.enforce()  # revocations applied since (ctrl.db's deny-list) close their connections
+            self.storage_alarms.tick()  # raises or clears this node's NOSPACE alarm before a map or the disk is full
             if interval and time.monotonic() - self._last_snapshot_time >= interval:
                 self._last_snapshot_time = time.monotonic()
                 if node.running and node.applied > node.snapshot_index and not node.snapshot_in_progress:

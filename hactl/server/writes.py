@@ -9,6 +9,10 @@ refused it before proposing, the proposal queue was full) or may have (the entry
 call was sent and its answer lost). Once any attempt may have appended, every failure is OutcomeUnknown (504):
 answering 503 or 429 then would invite a key-less client (ZeroTier tools send no Idempotency-Key) to retry and
 create a duplicate. Before a 504 the local ctrl.db is checked one last time: an entry applied meanwhile is a 200.
+
+Storage alarms. While ctrl.db holds an alarm (alarm.raise by a node whose raft.db, ctrl.db or disk is nearly
+full, see alarms.py), a command that would add data is refused with NoSpace (507) before anything is proposed;
+deletes and the other ALARM_EXEMPT_TYPES still go through, so an operator can free space and the alarm can clear.
 """
 from __future__ import annotations
 
@@ -16,12 +20,13 @@ import asyncio
 import logging
 from typing import Any, Callable
 
-from hactl.api.cluster import ClusterUnavailable, OutcomeUnknown, Overloaded
-from hactl.fsm.commands import fingerprint_of
+from hactl.api.cluster import ClusterUnavailable, NoSpace, OutcomeUnknown, Overloaded
+from hactl.fsm.commands import ALARM_EXEMPT_TYPES, command_type, fingerprint_of
 from hactl.fsm.machine import StateMachine
 from hactl.fsm.result import Result
 from hactl.raft import core as raft_core
 from hactl.raft.node import NodeFailed, NoLeader, ProposalDropped, RaftNode, ResultUnknown
+from hactl.server.alarms import refusal_message
 from hactl.transport.errors import ConnectionLost, PeerUnavailable, RemoteError
 from hactl.transport.mesh import Mesh
 
@@ -48,8 +53,9 @@ class WritePath:
 
     async def submit(self, command: bytes, request_id: str) -> Result:
         """Replicate ``command``; its Result once applied on this node (read-your-writes). Raises
-        ClusterUnavailable (503) or Overloaded (429) only if the entry was certainly not appended anywhere,
-        OutcomeUnknown (504) otherwise."""
+        ClusterUnavailable (503), Overloaded (429) or NoSpace (507) only if the entry was certainly not appended
+        anywhere, OutcomeUnknown (504) otherwise."""
+        self._refuse_under_alarm(command)
         try:
             return await self._submit(command, request_id)
         except _MaybeAppended as e:
@@ -59,6 +65,14 @@ class WritePath:
             raise OutcomeUnknown(f"write {request_id}: {e}") from None
         except NodeFailed as e:
             raise ClusterUnavailable(str(e), retry_after=2) from None
+
+    def _refuse_under_alarm(self, command: bytes) -> None:
+        """NoSpace if an alarm is on and ``command`` is not exempt. This node's applied alarms decide: every node
+        applies the same alarm.raise, so every node refuses (a write arriving in the instant before this node has
+        applied a raise still goes through: the alarm fires well before a map is full, which covers that)."""
+        alarms = self.machine.alarms()  # one LMDB read of a key that is absent when no alarm is on
+        if alarms and command_type(command) not in ALARM_EXEMPT_TYPES:
+            raise NoSpace(refusal_message(alarms))
 
     def _applied_result(self, request_id: str, command: bytes) -> Result | None:
         return self.machine.result_for(request_id, fingerprint_of(command))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from hactl.fsm.machine import StateMachine
+from hactl.fsm.machine import DEFAULT_MAP_SIZE, StateMachine
 from hactl.fsm.membership import Membership
 from hactl.snapshots.store import SnapshotError, SnapshotInfo, SnapshotStore
 
@@ -50,7 +50,7 @@ class SnapshotPolicy:
 
 def rebuild_ctrl_db(data_dir: str | os.PathLike[str], store: SnapshotStore,
                     entries_after: Callable[[StateMachine], Entries], *, batch_entries: int = 1000,
-                    sync: bool = False) -> tuple[StateMachine, SnapshotInfo | None]:
+                    sync: bool = False, map_size: int = DEFAULT_MAP_SIZE) -> tuple[StateMachine, SnapshotInfo | None]:
     """Set the old ctrl.db aside, restore the newest valid snapshot (none at all: start empty, a fresh node),
     replay ``entries_after(machine)`` (the journal after the machine's applied index, with memberships as the
     machine stores them) in batches, and return the open StateMachine and the snapshot it was rebuilt from.
@@ -67,7 +67,7 @@ def rebuild_ctrl_db(data_dir: str | os.PathLike[str], store: SnapshotStore,
     if info is not None:
         store.restore_to(info, ctrl)
         log.info("ctrl.db restored from snapshot %s", info.name)
-    machine = StateMachine(ctrl, sync=sync)
+    machine = StateMachine(ctrl, sync=sync, map_size=map_size)
     try:
         start = machine.applied()[0]
         if info is not None and start != info.index:

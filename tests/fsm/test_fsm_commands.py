@@ -32,6 +32,8 @@ SAMPLES: list[C.Command] = [
     C.RestoreAbort(request_id="r", time=1, restore_id="x"),
     C.ClusterCertificate(request_id="r", time=1, node="ctrl1", serial="1f"),
     C.ClusterRevoke(request_id="r", time=1, node="ctrl1", serial=None),
+    C.AlarmRaise(request_id="r", time=1, node="ctrl1", name="NOSPACE", message="ctrl.db is nearly full"),
+    C.AlarmClear(request_id="r", time=1, node="ctrl1", name="NOSPACE"),
 ]
 
 
@@ -166,3 +168,10 @@ def test_with_fingerprint_refuses_a_wrong_size_and_fingerprint_of_garbage_is_non
         C.with_fingerprint(C.build_noop("r", 1), b"short")
     assert e.value.field == "fp"
     assert C.fingerprint_of(b"garbage") is None
+
+
+def test_only_commands_that_add_no_data_are_exempt_from_alarms() -> None:
+    exempt = {t for t in C.COMMAND_TYPES if t in C.ALARM_EXEMPT_TYPES}
+    assert exempt == {"network.delete", "member.delete", "alarm.raise", "alarm.clear", "cluster.init",
+                      "cluster.certificate", "cluster.revoke", "restore.abort", "noop"}
+    assert C.command_type(C.encode(SAMPLES[2])) == "network.create" and C.command_type(b"garbage") is None
