@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from hactl.raft.types import Entry, Message, MsgType
+from hactl.raft.types import ConfState, Entry, Message, MsgType, SnapshotMeta
 from hactl.transport import handshake
 from hactl.transport.channel import open_stream
 from hactl.transport.errors import HandshakeError
@@ -232,3 +232,23 @@ def test_listen_conflicts_and_identity_mismatch_are_clear(test_pki: PkiFixture) 
     with pytest.raises(ValueError, match="certificate is for spiffe://test.hactl/controller/n1, but this node is "
                                          "spiffe://test.hactl/controller/n2"):
         Mesh("n2", CLUSTER, TD, test_pki.identity("n1"), "127.0.0.1:0")
+
+
+def test_a_snapshot_message_on_the_message_lane_is_dropped(test_pki: PkiFixture) -> None:
+    """Snapshots travel only as a stream with their verified data: a SNAPSHOT raft message sent as a plain frame
+    (what a pruned leader used to fall back to) never reaches the node, and is counted."""
+    async def main() -> None:
+        meshes = await start_cluster(test_pki, ["n1", "n2"])
+        try:
+            got: list[Message] = []
+            t2 = RaftTransport(meshes["n2"])
+            t2.set_receiver(lambda m, payload: got.append(m))
+            snap = Message(MsgType.SNAPSHOT, "n1", "n2", 3,
+                           snapshot=SnapshotMeta(50, 2, ConfState(("n1", "n2"))))
+            assert meshes["n1"].send("n2", RaftFrame(snap.to_wire()))
+            assert meshes["n1"].send("n2", RaftFrame(msg("n1", "n2", term=3).to_wire()))  # a genuine one behind
+            await _until(lambda: len(got) == 1)
+            assert got[0].type == MsgType.APPEND and t2.stats["dropped_snapshot_without_stream"] == 1
+        finally:
+            await stop_all(*meshes.values())
+    run(main())
