@@ -3,7 +3,8 @@ lingering half-alive, `hactl dev up` (the supervisor) restarts it, and once spac
 
 ctrl2's data directory is a small tmpfs this test mounts (root is needed for that, as for the network namespaces
 of other tests) and fills with a file, so the next raft.db write fails with ENOSPC: a real storage error, not an
-injected one."""
+injected one. The NOSPACE alarm normally refuses writes long before a disk is full (tests/test_storage_alarm.py);
+here ctrl2's alarm threshold is lowered so that the disk fills first and the last line of defence is exercised."""
 from __future__ import annotations
 
 import errno
@@ -13,6 +14,8 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 from tests.proc_cluster import free_port_block
 from tests.test_dev_up import api, pid_alive, wait
@@ -44,9 +47,15 @@ def test_a_node_whose_disk_fills_exits_non_zero_is_restarted_and_rejoins(tmp_pat
     proc = None
     try:
         base = free_port_block(6)
+        args = ["--data", str(data), "--base-port", str(base)]
+        subprocess.run([sys.executable, "-m", "hactl.cli", "dev", "init", *args], check=True, capture_output=True)
+        cfg = data / "config" / "ctrl2.yaml"
+        doc = yaml.safe_load(cfg.read_text())
+        doc["storage"] = {"alarm_min_free_bytes": 1 << 20}
+        cfg.write_text(yaml.safe_dump(doc))
         log = open(log_path, "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "hactl.cli", "dev", "up", "--data", str(data),
-                                 "--base-port", str(base)], stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "hactl.cli", "dev", "up", *args], stdout=log,
+                                stderr=subprocess.STDOUT)
         state_file = data / "dev-cluster.json"
 
         def nodes() -> dict:
