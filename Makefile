@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test run venv bench sim clean compose-tool
+.PHONY: test run venv bench sim clean compose-tool zt-libs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,14 @@ compose-tool:
 	  echo "installing Debian's docker-compose (needed by tests/test_compose.py)"; \
 	  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
 
+# Debian's libsodium (Salsa20) and liblz4 (bounded LZ4), loaded by hactl/zt/_native.py through ctypes.
+zt-libs:
+	@{ ldconfig -p | grep -q "libsodium.so.23 " && ldconfig -p | grep -q "liblz4.so.1 "; } || { \
+	  echo "installing Debian's libsodium23 and liblz4-1 (needed by hactl/zt)"; \
+	  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libsodium23 liblz4-1 >/dev/null; }
+
 # The whole suite. pytest exit code 5 (no tests collected) is a failure, as is any other non-zero code.
-test: $(STAMP) compose-tool
+test: $(STAMP) compose-tool zt-libs
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 # A longer simulator run than CI's: make sim SEEDS=10000

@@ -80,17 +80,19 @@ def test_kill_leader_loses_no_acknowledged_write_and_restart_catches_up(cluster)
     with ThreadPoolExecutor(6) as pool:
         for k in range(6):
             pool.submit(writer, k)
-        # Writes are flowing (and some are in flight on the leader) when it dies.
-        c.wait(lambda: len(acked) >= 20, 30, "20 writes acknowledged before the kill")
-        before = len(acked)
-        c.kill(leader)
-        killed.set()
-        # The 20 s is a give-up bound for the recovery, not a speed requirement.
-        c.wait(lambda: len(acked) > before + 20, 20, "writes to succeed again through the survivors")
-        # Keep writing through the survivors for a while: until 20 more writes were acknowledged.
-        after = len(acked)
-        c.wait(lambda: len(acked) >= after + 20, 30, "20 more writes acknowledged without the killed node")
-        stop.set()
+        try:
+            # Writes are flowing (and some are in flight on the leader) when it dies.
+            c.wait(lambda: len(acked) >= 20, 30, "20 writes acknowledged before the kill")
+            before = len(acked)
+            c.kill(leader)
+            killed.set()
+            # The 20 s is a give-up bound for the recovery, not a speed requirement.
+            c.wait(lambda: len(acked) > before + 20, 20, "writes to succeed again through the survivors")
+            # Keep writing through the survivors for a while: until 20 more writes were acknowledged.
+            after = len(acked)
+            c.wait(lambda: len(acked) >= after + 20, 30, "20 more writes acknowledged without the killed node")
+        finally:
+            stop.set()  # the writers stop whatever happened above (else the pool's exit waits forever)
     new_leader = c.leader(among=survivors)
     assert new_leader in survivors
     c.start(leader)  # the killed node comes back from its raft.db and catches up
@@ -162,26 +164,28 @@ def test_frozen_leader_steps_down_nothing_acknowledged_lost_or_doubled(cluster) 
     with ThreadPoolExecutor(6) as pool:
         for k in range(6):
             pool.submit(writer, k)
-        c.wait(lambda: len(acked) >= 20, 30, "20 writes acknowledged before the freeze")
-        c.signal(leader, signal.SIGSTOP)
-        with lock:  # writes the other nodes had taken at the freeze: forwarded to the leader, now stuck there
-            taken = {key for target, key in current.values() if target != leader}
-        new_leader = c.wait_new_leader(leader, timeout=15)
-        assert new_leader != leader
-        # Stay frozen until those writes are acknowledged: the call to the frozen leader hangs until the apply
-        # timeout (504), then the client retries with the same key through the new leader, while the frozen old
-        # leader may still hold the first attempt in its log. That is the case "nothing doubled" is about.
+        try:
+            c.wait(lambda: len(acked) >= 20, 30, "20 writes acknowledged before the freeze")
+            c.signal(leader, signal.SIGSTOP)
+            with lock:  # writes the other nodes had taken at the freeze: forwarded to the leader, now stuck there
+                taken = {key for target, key in current.values() if target != leader}
+            new_leader = c.wait_new_leader(leader, timeout=15)
+            assert new_leader != leader
+            # Stay frozen until those writes are acknowledged: the call to the frozen leader hangs until the apply
+            # timeout (504), then the client retries with the same key through the new leader, while the frozen old
+            # leader may still hold the first attempt in its log. That is the case "nothing doubled" is about.
 
-        def taken_acked() -> bool:
-            with lock:  # the writers add to `acked` meanwhile
-                return taken <= acked.keys()
-        c.wait(taken_acked, 45, "the writes taken before the freeze to be acknowledged")
-        c.signal(leader, signal.SIGCONT)
-        c.wait(lambda: c.role(leader) == "follower", 20, "the old leader to step down after SIGCONT")
-        # Keep writing with the old leader back as a follower: until 20 more writes were acknowledged.
-        after = len(acked)
-        c.wait(lambda: len(acked) >= after + 20, 45, "20 more writes acknowledged after SIGCONT")
-        stop.set()
+            def taken_acked() -> bool:
+                with lock:  # the writers add to `acked` meanwhile
+                    return taken <= acked.keys()
+            c.wait(taken_acked, 45, "the writes taken before the freeze to be acknowledged")
+            c.signal(leader, signal.SIGCONT)
+            c.wait(lambda: c.role(leader) == "follower", 20, "the old leader to step down after SIGCONT")
+            # Keep writing with the old leader back as a follower: until 20 more writes were acknowledged.
+            after = len(acked)
+            c.wait(lambda: len(acked) >= after + 20, 45, "20 more writes acknowledged after SIGCONT")
+        finally:
+            stop.set()  # the writers stop whatever happened above (else the pool's exit waits forever)
     names: dict[str, list[str]] = {}
     code, ids, _ = c.request(new_leader, "GET", "/controller/network")
     for nwid in ids:
