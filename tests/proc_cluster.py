@@ -28,6 +28,27 @@ REFUSED = "refused"  # send_once: the connection was refused, the request was ne
 UNKNOWN = "unknown"  # send_once: no answer (reset, timeout): the request may have run
 
 
+def poll(cond: Callable[[], Any], timeout: float, what: str, *, context: Callable[[], str] = lambda: "",
+         give_up: Callable[[], str | None] = lambda: None, interval: float = 0.1) -> Any:
+    """Poll ``cond`` (an OSError counts as "not yet") until it returns something true, and return that. Fails
+    after ``timeout`` seconds (a give-up bound, not a speed requirement), or at once when ``give_up()`` says why
+    waiting is pointless; the failure carries ``context()`` (e.g. the nodes' logs)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = cond()
+        except OSError:
+            value = None
+        if value:
+            return value
+        why = give_up()
+        if why is not None:
+            raise AssertionError(f"{why} while waiting for {what}\n{context()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{context()}")
+        time.sleep(interval)
+
+
 def free_port_block(n: int) -> int:
     """A base port such that base..base+n-1 are all free on 127.0.0.1 right now, below the ephemeral range
     (32768+) so outgoing connections cannot take them between this check and the bind."""
@@ -162,17 +183,8 @@ class ProcCluster:
         return body if code == 200 else None
 
     def wait(self, cond: Callable[[], Any], timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                value = cond()
-            except OSError:
-                value = None
-            if value:
-                return value
-            time.sleep(0.1)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}\n" +
-                             "\n".join(f"--- {n} ---\n{self.log(n)[-3000:]}" for n in self.ids))
+        return poll(cond, timeout, what, context=lambda: "\n".join(f"--- {n} ---\n{self.log(n)[-3000:]}"
+                                                                   for n in self.ids))
 
     def leader(self, among: list[str] | None = None, timeout: float = 20) -> str:
         def find() -> str | None:

@@ -12,11 +12,11 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from hactl.config import parse_hostport
+from tests.proc_cluster import poll
 
 T = TypeVar("T")
 
@@ -83,22 +83,10 @@ class ControllerProcess:
         return self.log.read_text(errors="replace")
 
     def wait_for(self, cond: Callable[[], T], timeout: float, what: str) -> T:
-        """Poll ``cond`` (an OSError counts as not yet) until it returns something true."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                value = cond()
-            except OSError:
-                value = None
-            if value:
-                return value
-            code = self.proc.poll()
-            if code is not None:
-                raise AssertionError(f"the controller exited with code {code} while waiting for {what}:\n"
-                                     f"{self.output()[-4000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}:\n{self.output()[-4000:]}")
-            time.sleep(0.1)
+        """Poll ``cond`` until it returns something true; fails at once if the controller exits meanwhile."""
+        return poll(cond, timeout, what, context=lambda: self.output()[-4000:],
+                    give_up=lambda: None if self.proc.poll() is None else
+                    f"the controller exited with code {self.proc.poll()}")
 
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM; the exit code."""

@@ -10,20 +10,17 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.proc_cluster import free_port_block
+from tests.proc_cluster import free_port_block, poll
 
 
 def wait(cond, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Poll until `cond()` is true (a missing or half-written state file counts as "not yet")."""
+    def tolerant():
         try:
-            v = cond()
-        except (OSError, ValueError, KeyError, TypeError, StopIteration):
-            v = None
-        if v:
-            return v
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+            return cond()
+        except (ValueError, KeyError, TypeError, StopIteration):
+            return None
+    return poll(tolerant, timeout, what, interval=0.2)
 
 
 def api(url: str, token: str, method: str = "GET", body: dict | None = None) -> tuple[int, object]:
