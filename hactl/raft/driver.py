@@ -188,8 +188,8 @@ class Driver:
             payload = self._payloads.pop((s.index, s.term), None)
             if payload is None:  # step() keeps the data of every snapshot the core accepts
                 raise DriverError(f"snapshot {s.index}-{s.term} is to be installed but its data is missing")
-            for key in [k for k in self._payloads if k[0] <= s.index]:
-                del self._payloads[key]
+            for key in [k for k in list(self._payloads) if k[0] <= s.index]:  # list(): step() adds meanwhile
+                self._payloads.pop(key, None)
             self.fsm.restore(s, payload)
             self._installed = max(self._installed, s.index)
         marker, self._marker = self._marker, None
