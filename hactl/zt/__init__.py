@@ -9,4 +9,14 @@ Modules, each with one job:
   compression bounded LZ4 block decompression
   packet      the packet header, Salsa20/12-Poly1305 armor (cipher 0 and 1), hops, HELLO's encrypted tail
   fragment    fragments and their bounded reassembly
+  inetaddress InetAddress (nil/IPv4/IPv6 wire form, CIDR bits) and Reader, the bounds-checked cursor
+  world       planets and moons: codec, signed form, verification, replacement rule, building and signing,
+              ZeroTier's built-in planet
+  verbs       payload codecs: HELLO, OK(HELLO), OK/ERROR, WHOIS, ECHO, RENDEZVOUS, MULTICAST_LIKE,
+              NETWORK_CONFIG_REQUEST, signed config chunks
+  dictionary  the Dictionary text format (escapes, hex integers, size bound)
+  rules       flow rules: the API's JSON <-> the binary form in a config's R key
+  com         certificates of membership: build, sign, verify, agrees_with
+  revocation  revocation credentials and the NETWORK_CREDENTIALS payload
+  netconf     the netconf Dictionary from the API's network and member views; signed config chunks
 """

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import struct
 from dataclasses import dataclass
 from typing import Any
 
 from hactl.zt.com import CertificateOfMembership
-from hactl.zt.crypto import SIGNATURE_SIZE
 from hactl.zt.dictionary import Dictionary
 from hactl.zt.errors import ProtocolError
 from hactl.zt.identity import Identity
+from hactl.zt.inetaddress import InetAddress
 from hactl.zt.rules import encode_rules
+from hactl.zt.verbs import DEFAULT_CHUNK_SIZE, ConfigChunk, chunk_config
 
 NETCONF_VERSION = 7
 MTU_MIN, MTU_MAX, MTU_DEFAULT = 1280, 10000, 2800
@@ -32,7 +32,6 @@ FLAG_ENABLE_BROADCAST, FLAG_IPV6_NDP_EMULATION = 0x2, 0x4
 MAX_ROUTES, MAX_STATIC_IPS, MAX_DNS_SERVERS = 32, 32, 4
 NAME_MAX = 127
 # Small enough that a chunk plus headers fits one UDP datagram; the reference uses ~9.7 KB and fragments.
-CHUNK_SIZE_DEFAULT = 1200
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -40,9 +39,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 def inet_bytes(ip: IPAddress | None, port: int = 0) -> bytes:
     """InetAddress serialization (brief 1.1); in configs the port field carries the prefix length."""
-    if ip is None:
-        return b"\x00"
-    return bytes((4 if ip.version == 4 else 6,)) + ip.packed + struct.pack(">H", port)
+    return InetAddress(ip, port).encode()
 
 
 def rfc4193_address(nwid: int, address: int) -> ipaddress.IPv6Address:
@@ -149,49 +146,6 @@ def build_netconf(network: dict[str, Any], member: dict[str, Any], *, now: int, 
 
 # --- chunks -----------------------------------------------------------------------------------------------
 
-_CHUNK_TAIL = struct.Struct(">BQII")  # flags, update id, total length, chunk index
-
-
-@dataclass(frozen=True)
-class ConfigChunk:
-    """One signed chunk (brief 5.11): the body of NETWORK_CONFIG, or of OK(NETWORK_CONFIG_REQUEST) after its
-    in-re verb and packet id."""
-    network_id: int
-    data: bytes
-    flags: int
-    update_id: int
-    total_length: int
-    index: int
-    signature: bytes
-
-    def signed_bytes(self) -> bytes:
-        return (struct.pack(">QH", self.network_id, len(self.data)) + self.data
-                + _CHUNK_TAIL.pack(self.flags, self.update_id, self.total_length, self.index))
-
-    def to_bytes(self) -> bytes:
-        return self.signed_bytes() + b"\x01" + struct.pack(">H", SIGNATURE_SIZE) + self.signature
-
-    def verify(self, controller: Identity) -> bool:
-        return (self.network_id >> 24 == controller.address
-                and controller.verify(self.signed_bytes(), self.signature))
-
-    @classmethod
-    def from_bytes(cls, body: bytes) -> ConfigChunk:
-        if len(body) < 10:
-            raise ProtocolError("config chunk truncated")
-        nwid, length = struct.unpack_from(">QH", body, 0)
-        p = 10 + length
-        if len(body) != p + _CHUNK_TAIL.size + 3 + SIGNATURE_SIZE:
-            raise ProtocolError("config chunk has the wrong length for a signed chunk")
-        flags, update_id, total, index = _CHUNK_TAIL.unpack_from(body, p)
-        p += _CHUNK_TAIL.size
-        if body[p] != 1 or struct.unpack_from(">H", body, p + 1)[0] != SIGNATURE_SIZE:
-            raise ProtocolError("config chunk signature is not a 96-byte C25519 signature")
-        if index + length > total:
-            raise ProtocolError("config chunk lies outside the config")
-        return cls(nwid, bytes(body[10:10 + length]), flags, update_id, total, index, bytes(body[p + 3:]))
-
-
 def new_update_id() -> int:
     """Random and non-zero: members track at most three updates by this id."""
     while True:
@@ -201,16 +155,10 @@ def new_update_id() -> int:
 
 
 def sign_chunks(config: bytes, network_id: int, controller: Identity, update_id: int,
-                chunk_size: int = CHUNK_SIZE_DEFAULT) -> list[ConfigChunk]:
-    """Split the encoded dictionary (no NUL) into signed chunks, all under one update id."""
-    if update_id == 0 or not 0 < chunk_size <= 0xFFFF:
-        raise ValueError("update id must be non-zero and chunk size 1..65535")
-    out = []
-    for index in range(0, max(len(config), 1), chunk_size):
-        unsigned = ConfigChunk(network_id, config[index:index + chunk_size], 0, update_id, len(config), index, b"")
-        out.append(ConfigChunk(unsigned.network_id, unsigned.data, 0, update_id, len(config), index,
-                               controller.sign(unsigned.signed_bytes())))
-    return out
+                chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[ConfigChunk]:
+    """Split the encoded dictionary (no NUL) into signed chunks under one update id (the wire form is
+    verbs.ConfigChunk)."""
+    return chunk_config(controller, network_id, config, update_id, chunk_size)
 
 
 def assemble(chunks: list[ConfigChunk]) -> bytes:

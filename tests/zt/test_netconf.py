@@ -61,21 +61,21 @@ def test_only_ts_depends_on_the_clock() -> None:
 
 def test_signed_chunk_equals_real_chunk() -> None:
     chunks = sign_chunks(real_config().encode(), NWID, R, UPDATE_ID, chunk_size=9740)
-    assert [c.to_bytes() for c in chunks] == [CHUNK]
-    real = ConfigChunk.from_bytes(CHUNK)
-    assert real.verify(R.public_only()) and (real.update_id, real.total_length, real.index) == (UPDATE_ID, 626, 0)
+    assert [c.encode() for c in chunks] == [CHUNK]
+    real = ConfigChunk.decode(CHUNK)
+    assert real.verify(R.public_key) and (real.update_id, real.total_length, real.index) == (UPDATE_ID, 626, 0)
 
 
 def test_small_chunks_reassemble_and_verify() -> None:
     data = real_config().encode()
     chunks = sign_chunks(data, NWID, R, new_update_id(), chunk_size=100)
-    assert len(chunks) == 7 and all(ConfigChunk.from_bytes(c.to_bytes()).verify(R) for c in chunks)
+    assert len(chunks) == 7 and all(ConfigChunk.decode(c.encode()).verify(R.public_key) for c in chunks)
     assert assemble(list(reversed(chunks))) == data
     with pytest.raises(ProtocolError):
         assemble(chunks[:-1])
-    tampered = bytearray(chunks[0].to_bytes())
+    tampered = bytearray(chunks[0].encode())
     tampered[20] ^= 1
-    assert not ConfigChunk.from_bytes(bytes(tampered)).verify(R)
+    assert not ConfigChunk.decode(bytes(tampered)).verify(R.public_key)
 
 
 def test_ipv6_auto_addresses_dns_public_and_mtu() -> None:
@@ -117,6 +117,6 @@ def test_unrouted_assignment_left_out_and_old_members_get_allow_all() -> None:
 @given(st.binary(max_size=300))
 def test_fuzz_chunk_parser(data: bytes) -> None:
     try:
-        ConfigChunk.from_bytes(data).verify(R)
+        ConfigChunk.decode(data).verify(R.public_key)
     except ProtocolError:
         pass
