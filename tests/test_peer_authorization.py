@@ -73,3 +73,17 @@ def test_a_revoked_certificate_then_a_removed_member_are_refused(cluster) -> Non
     assert refused.startswith("refused") and "was removed" in refused, refused
     code, _ = c.write("ctrl1", "POST", f"/controller/network/{ctrl}______", {"name": "after-remove"})
     assert code == 200
+
+
+def test_removing_the_leader_hands_leadership_over_and_answers(cluster) -> None:
+    c: ProcCluster = cluster()
+    ctrl = c.wait_ready()
+    leader = c.leader()
+    other = next(n for n in c.ids if n != leader)
+    code, out, err = agent(c, other, "cluster", "remove", leader)  # asked on a follower: forwarded to the leader
+    assert code == 0 and out == {"id": leader, "removed": True}, (out, err)
+    rest = [n for n in c.ids if n != leader]
+    new = c.leader(among=rest)
+    assert new != leader and leader not in c.status(new)["cluster"]["voters"]
+    code, _ = c.write(new, "POST", f"/controller/network/{ctrl}______", {"name": "after-leader-removed"})
+    assert code == 200

@@ -39,7 +39,7 @@ from hactl.raft.types import ConfChange, ConfChangeType, ConfState, Entry, Role
 from hactl.server.alarms import StorageMonitor
 from hactl.server.fsm_adapter import ControllerFSM, MembershipTracker, meta_of
 from hactl.server.health import Health
-from hactl.server.peers import PeerPolicy
+from hactl.server.peers import LEAVING_GRACE, PeerPolicy
 from hactl.server.tokens import TokenError, read_or_create_token, token_hash
 from hactl.server.writes import WritePath
 from hactl.snapshots.rebuild import rebuild_ctrl_db
@@ -280,21 +280,26 @@ class Controller:
         self._tasks.append(asyncio.create_task(record()))
 
     def _on_conf_change(self, cc: ConfChange, conf: ConfState) -> None:
-        self.peers.membership_changed()
-        if self.mesh is not None and cc.type == ConfChangeType.REMOVE:
-            self.mesh.enforce()  # a removed member's connection goes now, not at its next reconnect
+        removed = cc.node if cc.type == ConfChangeType.REMOVE else None
+        self.peers.membership_changed(removed)
         # An address book, not a mirror of the membership: while the bootstrap entries replay one member at a
         # time, the others are briefly not members yet, and dropping their connections would be churn.
-        if cc.type == ConfChangeType.REMOVE:
-            if self._addresses.pop(cc.node, None) is None:
+        if removed is not None:
+            if self._addresses.pop(removed, None) is None:
                 return
-        elif cc.context:
-            addr = cc.context.decode("utf-8", "replace")
-            if self._addresses.get(cc.node) == addr:
-                return
-            self._addresses[cc.node] = addr
-        else:
+            # Its connection may still carry answers in flight (the removal's own, when the leader was asked to
+            # remove itself): drop it from the mesh after the same grace its authorization gets.
+            self._loop.call_later(LEAVING_GRACE, self._sync_peers)
             return
+        if not cc.context:
+            return
+        addr = cc.context.decode("utf-8", "replace")
+        if self._addresses.get(cc.node) == addr:
+            return
+        self._addresses[cc.node] = addr
+        self._sync_peers()
+
+    def _sync_peers(self) -> None:
         if self.mesh is not None:
             self.mesh.update_peers({k: v for k, v in self._addresses.items() if k != self.node_id})
 

@@ -146,6 +146,11 @@ class Operations:
                 if nid not in node.membership.members():
                     raise AgentError("not_found", f"{nid} is not a member (members: "
                                                   f"{', '.join(node.membership.members())})")
+                if nid == self.node_id and len(node.membership.voters) > 1:
+                    # Removing the leader: hand leadership over first and let the new leader remove us, so the
+                    # answer does not travel over a connection the removal itself closes.
+                    await node.transfer_leadership(None, timeout)
+                    return await self._on_leader(op, args, timeout)
                 await node.change_membership(ConfChange(ConfChangeType.REMOVE, nid), timeout)
                 return {"id": nid, "removed": True}
             if nid is not None and nid not in node.membership.voters:

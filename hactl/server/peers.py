@@ -23,6 +23,9 @@ from hactl.transport.mesh import Refusal
 log = logging.getLogger("hactl.server")
 
 
+LEAVING_GRACE = 3.0  # seconds a removed member's open connection is kept for the answers in flight
+
+
 class PeerPolicy:
     def __init__(self, node_id: str, machine: StateMachine):
         self.node_id = node_id
@@ -30,10 +33,15 @@ class PeerPolicy:
         self.node: RaftNode | None = None  # set once the raft node exists (the mesh is built before it)
         self._approved: dict[str, float] = {}  # joiner id -> monotonic deadline of its `cluster add`
         self._vouched: dict[str, str] = {}  # peer -> the member that vouched for it
+        self._leaving: dict[str, float] = {}  # member just removed -> until when its open connection may finish
 
     # ------------------------------------------------------------------ PeerAuthorizer
 
-    def check(self, peer: str, serial: str | None) -> Refusal | None:
+    def check(self, peer: str, serial: str | None, *, established: bool = False) -> Refusal | None:
+        if established and self._leaving.get(peer, 0.0) > time.monotonic():
+            # Removed a moment ago: its open connection may still carry the answers to calls in flight (the
+            # removal's own, when the leader was asked to remove itself); new connections are refused at once.
+            return None
         _, revoked = self.machine.certificates()
         if serial is not None and serial in revoked:
             r = revoked[serial]
@@ -62,10 +70,16 @@ class PeerPolicy:
         """The leader is adding ``joiner`` (`cluster add`): accept it before its membership entry applies."""
         self._approved[joiner] = time.monotonic() + seconds
 
-    def membership_changed(self) -> None:
-        """Vouches were for a view that is now replaced; approved joiners that became members need none."""
+    def membership_changed(self, removed: str | None = None) -> None:
+        """Vouches were for a view that is now replaced; approved joiners that became members need none; a
+        member that just left (``removed``) gets a short grace on its open connection (see check)."""
         self._vouched.clear()
         members = self._members()
+        now = time.monotonic()
+        if removed is not None:
+            self._leaving[removed] = now + LEAVING_GRACE
+        for p in [p for p, t in self._leaving.items() if t <= now]:
+            del self._leaving[p]
         for j in [j for j in self._approved if j in members or self._approved[j] <= time.monotonic()]:
             del self._approved[j]
 

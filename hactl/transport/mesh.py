@@ -46,8 +46,9 @@ class Refusal:
 class PeerAuthorizer(Protocol):
     """Who may use the control channel: decided by the controller from the replicated membership and deny-list."""
 
-    def check(self, peer: str, serial: str | None) -> Refusal | None:
-        """None if controller ``peer``, presenting certificate ``serial``, may connect and call now."""
+    def check(self, peer: str, serial: str | None, *, established: bool = False) -> Refusal | None:
+        """None if controller ``peer``, presenting certificate ``serial``, may connect (or, ``established``, keep
+        its connection and call) now."""
 
     def is_member(self, peer: str, serial: str | None) -> bool:
         """Is ``peer`` a current member in this node's own view, with a certificate not denied (to vouch)?"""
@@ -403,7 +404,7 @@ class Mesh:
     def _refusal(self, conn: Connection) -> str | None:
         if self.authorizer is None or conn.kind != "controller":
             return None
-        r = self.authorizer.check(conn.peer_id, conn.serial)
+        r = self.authorizer.check(conn.peer_id, conn.serial, established=True)
         return None if r is None else r.reason
 
     async def _authorize(self, pid: str, serial: str | None) -> str | None:

@@ -15,7 +15,7 @@ class Policy:
     def __init__(self, members: set[str], revoked: set[str] | None = None):
         self.members, self.revoked, self.vouched_by = set(members), set(revoked or ()), {}
 
-    def check(self, peer: str, serial: str | None) -> Refusal | None:
+    def check(self, peer: str, serial: str | None, *, established: bool = False) -> Refusal | None:
         if serial in self.revoked:
             return Refusal(f"certificate {serial} of {peer} was revoked", False)
         if peer in self.members or peer in self.vouched_by:
