@@ -1,0 +1,96 @@
+"""Run libzt nodes (tests/zt/libzt/node.py) as subprocesses inside a namespace and talk to them (test tooling)."""
+from __future__ import annotations
+
+import itertools
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.zt.libzt.fetch import Libzt
+
+NODE_PY = Path(__file__).resolve().parent / "node.py"
+
+
+class NodeError(RuntimeError):
+    pass
+
+
+class NodeProc:
+    """One libzt node process; call(cmd, **args) sends a request and waits (with a time limit) for its answer."""
+
+    def __init__(self, name: str, libzt: Libzt, log_path: Path, prefix: list[str] | None = None,
+                 role: str = "member") -> None:
+        self.name = name
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        argv = [*(prefix or []), sys.executable, "-u", str(NODE_PY), "--shim", str(libzt.shim), "--lib",
+                str(libzt.lib), "--role", role]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                                     text=True, bufsize=1)
+        self._ids = itertools.count(1)
+        self._answers: dict[int, queue.Queue] = {}
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            with self._lock:
+                q = self._answers.get(msg.get("id"))
+            if q is not None:
+                q.put(msg)
+
+    def log_tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_path.read_bytes()[-n:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def call(self, cmd: str, wait: float = 30, **args: Any) -> dict:
+        """`wait` is this side's limit for the answer; `args` go to the node (e.g. its own `timeout`)."""
+        rid = next(self._ids)
+        q: queue.Queue = queue.Queue()
+        with self._lock:
+            self._answers[rid] = q
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps({"id": rid, "cmd": cmd, **args}) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError) as e:
+            raise NodeError(f"{self.name}: process gone ({self.proc.poll()}) sending {cmd}: {e}\n"
+                            f"{self.log_tail()}") from e
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                msg = q.get(timeout=0.2)
+                break
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    raise NodeError(f"{self.name}: exited {self.proc.returncode} during {cmd}\n{self.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise NodeError(f"{self.name}: no answer to {cmd} {args} within {wait}s\n{self.log_tail()}")
+        with self._lock:
+            self._answers.pop(rid, None)
+        if not msg.get("ok"):
+            raise NodeError(f"{self.name}: {cmd} failed: {msg.get('error')}\n{self.log_tail()}")
+        return msg
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()  # the node exits when stdin closes
+                self.proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._log.close()
