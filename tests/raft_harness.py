@@ -4,7 +4,8 @@ from __future__ import annotations
 import random
 from typing import Callable, Iterable
 
-from hactl.raft.core import Config, Raft, bootstrap_state
+from hactl.raft.confchange import bootstrap_state
+from hactl.raft.core import Config, Raft
 from hactl.raft.types import ConfState, Entry, HardState, Message, MsgType, ReadState, Role
 
 

@@ -445,7 +445,7 @@ def test_step_never_raises_on_arbitrary_messages(msgs: list[Message]) -> None:
 def test_snapshot_installed_while_a_ready_is_persisted_supersedes_its_membership_changes() -> None:
     # Found by the simulator (churn seed 49): committed conf changes handed out in a Ready, then a snapshot that
     # already covers them arrives before that Ready is advanced. Advancing must not re-apply them on top of it.
-    from hactl.raft.core import bootstrap_state, encode_conf_change
+    from hactl.raft.confchange import bootstrap_state, encode_conf_change
     hs, boot = bootstrap_state(["n1", "n2", "n3"])
     r = Raft(Config("n2"), random.Random(3), hard_state=hs, entries=boot)
     r.advance(r.ready())

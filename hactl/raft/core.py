@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from . import confchange, quorum
-from .confchange import bootstrap_state, conf_after, decode_conf_change, encode_conf_change  # noqa: F401 (re-exported)
+from .confchange import conf_after
 from .log import RaftLog
 from .progress import Progress, ProgressState
-from .types import (ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, MalformedError, Message,
+from .types import (ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message,
                     MsgType, NodeId, Ready, ReadState, Role, SnapshotMeta, SoftState)
 
 TRANSFER_CONTEXT = b"transfer"  # marks votes started by TimeoutNow: they bypass follower leases

@@ -17,7 +17,7 @@ import itertools
 import logging
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol
 
 from hactl.aio import cancel_and_wait
 

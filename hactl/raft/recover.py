@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hactl.raft.core import conf_after, encode_conf_change
-from hactl.raft.storage import RaftStorage, StorageError
+from hactl.raft.confchange import conf_after, encode_conf_change
+from hactl.raft.storage import RaftStorage
 from hactl.raft.types import ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState
 
 

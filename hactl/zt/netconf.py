@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass
 from typing import Any
 
 from hactl.zt.com import CertificateOfMembership
