@@ -21,6 +21,8 @@ from typing import Any, Callable
 import msgpack
 
 from hactl.config import NODE_ID_RE, ConfigError, parse_hostport
+from hactl.fsm.coerce import ValidationError
+from hactl.fsm.validate import parse_serial
 
 VERSION = 1
 MAX_FRAME = 1 << 20  # requests are tiny and replies are tables of a few members; 1 MiB is generous
@@ -147,9 +149,10 @@ def _check_abs_path(v: str) -> str | None:
 def _check_serial(v: Any) -> str | None:
     if v is None:
         return None
-    t = v.strip().lower().removeprefix("0x").replace(":", "")
-    if not 0 < len(t) <= 40 or any(c not in "0123456789abcdef" for c in t):
-        return f"must be a certificate serial number in hex, got {v!r}"
+    try:
+        parse_serial(v)
+    except ValidationError as e:
+        return f"{e.message}, got {v!r}"
     return None
 
 

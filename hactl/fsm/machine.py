@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator, Sequence
 import lmdb
 import msgpack
 
+from hactl._lmdb import usage as lmdb_usage
+
 from hactl.fsm import layout as L
 from hactl.fsm.coerce import ValidationError
 from hactl.fsm.commands import (AlarmClear, AlarmRaise, ClusterCertificate, ClusterInit, ClusterRevoke, Command,
@@ -655,11 +657,7 @@ class StateMachine:
         """(bytes of live data, map size): the pages every table and the main database use now. Unlike the file
         size, which never shrinks, this goes down when data is deleted (LMDB reuses freed pages before it grows
         the file), so it tells how close an apply is to MDB_MAP_FULL."""
-        with self._env.begin() as txn:
-            stats = [self._env.stat(), *(txn.stat(db) for db in self._db.values())]
-        pages = sum(s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"] for s in stats)
-        map_size: int = self._env.info()["map_size"]
-        return pages * stats[0]["psize"], map_size
+        return lmdb_usage(self._env, self._db.values())
 
     def signing_key(self) -> bytes | None:
         """The controller's raw Ed25519 private key (kept out of cluster_info so it is not shown by accident)."""

@@ -47,6 +47,7 @@ import lmdb
 import msgpack
 
 from hactl._fs import fsync_dir
+from hactl._lmdb import usage as lmdb_usage
 
 from .types import ConfState, Entry, EntryType, HardState, MalformedError, SnapshotMeta
 
@@ -447,13 +448,9 @@ class RaftStorage:
         with self._lock:
             env = self._require_env()
             try:
-                with env.begin() as txn:
-                    stats = [env.stat(), txn.stat(self._log_db), txn.stat(self._meta_db)]
-                map_size: int = env.info()["map_size"]
+                return lmdb_usage(env, (self._log_db, self._meta_db))
             except lmdb.Error as e:
                 raise self._error(f"read failed: {e}") from e
-        pages = sum(s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"] for s in stats)
-        return pages * stats[0]["psize"], map_size
 
     def first_index(self) -> int:
         with self._lock:

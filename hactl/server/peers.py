@@ -34,6 +34,7 @@ class PeerPolicy:
         self._approved: dict[str, float] = {}  # joiner id -> monotonic deadline of its `cluster add`
         self._vouched: dict[str, str] = {}  # peer -> the member that vouched for it
         self._leaving: dict[str, float] = {}  # member just removed -> until when its open connection may finish
+        self._records: tuple[int, tuple[dict[str, list[str]], dict[str, dict]]] | None = None
 
     # ------------------------------------------------------------------ PeerAuthorizer
 
@@ -42,7 +43,7 @@ class PeerPolicy:
             # Removed a moment ago: its open connection may still carry the answers to calls in flight (the
             # removal's own, when the leader was asked to remove itself); new connections are refused at once.
             return None
-        _, revoked = self.machine.certificates()
+        _, revoked = self._certificates()
         if serial is not None and serial in revoked:
             r = revoked[serial]
             return Refusal(f"certificate {serial} of {r.get('node', peer)} was {r.get('reason', 'revoked')} "
@@ -87,8 +88,16 @@ class PeerPolicy:
         """A member's certificate serial the replicated record does not hold yet."""
         if serial is None or peer not in self._members():
             return False
-        certs, revoked = self.machine.certificates()
+        certs, revoked = self._certificates()
         return serial not in certs.get(peer, []) and serial not in revoked
+
+    def _certificates(self) -> tuple[dict[str, list[str]], dict[str, dict]]:
+        """ctrl.db's certificate records, read again only when something was applied (check() runs for every
+        call a peer makes, e.g. each forwarded write)."""
+        index = self.machine.applied()[0]
+        if self._records is None or self._records[0] != index:
+            self._records = (index, self.machine.certificates())
+        return self._records[1]
 
     def _members(self) -> tuple[str, ...]:
         return self.node.membership.members() if self.node is not None else ()
