@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from tests.zt.libzt import fetch
-from tests.zt.libzt.harness import NodeProc
+from tests.zt.libzt.harness import NodeCrashed, NodeProc
 from tests.zt.libzt.netns import NetNS
 
 ROOT_PORT, MEMBER_PORTS = 29993, (29994, 29995)
@@ -26,14 +25,25 @@ def libzt() -> fetch.Libzt:
         pytest.fail(f"libzt 1.8.4 is needed for the real-ZeroTier tests and could not be prepared:\n{e}")
 
 
-@pytest.fixture
-def netns() -> Iterator[NetNS]:
-    with NetNS(3) as ns:
-        yield ns
+def test_two_libzt_members_exchange_tcp_through_a_libzt_root(libzt: fetch.Libzt, tmp_path: Path) -> None:
+    # libzt 1.8.4 itself segfaults now and then (seen around the first TCP connect): such a run says nothing
+    # about the harness, so it is run again from scratch, at most three times; any other failure fails at once.
+    crashes = []
+    for attempt in range(3):
+        try:
+            with NetNS(3) as ns:
+                scenario(libzt, ns, tmp_path / f"attempt{attempt}")
+            break
+        except NodeCrashed as e:
+            crashes.append(str(e).splitlines()[0])
+    else:
+        pytest.fail("libzt crashed in every attempt:\n" + "\n".join(crashes))
+    if crashes:
+        print(f"\nlibzt smoke: passed after libzt crashes: {crashes}")
 
 
-def test_two_libzt_members_exchange_tcp_through_a_libzt_root(libzt: fetch.Libzt, netns: NetNS,
-                                                             tmp_path: Path) -> None:
+def scenario(libzt: fetch.Libzt, netns: NetNS, tmp_path: Path) -> None:
+    tmp_path.mkdir(parents=True)
     t0 = time.monotonic()
     nodes: list[NodeProc] = []
     try:
@@ -73,6 +83,8 @@ def test_two_libzt_members_exchange_tcp_through_a_libzt_root(libzt: fetch.Libzt,
                 got = members[0].call("echo", wait=40, addr=nets[1]["ipv6"], port=ECHO_PORT, data=msg,
                                       timeout=30)
                 break
+            except NodeCrashed:
+                raise
             except Exception as e:  # noqa: BLE001
                 last = e
         assert got is not None, f"echo failed: {last}"

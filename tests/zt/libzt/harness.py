@@ -16,6 +16,11 @@ from tests.zt.libzt.fetch import Libzt
 NODE_PY = Path(__file__).resolve().parent / "node.py"
 
 
+class NodeCrashed(RuntimeError):
+    """A libzt process died of a signal: a crash inside libzt 1.8.4 itself (it happens now and then in its
+    network threads, with no call of ours in flight), not an answer from the node."""
+
+
 class NodeError(RuntimeError):
     pass
 
@@ -66,6 +71,7 @@ class NodeProc:
             self.proc.stdin.write(json.dumps({"id": rid, "cmd": cmd, **args}) + "\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError) as e:
+            self._crashed(cmd)
             raise NodeError(f"{self.name}: process gone ({self.proc.poll()}) sending {cmd}: {e}\n"
                             f"{self.log_tail()}") from e
         deadline = time.monotonic() + wait
@@ -75,6 +81,7 @@ class NodeProc:
                 break
             except queue.Empty:
                 if self.proc.poll() is not None:
+                    self._crashed(cmd)
                     raise NodeError(f"{self.name}: exited {self.proc.returncode} during {cmd}\n{self.log_tail()}")
                 if time.monotonic() > deadline:
                     raise NodeError(f"{self.name}: no answer to {cmd} {args} within {wait}s\n{self.log_tail()}")
@@ -83,6 +90,11 @@ class NodeProc:
         if not msg.get("ok"):
             raise NodeError(f"{self.name}: {cmd} failed: {msg.get('error')}\n{self.log_tail()}")
         return msg
+
+    def _crashed(self, cmd: str) -> None:
+        code = self.proc.wait(5)
+        if code < 0:
+            raise NodeCrashed(f"{self.name}: killed by signal {-code} around {cmd}\n{self.log_tail()}")
 
     def close(self) -> None:
         if self.proc.poll() is None:
