@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 import msgpack
