@@ -95,6 +95,17 @@ class AgentConfig:
 
 
 @dataclass
+class ZeroTierConfig:
+    # The UDP endpoint real ZeroTier nodes reach the controller identity on. Empty: no endpoint (the API still
+    # works; ZeroTier members get no configs from this node). ZeroTier never uses loopback paths, so a
+    # 127.x address here is refused.
+    bind: str = "0.0.0.0:9993"
+    # A planet file (a serialized World, as zerotier-one keeps in /var/lib/zerotier-one/planet): the roots this
+    # node HELLOs so members can find it. Empty: ZeroTier's built-in planet, as a stock controller uses.
+    planet: str = ""
+
+
+@dataclass
 class LogConfig:
     level: str = "info"
 
@@ -111,6 +122,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     pki: PkiConfig = field(default_factory=PkiConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    zerotier: ZeroTierConfig = field(default_factory=ZeroTierConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = field(default="<defaults>", compare=False)
 
@@ -207,6 +219,7 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
     cfg.pki.ca, cfg.pki.cert, cfg.pki.key = res(cfg.pki.ca), res(cfg.pki.cert), res(cfg.pki.key)
     cfg.agent.socket = res(cfg.agent.socket)
     cfg.api.tls_cert, cfg.api.tls_key = res(cfg.api.tls_cert), res(cfg.api.tls_key)
+    cfg.zerotier.planet = res(cfg.zerotier.planet)
 
 
 def parse_hostport(value: str, src: str, key: str) -> tuple[str, int]:
@@ -264,6 +277,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError(src, "api.tls_key", "required when api.tls_cert is set (the certificate's private key)")
     if cfg.api.tls_key and not cfg.api.tls_cert:
         raise ConfigError(src, "api.tls_cert", "required when api.tls_key is set (the server certificate)")
+    if cfg.zerotier.bind:
+        zhost, _ = parse_hostport(cfg.zerotier.bind, src, "zerotier.bind")
+        try:
+            if ipaddress.ip_address(zhost).is_loopback:
+                raise ConfigError(src, "zerotier.bind", "ZeroTier nodes never use loopback paths: bind a LAN, "
+                                  "private or 0.0.0.0 address (or leave it empty for no endpoint)")
+        except ValueError:
+            raise ConfigError(src, "zerotier.bind", f"expected an IP address and port, got {cfg.zerotier.bind!r}") \
+                from None
     if cfg.log.level not in LOG_LEVELS:
         raise ConfigError(src, "log.level", f"expected one of {', '.join(LOG_LEVELS)}, got {cfg.log.level!r}")
     host, _ = parse_hostport(cfg.control.advertise, src, "control.advertise")

@@ -46,6 +46,7 @@ log = logging.getLogger("hactl.dev")
 TRUST_DOMAIN = "hactl.local"
 DEFAULT_API_PORT = 9993
 DEFAULT_CONTROL_PORT = 6262
+DEFAULT_ZT_PORT = 9993           # UDP; a compose node's endpoint (each container has its own address)
 TOKEN_FILE = "api-token"
 BUNDLE_CONFIG = "config.yaml"    # a compose node's config, at the top of its bundle
 CONTAINER_DATA_DIR = "/data"     # where the compose file mounts each node's data volume
@@ -63,6 +64,7 @@ class NodeSpec:
     api_url: str
     ctrl_addr: str
     agent_socket: Path
+    zt_endpoint: str = ""  # "ADDR/PORT" (ZeroTier's notation) of the node's UDP endpoint; "" if it has none
 
 
 def node_ids(n: int) -> list[str]:
@@ -78,7 +80,8 @@ def ports(i: int, base_port: int | None) -> tuple[int, int]:
 
 def init_cluster(data: Path, nodes: int, *, base_port: int | None = None, compose: bool = False,
                  log_level: str = "info", ca_dir: Path | None = None,
-                 node_dirs: Path | None = None) -> list[NodeSpec]:
+                 node_dirs: Path | None = None, zt_host: str | None = None,
+                 zt_planet: str | None = None) -> list[NodeSpec]:
     """Create (or reuse) the CA, node certificates, token and per-node configs. Idempotent: an existing
     cluster's files are kept, so running again resumes the same cluster.
 
@@ -89,6 +92,10 @@ def init_cluster(data: Path, nodes: int, *, base_port: int | None = None, compos
                             node_dirs if node_dirs is not None else Path(data) / "nodes", nodes, log_level=log_level)
     if ca_dir is not None or node_dirs is not None:
         raise DevInitError("--ca-dir and --node-dirs only apply with --compose")
+    if zt_planet and not zt_host:
+        raise DevInitError("--zt-planet needs --zt-host (the address the ZeroTier endpoints bind)")
+    if zt_host is not None:
+        _check_zt_host(zt_host)
     data = data.resolve()
     data.mkdir(parents=True, exist_ok=True)
     os.chmod(data, 0o700)
@@ -113,12 +120,40 @@ def init_cluster(data: Path, nodes: int, *, base_port: int | None = None, compos
                 control_listen=f"127.0.0.1:{ctrl_port}", control_advertise=addr[nid],
                 api_listen=f"127.0.0.1:{api_port}", token_file="../api-token",
                 pki_dir=f"../pki/{nid}", log_level=log_level), encoding="utf-8")
+        # The ZeroTier endpoint follows this run's flags (the rest of the file is kept as the user left it): UDP
+        # on the node's API port number, on --zt-host; none without it.
+        _set_zerotier(cfg_path, f"{zt_host}:{api_port}" if zt_host else "",
+                      str(Path(zt_planet).resolve()) if zt_planet else "")
         from hactl.config import load
         cfg = load(cfg_path)
         host, _, port = cfg.api.listen.rpartition(":")
+        zt = cfg.zerotier.bind.rpartition(":")
         specs.append(NodeSpec(nid, cfg_path, Path(cfg.data_dir), f"http://{host}:{port}",
-                              cfg.control.advertise, Path(cfg.agent_socket)))
+                              cfg.control.advertise, Path(cfg.agent_socket),
+                              f"{zt[0]}/{zt[2]}" if cfg.zerotier.bind else ""))
     return specs
+
+
+def _check_zt_host(host: str) -> None:
+    import ipaddress
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise DevInitError(f"--zt-host {host!r} is not an IP address") from None
+    if ip.is_loopback or ip.is_unspecified:
+        raise DevInitError(f"--zt-host {host}: ZeroTier nodes never use loopback paths and must be told one "
+                           "address to reach; give a LAN or private address of this machine (e.g. a dummy "
+                           "interface's 10.x address)")
+
+
+def _set_zerotier(cfg_path: Path, bind: str, planet: str) -> None:
+    doc = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+    want = {"bind": bind, "planet": planet}
+    if doc.get("zerotier") != want:
+        doc["zerotier"] = want
+        text = cfg_path.read_text(encoding="utf-8")
+        header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+        atomic_write(cfg_path, header + yaml.safe_dump(doc, sort_keys=False), 0o644, overwrite=True)
 
 
 def _private_dir(d: Path) -> None:
@@ -216,7 +251,8 @@ def init_compose(ca_dir: Path, node_dirs: Path, nodes: int, *, log_level: str = 
             text = render_config(
                 nid, data_dir=CONTAINER_DATA_DIR, initial_cluster=addr,
                 control_listen=f"0.0.0.0:{DEFAULT_CONTROL_PORT}", control_advertise=addr[nid],
-                api_listen=f"0.0.0.0:{DEFAULT_API_PORT}", token_file=TOKEN_FILE, pki_dir="pki", log_level=log_level)
+                api_listen=f"0.0.0.0:{DEFAULT_API_PORT}", token_file=TOKEN_FILE, pki_dir="pki", log_level=log_level,
+                zt_bind=f"0.0.0.0:{DEFAULT_ZT_PORT}")
             atomic_write(cfg_path, text, 0o644, overwrite=False)
         from hactl.config import load
         cfg = load(cfg_path)
@@ -226,7 +262,8 @@ def init_compose(ca_dir: Path, node_dirs: Path, nodes: int, *, log_level: str = 
 
 
 def render_config(nid: str, *, data_dir: str, initial_cluster: dict[str, str], control_listen: str,
-                  control_advertise: str, api_listen: str, token_file: str, pki_dir: str, log_level: str) -> str:
+                  control_advertise: str, api_listen: str, token_file: str, pki_dir: str, log_level: str,
+                  zt_bind: str = "", zt_planet: str = "") -> str:
     doc: dict[str, Any] = {
         "id": nid,
         "data_dir": data_dir,
@@ -234,6 +271,7 @@ def render_config(nid: str, *, data_dir: str, initial_cluster: dict[str, str], c
         "control": {"listen": control_listen, "advertise": control_advertise},
         "api": {"listen": api_listen, "token_file": token_file},
         "pki": {"ca": f"{pki_dir}/ca.crt", "cert": f"{pki_dir}/node.crt", "key": f"{pki_dir}/node.key"},
+        "zerotier": {"bind": zt_bind, "planet": zt_planet},
         "log": {"level": log_level},
     }
     header = (f"# {nid}: generated by `hactl dev init`; see config/cluster.yaml in the source tree for every key.\n"
@@ -244,8 +282,9 @@ def render_config(nid: str, *, data_dir: str, initial_cluster: dict[str, str], c
 class Supervisor:
     """Runs one `hactl controller run` per node; restarts exit code 3 at once and crashes with backoff."""
 
-    def __init__(self, data: Path, specs: list[NodeSpec]):
+    def __init__(self, data: Path, specs: list[NodeSpec], planet: str = ""):
         self.data = data
+        self.planet = planet  # the planet file the endpoints use ("" = ZeroTier's built-in one)
         self.specs = specs
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.stopping = False
@@ -279,8 +318,9 @@ class Supervisor:
     def write_state(self) -> None:
         state = {"nodes": [{"id": s.id, "pid": self.procs[s.id].pid if s.id in self.procs else None,
                             "api_url": s.api_url, "ctrl_addr": s.ctrl_addr, "data_dir": str(s.data_dir),
-                            "agent_socket": str(s.agent_socket), "config": str(s.config)} for s in self.specs],
-                 "token_file": str(self.data / "api-token")}
+                            "agent_socket": str(s.agent_socket), "config": str(s.config),
+                            "zt_endpoint": s.zt_endpoint} for s in self.specs],
+                 "token_file": str(self.data / "api-token"), "planet": self.planet}
         atomic_write(self.data / "dev-cluster.json", json.dumps(state, indent=2) + "\n", 0o600)
 
     async def run(self) -> int:
@@ -310,8 +350,11 @@ def _dev_init(args: argparse.Namespace) -> int:
     ca_dir = Path(args.ca_dir) if args.ca_dir else None
     node_dirs = Path(args.node_dirs) if args.node_dirs else None
     try:
+        if args.compose and (args.zt_host or args.zt_planet):
+            raise DevInitError("--zt-host/--zt-planet do not apply with --compose (each container binds "
+                               f"0.0.0.0:{DEFAULT_ZT_PORT}; set zerotier.planet in its config.yaml)")
         specs = init_cluster(Path(args.data), args.nodes, base_port=args.base_port, compose=args.compose,
-                             ca_dir=ca_dir, node_dirs=node_dirs)
+                             ca_dir=ca_dir, node_dirs=node_dirs, zt_host=args.zt_host, zt_planet=args.zt_planet)
     except (DevInitError, PkiError, TokenError) as e:
         print(f"hactl dev init: {e}", file=sys.stderr)
         return 2
@@ -336,11 +379,19 @@ def _dev_init(args: argparse.Namespace) -> int:
 def _dev_up(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     data = Path(args.data).resolve()
-    specs = init_cluster(data, args.nodes, base_port=args.base_port)
-    sup = Supervisor(data, specs)
+    try:
+        specs = init_cluster(data, args.nodes, base_port=args.base_port, zt_host=args.zt_host,
+                             zt_planet=args.zt_planet)
+    except (DevInitError, PkiError, TokenError) as e:
+        print(f"hactl dev up: {e}", file=sys.stderr)
+        return 2
+    sup = Supervisor(data, specs, str(Path(args.zt_planet).resolve()) if args.zt_planet else "")
     print(f"hactl dev cluster ({len(specs)} controllers), data in {data}")
     for s in specs:
-        print(f"  {s.id}: API {s.api_url}  control {s.ctrl_addr}  agent {s.agent_socket}")
+        zt = f"  zerotier {s.zt_endpoint}" if s.zt_endpoint else ""
+        print(f"  {s.id}: API {s.api_url}  control {s.ctrl_addr}  agent {s.agent_socket}{zt}")
+    if not args.zt_host:
+        print("  No ZeroTier endpoints (give --zt-host ADDR, a non-loopback address, for members to join)")
     print(f"  API token: {data / 'api-token'}   (curl -H \"X-ZT1-Auth: $(cat {data / 'api-token'})\" "
           f"{specs[0].api_url}/status)")
     print("  Ctrl-C stops the cluster; `hactl dev up` again resumes it with its data.", flush=True)
@@ -356,6 +407,11 @@ def add_dev_commands(sub: Any) -> None:
         p.add_argument("--data", default="./data")
         p.add_argument("--base-port", type=int, default=None,
                        help="node i gets API port N+2i and control port N+2i+1 (default: 9993+i and 6262+i)")
+        p.add_argument("--zt-host", default=None, metavar="ADDR",
+                       help="bind each node's ZeroTier UDP endpoint on ADDR (a non-loopback address of this "
+                            "machine), port = the node's API port; default: no endpoints")
+        p.add_argument("--zt-planet", default=None, metavar="FILE",
+                       help="the planet (roots) the endpoints use (default: ZeroTier's built-in planet)")
         if name == "init":
             p.add_argument("--compose", action="store_true",
                            help="hosts are the compose service names; listen on 0.0.0.0; the CA and one bundle "

@@ -19,7 +19,7 @@ import aiohttp
 
 from hactl import __version__
 from hactl.api.server import ApiServer, serve
-from hactl.config import ApiConfig, ClusterConfig, Config, ControlConfig, PkiConfig, RaftConfig, SnapshotConfig
+from hactl.config import ApiConfig, ClusterConfig, Config, ControlConfig, PkiConfig, RaftConfig, SnapshotConfig, ZeroTierConfig
 from hactl.server.controller import Controller
 from hactl.server.tokens import read_or_create_token
 from hactl.transport import pki
@@ -58,7 +58,8 @@ def make_configs(root: Path, ids: Sequence[str], *, tick_ms: int = 20, election_
             api=ApiConfig(listen=f"127.0.0.1:{free_port()}", token_file=str(root / "api-token")),
             raft=RaftConfig(tick_ms=tick_ms, election_ticks=election_ticks, apply_timeout_s=apply_timeout_s),
             snapshots=SnapshotConfig(every_entries=0, interval_s=0),
-            pki=PkiConfig(ca=str(root / "ca" / "ca.crt"), cert=str(cert), key=str(key))))
+            pki=PkiConfig(ca=str(root / "ca" / "ca.crt"), cert=str(cert), key=str(key)),
+            zerotier=ZeroTierConfig(bind="")))  # no UDP endpoint: tests that want one set it
     return out
 
 
