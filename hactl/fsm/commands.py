@@ -18,6 +18,9 @@ Types and their fields:
     member.update     nwid: str, address: str, changes: map   (create or update, as POST .../member/{addr})
     member.delete     nwid: str, address: str
     member.authorize  nwid: str, address: str, authorized: bool   (fails NOT_FOUND if the member does not exist)
+    member.request    nwid: str, address: str, identity: str (the requester's public identity string),
+                      vMajor, vMinor, vRev, vProto: int (-1..65535, -1 unknown)   a ZeroTier node asked for its
+                      network config: records the member as ZeroTier's controller does (see machine.py)
     restore.begin     restore_id: str, timeline_id: str, address: str, signing_key: bin, token_hash: str | nil
     restore.chunk     restore_id: str, seq: int (0, 1, ...), networks: [map], members: [map]
     restore.commit    restore_id: str, chunks: int, networks: int, members: int
@@ -47,9 +50,10 @@ import msgpack
 
 from hactl.fsm.coerce import ValidationError
 from hactl.fsm.model import NETWORK_N_MAX, format_address, format_nwid
-from hactl.fsm.validate import (member_record, network_record, parse_address, parse_label, parse_nwid,
-                                parse_request_id, parse_serial, parse_time, parse_token_hash, signing_public_key,
-                                validate_member_changes, validate_network_changes)
+from hactl.fsm.validate import (member_identity, member_record, network_record, parse_address, parse_label,
+                                parse_nwid, parse_request_id, parse_serial, parse_time, parse_token_hash,
+                                parse_version_field, signing_public_key, validate_member_changes,
+                                validate_network_changes)
 
 SCHEMA_VERSION = 1
 FINGERPRINT_BYTES = 32  # SHA-256
@@ -211,6 +215,23 @@ class MemberAuthorize(Command):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MemberRequest(Command):
+    """A ZeroTier node's network config request, admitted through Raft so that every node records the member
+    (identity, version, auto-authorization on public networks, auto-assigned IPv4) identically. Whoever proposes
+    it has validated ``identity`` (the memory-hard hash) already; apply only parses it."""
+    TYPE: ClassVar[str] = "member.request"
+    WIRE: ClassVar[dict[str, Checker]] = {"nwid": _str, "address": _str, "identity": _str, "vMajor": _int,
+                                          "vMinor": _int, "vRev": _int, "vProto": _int}
+    nwid: str
+    address: str
+    identity: str
+    vMajor: int = -1
+    vMinor: int = -1
+    vRev: int = -1
+    vProto: int = -1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RestoreBegin(Command):
     TYPE: ClassVar[str] = "restore.begin"
     WIRE: ClassVar[dict[str, Checker]] = {"restore_id": _str, "timeline_id": _str, "address": _str,
@@ -287,13 +308,13 @@ class AlarmClear(Command):
 
 COMMAND_TYPES: dict[str, type[Command]] = {c.TYPE: c for c in (
     NoOp, ClusterInit, NetworkCreate, NetworkUpdate, NetworkDelete, MemberCreate, MemberUpdate, MemberDelete,
-    MemberAuthorize, RestoreBegin, RestoreChunk, RestoreCommit, RestoreAbort, ClusterCertificate, ClusterRevoke,
-    AlarmRaise, AlarmClear)}
+    MemberAuthorize, MemberRequest, RestoreBegin, RestoreChunk, RestoreCommit, RestoreAbort, ClusterCertificate,
+    ClusterRevoke, AlarmRaise, AlarmClear)}
 
 # Accepted while an alarm is on (every other type is refused before it is proposed): deletes, so an operator can
 # free space; the alarms themselves, so they can clear; cluster bookkeeping (certificates, revocations: a few
 # bytes, and refusing a revocation would be a security hole); abandoning a restore, which frees its staging;
-# and noop, which adds no model data.
+# and noop, which adds no model data. (member.request is not exempt: it creates members and assigns addresses.)
 ALARM_EXEMPT_TYPES = frozenset(c.TYPE for c in (
     NetworkDelete, MemberDelete, AlarmRaise, AlarmClear, ClusterInit, ClusterCertificate, ClusterRevoke,
     RestoreAbort, NoOp))
@@ -487,6 +508,19 @@ def build_member_delete(request_id: str, time: int, nwid: str, address: str) -> 
 def build_member_authorize(request_id: str, time: int, nwid: str, address: str, authorized: bool) -> bytes:
     return encode(MemberAuthorize(**_envelope(request_id, time), nwid=_canon_nwid(nwid),
                                   address=_canon_address(address), authorized=bool(authorized)))
+
+
+def build_member_request(request_id: str, time: int, nwid: str, address: str, identity: str, *,
+                         vMajor: int = -1, vMinor: int = -1, vRev: int = -1, vProto: int = -1) -> bytes:
+    """A ZeroTier node's config request for network ``nwid``. ``identity`` is the requester's public identity
+    string; the caller must have validated it (Identity.locally_validate, off the event loop): neither this
+    builder nor apply runs the memory-hard hash. The version fields are -1 when the request did not carry them
+    (a -1 leaves the stored value as it is)."""
+    a = parse_address(address)
+    versions = {k: parse_version_field(v, k)
+                for k, v in (("vMajor", vMajor), ("vMinor", vMinor), ("vRev", vRev), ("vProto", vProto))}
+    return encode(MemberRequest(**_envelope(request_id, time), nwid=_canon_nwid(nwid), address=format_address(a),
+                                identity=member_identity(identity, a), **versions))
 
 
 def build_restore(networks: Iterable[dict[str, Any]], members: Iterable[dict[str, Any]], *, request_id: str,

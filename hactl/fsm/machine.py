@@ -24,18 +24,20 @@ from hactl._lmdb import usage as lmdb_usage
 from hactl.fsm import layout as L
 from hactl.fsm.coerce import ValidationError
 from hactl.fsm.commands import (AlarmClear, AlarmRaise, ClusterCertificate, ClusterInit, ClusterRevoke, Command,
-                                CommandError, MemberAuthorize, MemberCreate, MemberDelete, MemberUpdate,
-                                NetworkCreate, NetworkDelete, NetworkUpdate, NoOp, RestoreAbort, RestoreBegin,
-                                RestoreChunk, RestoreCommit, decode, parse_alarm_message, parse_alarm_name)
+                                CommandError, MemberAuthorize, MemberCreate, MemberDelete, MemberRequest,
+                                MemberUpdate, NetworkCreate, NetworkDelete, NetworkUpdate, NoOp, RestoreAbort,
+                                RestoreBegin, RestoreChunk, RestoreCommit, decode, parse_alarm_message,
+                                parse_alarm_name)
 from hactl.fsm.ipassign import V4Plan, has_routed_v4, pick_v4
 from hactl.fsm.membership import Membership
 from hactl.fsm.model import (ARRAY_MAX, NETWORK_N_MAX, RECORD_FORMAT, format_address, format_nwid,
                              member_defaults, member_revision, member_view, network_defaults, network_id,
                              network_view, pack_member, pack_network, unpack_member, unpack_network)
 from hactl.fsm.result import ErrorCode, Result
-from hactl.fsm.validate import (check_network_id, member_record, network_record, parse_address, parse_label,
-                                parse_nwid, parse_serial, parse_token_hash, signing_public_key,
-                                validate_member_changes, validate_network_changes)
+from hactl.fsm.validate import (check_network_id, member_identity, member_record, network_record, parse_address,
+                                parse_label, parse_nwid, parse_serial, parse_token_hash, parse_version_field,
+                                signing_public_key, validate_member_changes, validate_network_changes)
+from hactl.zt.identity import Identity
 
 log = logging.getLogger("hactl.fsm")
 
@@ -49,7 +51,7 @@ DEFAULT_MAP_SIZE = 64 << 30  # address space only; the file grows as needed
 
 # Commands that never read, copy or delete member-count rows: count changes may stay summed in memory across
 # them (see _bump_counts). Every other command first writes the sums out.
-_COUNTS_MAY_WAIT = (MemberCreate, MemberUpdate, MemberAuthorize, MemberDelete, NoOp)
+_COUNTS_MAY_WAIT = (MemberCreate, MemberUpdate, MemberAuthorize, MemberRequest, MemberDelete, NoOp)
 
 
 class FormatError(RuntimeError):
@@ -117,6 +119,7 @@ class StateMachine:
             NetworkDelete: self._network_delete,
             MemberCreate: self._member_upsert, MemberUpdate: self._member_upsert,
             MemberAuthorize: self._member_upsert, MemberDelete: self._member_delete,
+            MemberRequest: self._member_request,
             RestoreBegin: self._restore_begin, RestoreChunk: self._restore_chunk,
             RestoreCommit: self._restore_commit, RestoreAbort: self._restore_abort,
             ClusterCertificate: self._cluster_certificate, ClusterRevoke: self._cluster_revoke,
@@ -362,17 +365,58 @@ class StateMachine:
                 rec["authorized"] = v
                 rec["lastAuthorizedTime" if v else "lastDeauthorizedTime"] = cmd.time
                 rec["lastAuthorizedCredentialType"] = "api"
-        fresh_ip = None
         # Assign when this command authorizes the member, or changes what assignment depends on for an
         # authorized one; a rename of an authorized member assigns nothing (its next config request may).
-        if rec["authorized"] and not rec["noAutoAssignIps"] and (
-                old is None or not old["authorized"] or "ipAssignments" in changes or "noAutoAssignIps" in changes):
+        assign = old is None or not old["authorized"] or "ipAssignments" in changes or "noAutoAssignIps" in changes
+        return self._save_member(txn, nwid, address, net_raw, old, rec, assign=assign)
+
+    def _save_member(self, txn: L.Txn, nwid: int, address: int, net_raw: bytes, old: dict[str, Any] | None,
+                     rec: dict[str, Any], *, assign: bool) -> Result:
+        """The common end of every member write: auto-assign IPv4 if ``assign`` (and the member is authorized and
+        lets us), then store ``rec`` with revision + 1, or, when it equals ``old``, write nothing at all (same
+        revision, and an unchanged ctrl.db for a repeated request). The result is the member view."""
+        fresh_ip = None
+        if assign and rec["authorized"] and not rec["noAutoAssignIps"]:
             fresh_ip = self._auto_assign(txn, nwid, address, net_raw, rec)
         if old is not None and rec == old:
             return Result.success(member_view(nwid, address, old))
         rec["revision"] = 1 if old is None else old["revision"] + 1
         self._packed = self._store_member(txn, self._live, nwid, address, old, rec, fresh_ip)
         return Result.success(member_view(nwid, address, rec))
+
+    def _member_request(self, txn: L.Txn, cmd: MemberRequest, index: int) -> Result:
+        """A ZeroTier node asked for its config: what the reference controller records at that point
+        (EmbeddedNetworkController::_request, brief 10.1 steps 3-8), deterministically.
+
+        Unauthorized members are recorded too (so an operator can authorize them); the caller answers them
+        ACCESS_DENIED. Proposed by whichever node heard the request, possibly several for one member: a second
+        request finds the member as the first left it and changes nothing (no write, same revision) unless it
+        reports another version.
+        """
+        controller = self._controller(txn)
+        check_network_id(parse_nwid(cmd.nwid), controller, "nwid")
+        nwid, address, net_raw = self._member_target(txn, cmd)
+        identity = member_identity(cmd.identity, address)  # parse only: the proposer checked the hash
+        versions = {k: parse_version_field(getattr(cmd, k), k) for k in ("vMajor", "vMinor", "vRev", "vProto")}
+        old_raw = txn.get(L.member_key(nwid, address), db=self._live.members)
+        old = None if old_raw is None else unpack_member(old_raw)
+        if old is not None and old["identity"] and not _same_identity(old["identity"], identity):
+            # ZeroTier answers NETWORK_ACCESS_DENIED: someone else claims an address whose owner we know.
+            raise _Fail(ErrorCode.CONFLICT, f"another identity already holds address {format_address(address)} "
+                                            f"on network {format_nwid(nwid)}", "identity")
+        rec = dict(old) if old is not None else member_defaults(cmd.time)
+        if not rec["identity"]:
+            rec["identity"] = identity
+        for k, v in versions.items():
+            if v != -1:  # -1: the request did not say; keep what an earlier one reported
+                rec[k] = v
+        if not rec["authorized"] and not unpack_network(net_raw)["private"]:
+            rec["authorized"] = True
+            rec["lastAuthorizedTime"] = cmd.time
+            rec["lastAuthorizedCredentialType"] = "public"
+        # ZeroTier assigns at every request of an authorized member; _auto_assign does nothing for a member that
+        # already holds a routed IPv4 address, so a repeated request changes nothing.
+        return self._save_member(txn, nwid, address, net_raw, old, rec, assign=True)
 
     def _auto_assign(self, txn: L.Txn, nwid: int, address: int, net_raw: bytes,
                      rec: dict[str, Any]) -> str | None:
@@ -885,6 +929,17 @@ def _address_or_none(s: str) -> int | None:
         return parse_address(s)
     except ValidationError:
         return None
+
+
+def _same_identity(stored: str, canonical: str) -> bool:
+    """Whether a member's stored identity string is ``canonical`` (restored records may hold another spelling of
+    the same identity: upper-case hex, a trailing newline)."""
+    if stored == canonical:
+        return True
+    try:
+        return Identity.from_string(stored).to_string() == canonical
+    except ValueError:
+        return False
 
 
 @functools.lru_cache(maxsize=16)  # keyed by whole network records: keep it small

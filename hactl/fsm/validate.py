@@ -13,22 +13,24 @@ from typing import Any, Callable, Mapping
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from hactl.fsm.coerce import (ValidationError, sub, to_bool, to_dict, to_hex, to_int, to_ip, to_list,
+from hactl.fsm.coerce import (ValidationError, sub, to_bool, to_dict, to_int, to_ip, to_list,
                               to_network, to_str)
 from hactl.fsm.model import (MEMBER_SETTABLE, MTU_MAX, MTU_MIN, NETWORK_N_MAX, NETWORK_SETTABLE, member_defaults,
                              network_defaults)
 from hactl.fsm.rules import parse_rules
+from hactl.zt.identity import Identity
 
 __all__ = [
     "ValidationError", "validate_network_changes", "validate_member_changes", "network_record", "member_record",
     "parse_nwid", "parse_address", "check_network_id", "parse_request_id", "parse_time", "parse_label",
-    "parse_token_hash", "signing_public_key",
+    "parse_token_hash", "signing_public_key", "member_identity", "parse_version_field",
 ]
 
 U32 = 0xFFFFFFFF
 NAME_MAX = 1024  # ZeroTier truncates names in configs to 127; we store what fits a sane request and reject more
 DOMAIN_MAX = 255
 IDENTITY_MAX = 1024
+VERSION_FIELD_MAX = 65535  # vMajor/vMinor/vRev/vProto are 16-bit on the wire; -1 is "unknown"
 REQUEST_ID_MAX = 256  # bytes of UTF-8: it is an LMDB key (max 511)
 LABEL_MAX = 128  # cluster id, timeline id, restore id
 TOKEN_HASH_MAX = 512
@@ -117,6 +119,35 @@ def signing_public_key(v: Any, field: str = "signing_key") -> bytes:
         raise ValidationError(field, "expected a 32-byte raw Ed25519 private key")
     key = Ed25519PrivateKey.from_private_bytes(bytes(v))
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def member_identity(v: Any, address: int, field: str = "identity") -> str:
+    """A requester's public ZeroTier identity string, canonical (``str(Identity)``), whose address is ``address``.
+
+    Parsing is cheap (hex and a length check); the memory-hard hash that proves the address belongs to the key is
+    NOT checked here: apply must stay fast and deterministic, and the node that proposes a member.request has
+    already validated the identity (off its event loop) when the peer introduced itself.
+    """
+    if not isinstance(v, str) or not v or len(v) > IDENTITY_MAX:
+        raise ValidationError(field, f"expected a ZeroTier identity string of at most {IDENTITY_MAX} characters")
+    if v.count(":") == 3:  # (checked before parsing, which would also check the secret against the key)
+        raise ValidationError(field, "expected the public identity (address:0:public key); this one carries a "
+                                     "secret, which must never be sent or stored")
+    try:
+        ident = Identity.from_string(v)
+    except ValueError as e:  # ProtocolError is a ValueError
+        raise ValidationError(field, f"not a ZeroTier identity: {e}") from None
+    if ident.address != address:
+        raise ValidationError(field, f"the identity's address {ident.address:010x} is not the member address "
+                                     f"{address:010x}")
+    return str(ident)
+
+
+def parse_version_field(v: Any, field: str) -> int:
+    """vMajor, vMinor, vRev or vProto of a config request: -1 (unknown) .. 65535."""
+    if isinstance(v, bool) or not isinstance(v, int) or not -1 <= v <= VERSION_FIELD_MAX:
+        raise ValidationError(field, f"expected an integer in -1..{VERSION_FIELD_MAX} (-1: unknown), got {v!r}")
+    return v
 
 
 # -------------------------------------------------------------------------------------------- network fields

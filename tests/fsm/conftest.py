@@ -1,6 +1,7 @@
 """Shared fixtures for the state machine and snapshot tests: a machine, and a driver that numbers entries."""
 from __future__ import annotations
 
+import hashlib
 import itertools
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -21,11 +22,20 @@ POOL_NET = {
 }
 
 
+def member_identity(address: str, key: int = 0) -> str:
+    """A public identity string for ``address`` (``key`` picks another key pair for the same address). Its address
+    is NOT derived from its key: apply never runs the memory-hard hash (the proposer does), so member.request
+    accepts it, and making real ones for many addresses would take a 40-bit search each."""
+    public = hashlib.sha512(f"{address}/{key}".encode()).digest()
+    return f"{address}:0:{public.hex()}"
+
+
 class Driver:
     """Feeds a machine one entry at a time with fresh indexes, request ids and times."""
 
     controller = CONTROLLER
     pool_net = POOL_NET
+    identity = staticmethod(member_identity)  # (test modules cannot import conftest by name)
 
     def __init__(self, machine: StateMachine, term: int = 1) -> None:
         self.m = machine
@@ -82,6 +92,11 @@ class Driver:
 
     def authorize(self, nwid: str, address: str, authorized: bool = True) -> Result:
         return self.apply(C.build_member_authorize(self.rid(), self.tick(), nwid, address, authorized))
+
+    def request(self, nwid: str, address: str, identity: str | None = None, **versions: int) -> Result:
+        """member.request: a ZeroTier node's config request (identity: member_identity(address) by default)."""
+        return self.apply(C.build_member_request(self.rid(), self.tick(), nwid, address,
+                                                 identity or member_identity(address), **versions))
 
     def delete_member(self, nwid: str, address: str) -> Result:
         return self.apply(C.build_member_delete(self.rid(), self.tick(), nwid, address))

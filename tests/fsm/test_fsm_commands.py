@@ -25,6 +25,8 @@ SAMPLES: list[C.Command] = [
     C.MemberUpdate(request_id="r", time=1, nwid=NWID, address="0000000001", changes={"tags": [[1, 2]]}),
     C.MemberDelete(request_id="r", time=1, nwid=NWID, address="0000000001"),
     C.MemberAuthorize(request_id="r", time=1, nwid=NWID, address="0000000001", authorized=False),
+    C.MemberRequest(request_id="r", time=1, nwid=NWID, address="0000000001", identity="0000000001:0:" + "ab" * 64,
+                    vMajor=1, vMinor=14, vRev=2, vProto=-1),
     C.RestoreBegin(request_id="r", time=1, restore_id="x", timeline_id="t2", address="0102030405",
                    signing_key=KEY, token_hash=None),
     C.RestoreChunk(request_id="r", time=1, restore_id="x", seq=0, networks=[{"id": NWID}], members=[]),

@@ -64,6 +64,7 @@ op = st.one_of(
     st.tuples(st.just("member.update"), N, ADDRESS, member_body),  # (weighted: the common write)
     st.tuples(st.just("member.create"), N, ADDRESS, member_body),
     st.tuples(st.just("member.authorize"), N, ADDRESS, st.booleans()),
+    st.tuples(st.just("member.request"), N, ADDRESS, st.integers(0, 5), st.integers(-1, 2)),
     st.tuples(st.just("member.delete"), N, ADDRESS),
     st.tuples(st.just("noop")),
     st.tuples(st.just("empty")),
@@ -96,6 +97,9 @@ def to_entries(stream: list[tuple[Any, ...]]) -> list[Entry]:
             data = C.build_member_create(rid, t, nwid(o[1]), o[2], o[3])
         elif kind == "member.authorize":
             data = C.build_member_authorize(rid, t, nwid(o[1]), o[2], o[3])
+        elif kind == "member.request":  # mostly one key per address; sometimes another (a conflict)
+            identity = f"{o[2]}:0:{o[3] // 5:0128x}"
+            data = C.build_member_request(rid, t, nwid(o[1]), o[2], identity, vMajor=o[4])
         elif kind == "member.delete":
             data = C.build_member_delete(rid, t, nwid(o[1]), o[2])
         elif kind == "noop":
