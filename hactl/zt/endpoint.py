@@ -1,0 +1,162 @@
+"""The asyncio UDP shell around a sans-IO Node: one socket, a timer, a thread pool for identity validation.
+
+It feeds every datagram to the node and sends what the node queued right after (flush), ticks the node every
+tick_ms, runs the memory-hard identity checks off the event loop (at most validation_workers at a time; the node
+bounds how many are queued) and hands config requests to the glue's on_request. The glue answers through
+node.answer_* / node.push_* and then calls flush(). A failing on_request is logged, never fatal.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from hactl.zt.address import address_to_str
+from hactl.zt.identity import Identity
+from hactl.zt.node import ConfigRequest, Node
+
+log = logging.getLogger(__name__)
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        self.endpoint._datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors for earlier sends (unreachable peers) land here; they are normal on the Internet.
+        self.endpoint.send_errors += 1
+
+
+class Endpoint:
+    def __init__(self, node: Node, bind: tuple[str, int], *, on_request: Callable[[ConfigRequest], None],
+                 validation_workers: int = 1, tick_ms: int = 1000) -> None:
+        self.node = node
+        self.bind = bind
+        self.on_request = on_request
+        self.validation_workers = max(1, validation_workers)
+        self.tick_ms = tick_ms
+        self.local_address: tuple[str, int] = ("", 0)
+        self.send_errors = 0
+        self._transport: asyncio.DatagramTransport | None = None
+        self._v6 = False
+        self._tick_task: asyncio.Task | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._validating = 0
+        self._pending: list[Identity] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def now(self) -> int:
+        return time.monotonic_ns() // 1_000_000
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        host, port = self.bind
+        try:
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), local_addr=(host, port))
+        except OSError as e:
+            raise OSError(e.errno, f"zt endpoint: cannot bind UDP {host}:{port}: {e.strerror or e}") from e
+        self._transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        self._v6 = sock.family == socket.AF_INET6
+        if self._v6:
+            # A dual-stack socket reaches IPv4 through mapped addresses; a v6-only one does not.
+            v6only = sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+            self.node.families = {6} if v6only else {4, 6}
+        else:
+            self.node.families = {4}
+        name = sock.getsockname()
+        self.local_address = (name[0], name[1])
+        self._pool = ThreadPoolExecutor(self.validation_workers, thread_name_prefix="zt-validate")
+        self._tick_task = asyncio.create_task(self._ticker())
+        log.info("zt endpoint %s listening on udp %s:%d", address_to_str(self.node.address), *self.local_address)
+        self._step()  # the first tick: HELLO the roots now
+
+    async def stop(self) -> None:
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            try:
+                await self._tick_task
+            except asyncio.CancelledError:
+                pass
+            self._tick_task = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    # --- the loop's side ----------------------------------------------------------------------------------------
+    def _datagram(self, data: bytes, addr: tuple) -> None:
+        host = addr[0]
+        if self._v6 and host.startswith("::ffff:") and "." in host:
+            host = host[7:]  # IPv4 through a dual-stack socket: the node sees plain IPv4
+        self.node.receive(data, (host, addr[1]), self.now())
+        self.flush()
+        self._dispatch()
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_ms / 1000)
+            self._step()
+
+    def _step(self) -> None:
+        self.node.tick(self.now())
+        self.flush()
+        self._dispatch()
+
+    def flush(self) -> None:
+        """Send what the node queued."""
+        out = self.node.take_datagrams()
+        if self._transport is None:
+            return
+        for data, (host, port) in out:
+            if self._v6 and ":" not in host:
+                host = f"::ffff:{host}"
+            try:
+                self._transport.sendto(data, (host, port))
+            except OSError:
+                self.send_errors += 1
+
+    def _dispatch(self) -> None:
+        self._pending.extend(self.node.take_validations())
+        self._run_validations()
+        for req in self.node.take_requests():
+            try:
+                self.on_request(req)
+            except Exception:
+                log.exception("zt endpoint: on_request failed for member %s network %016x",
+                              address_to_str(req.source), req.request.network_id)
+        self.flush()  # on_request may have answered at once
+
+    def _run_validations(self) -> None:
+        loop, pool = self._loop, self._pool
+        if loop is None or pool is None:
+            return
+        while self._pending and self._validating < self.validation_workers:
+            ident = self._pending.pop(0)
+            self._validating += 1
+            fut = loop.run_in_executor(pool, ident.locally_validate)
+            fut.add_done_callback(lambda f, ident=ident: self._validation_done(ident, f))
+
+    def _validation_done(self, ident: Identity, fut: asyncio.Future) -> None:
+        self._validating -= 1
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            log.error("zt endpoint: validating identity %s raised %r", address_to_str(ident.address), exc)
+        ok = exc is None and bool(fut.result())
+        self.node.validated(ident, ok, self.now())
+        self.flush()
+        self._dispatch()
+
+
+__all__ = ["Endpoint"]
