@@ -36,7 +36,6 @@ from hactl.fsm.machine import StateMachine  # noqa: E402
 from hactl.snapshots.rebuild import rebuild_ctrl_db  # noqa: E402
 from hactl.snapshots.store import SnapshotStore  # noqa: E402
 
-CONTROLLER = "a1b2c3d4e5"
 NETWORK = {"name": "bench", "v4AssignMode": {"zt": True}, "routes": [{"target": "10.0.0.0/8"}],
            "ipAssignmentPools": [{"ipRangeStart": "10.0.0.1", "ipRangeEnd": "10.255.255.254"}]}
 T0 = 1_700_000_000_000
@@ -119,8 +118,10 @@ def main() -> int:
     try:
         j = Journal()
         m = StateMachine(work / "ctrl.db")
-        init = C.build_cluster_init(j.rid(), T0, cluster_id="bench", timeline_id="t1", address=CONTROLLER,
-                                    signing_key=C.new_signing_key(), token_hash="sha256:bench")
+        ident = C.new_controller_identity()
+        init = C.build_cluster_init(j.rid(), T0, cluster_id="bench", timeline_id="t1",
+                                    address=f"{ident.address:010x}", signing_key=ident.to_bytes(include_private=True),
+                                    token_hash="sha256:bench")
         r = m.apply_batch([j.entry(init), j.entry(C.build_network_create(j.rid(), T0, NETWORK, start=1))])
         nwid = r[1].value["id"]  # type: ignore[union-attr,index]
         first = f"{next(addresses(1)):010x}"

@@ -6,7 +6,16 @@ from typing import Callable, Iterator
 
 import pytest
 
+from tests.identities import next_controller_identity
 from tests.proc_cluster import ProcCluster
+
+
+@pytest.fixture(autouse=True)
+def _pooled_controller_identities(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clusters started in-process take their controller identity from a pool of pre-generated ones
+    (tests/identities.py): generating one searches a memory-hard hash, ~1-3 s per cluster in pure Python.
+    (Controllers run as processes still generate theirs.)"""
+    monkeypatch.setattr("hactl.server.controller.new_controller_identity", next_controller_identity)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from hactl.fsm.result import Result
 from hactl.raft.storage import RaftStorage
 from hactl.raft.types import ConfState, Entry, EntryType, SnapshotMeta
 from hactl.server.alarms import NOSPACE, StorageMonitor
+from tests.identities import bound_key
 from tests.proc_cluster import ProcCluster
 
 NWID = "a1b2c3d4e5000001"
@@ -67,7 +68,7 @@ class OneNode:
     def fill(self, members: int) -> int:
         """Add members; ctrl.db's live data afterwards."""
         for command in (C.build_cluster_init("init", 1, cluster_id="c", timeline_id="t", address=NWID[:10],
-                                             signing_key=bytes(range(32)), token_hash="h"),
+                                             signing_key=bound_key(NWID[:10]), token_hash="h"),
                         C.build_network_update("net", 1, NWID, {})):
             assert asyncio.run(self.submit(command, "setup")).ok
         for i in range(members):

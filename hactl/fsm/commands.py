@@ -9,8 +9,11 @@ KEY_REUSED and changes nothing. Absent means "not known", which matches any fing
 ``fp`` ignores it; since KEY_REUSED changes nothing and is not remembered, the model stays the same either way.
 Types and their fields:
     noop
-    cluster.init      cluster_id: str, timeline_id: str, address: str (10 hex), signing_key: bin (32-byte raw
-                      Ed25519 private key), token_hash: str
+    cluster.init      cluster_id: str, timeline_id: str, address: str (10 hex), signing_key: bin, token_hash: str
+                      ``signing_key`` (the name kept for schema compatibility) is the cluster's ZeroTier controller
+                      identity WITH its private key, in ZeroTier's binary form (Identity.to_bytes(include_private=
+                      True), 135 bytes); ``address`` must be that identity's address. (Before, it was a 32-byte raw
+                      Ed25519 key and the address a random stand-in; such a command is now refused.)
     network.create    start: int (1..2^24-1: the proposer's random candidate; see below), changes: map
     network.update    nwid: str, changes: map            (create or update, as POST /controller/network/{nwid})
     network.delete    nwid: str
@@ -22,6 +25,7 @@ Types and their fields:
                       vMajor, vMinor, vRev, vProto: int (-1..65535, -1 unknown)   a ZeroTier node asked for its
                       network config: records the member as ZeroTier's controller does (see machine.py)
     restore.begin     restore_id: str, timeline_id: str, address: str, signing_key: bin, token_hash: str | nil
+                      (signing_key and address as in cluster.init: the restored controller's identity)
     restore.chunk     restore_id: str, seq: int (0, 1, ...), networks: [map], members: [map]
     restore.commit    restore_id: str, chunks: int, networks: int, members: int
     restore.abort     restore_id: str
@@ -50,10 +54,11 @@ import msgpack
 
 from hactl.fsm.coerce import ValidationError
 from hactl.fsm.model import NETWORK_N_MAX, format_address, format_nwid
-from hactl.fsm.validate import (member_identity, member_record, network_record, parse_address, parse_label,
-                                parse_nwid, parse_request_id, parse_serial, parse_time, parse_token_hash,
-                                parse_version_field, signing_public_key, validate_member_changes,
-                                validate_network_changes)
+from hactl.fsm.validate import (check_controller_address, controller_identity, member_identity, member_record,
+                                network_record, parse_address, parse_label, parse_nwid, parse_request_id,
+                                parse_serial, parse_time, parse_token_hash, parse_version_field,
+                                validate_member_changes, validate_network_changes)
+from hactl.zt.identity import Identity
 
 SCHEMA_VERSION = 1
 FINGERPRINT_BYTES = 32  # SHA-256
@@ -390,19 +395,11 @@ def fingerprint_of(command: bytes) -> bytes | None:
 
 # ------------------------------------------------------------------------------------- proposer-side helpers
 
-def new_signing_key() -> bytes:
-    """A fresh raw Ed25519 private key (32 bytes) for cluster.init."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-    return Ed25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-
-
-def new_controller_address() -> str:
-    """A random 10-hex controller address that is not reserved (0, ff........)."""
-    while True:
-        a = secrets.randbits(40)
-        if a and a >> 32 != 0xFF:
-            return format_address(a)
+def new_controller_identity() -> Identity:
+    """A fresh ZeroTier identity for cluster.init: the cluster's controller address and the key it signs network
+    configs with. Slow (a search over the memory-hard hash: ~1-3 s in pure Python, much less with the native
+    hash): call it off the event loop. Its ``to_bytes(include_private=True)`` is the command's ``signing_key``."""
+    return Identity.generate()
 
 
 def random_network_start() -> int:
@@ -465,10 +462,13 @@ def build_alarm_clear(request_id: str, time: int, node: str, name: str) -> bytes
 
 def build_cluster_init(request_id: str, time: int, *, cluster_id: str, timeline_id: str, address: str,
                        signing_key: bytes, token_hash: str) -> bytes:
-    signing_public_key(signing_key)
+    """``signing_key``: the controller identity's binary form with its private key (new_controller_identity());
+    ``address`` must be that identity's address."""
+    a = parse_address(address)
+    check_controller_address(controller_identity(signing_key), a)
     return encode(ClusterInit(**_envelope(request_id, time), cluster_id=parse_label(cluster_id, "cluster_id"),
                               timeline_id=parse_label(timeline_id, "timeline_id"),
-                              address=_canon_address(address), signing_key=bytes(signing_key),
+                              address=format_address(a), signing_key=bytes(signing_key),
                               token_hash=parse_token_hash(token_hash)))
 
 
@@ -529,10 +529,11 @@ def build_restore(networks: Iterable[dict[str, Any]], members: Iterable[dict[str
     """The whole restore sequence: begin, chunks of whole records (networks first), commit.
 
     Request ids are ``request_id`` + "/begin", "/0", "/1", ..., "/commit". Records are validated here, so a
-    bad backup fails before anything is proposed. Streams: memory is bounded by ``chunk_bytes``.
+    bad backup fails before anything is proposed. Streams: memory is bounded by ``chunk_bytes``. ``signing_key``
+    and ``address`` as for build_cluster_init: the restored controller's identity.
     """
     controller = parse_address(address)
-    signing_public_key(signing_key)
+    check_controller_address(controller_identity(signing_key), controller)  # (a pre-identity backup fails here)
     if token_hash is not None:
         parse_token_hash(token_hash)
     parse_label(restore_id, "restore_id")

@@ -12,7 +12,7 @@ from hactl.fsm.coerce import ValidationError
 from hactl.fsm.machine import StateMachine
 from hactl.fsm.model import (format_address, format_nwid, member_view, network_view, unpack_member,
                              unpack_network)
-from hactl.fsm.validate import member_record, network_record
+from hactl.fsm.validate import LEGACY_SIGNING_KEY_SIZE, controller_identity, member_record, network_record
 
 MAX_PROBLEMS = 100
 
@@ -41,8 +41,23 @@ def check_machine(machine: StateMachine) -> list[str]:
             info = msgpack.unpackb(raw_cluster, raw=False)
             if info.get("address") != format_address(controller or 0):
                 bad(f"cluster address {info.get('address')} differs from the controller key {controller:010x}")
-            if txn.get(L.META_SIGNING_KEY, db=meta) is None:
-                bad("the signing key is missing")
+            key = txn.get(L.META_SIGNING_KEY, db=meta)
+            if key is None:
+                bad("the controller identity is missing")
+            else:
+                try:  # (the memory-hard hash is not checked: ~0.15 s, and only Identity.generate made this one)
+                    ident = controller_identity(key)
+                    if ident.address != controller:
+                        bad(f"the controller identity's address {ident.address:010x} differs from the controller "
+                            f"address {controller:010x}")
+                    if info.get("identity") != str(ident):
+                        bad("cluster info's identity differs from the stored controller identity")
+                except ValidationError as e:
+                    if len(key) == LEGACY_SIGNING_KEY_SIZE:
+                        bad("the controller key is a 32-byte Ed25519 key from before controller identities: the "
+                            "cluster serves the API but cannot answer over ZeroTier (its address is no identity's)")
+                    else:
+                        bad(f"the stored controller key is not usable: {e.message}")
 
         counts: dict[int, list[int]] = {}
         for k, v in txn.cursor(db=db["networks"]):

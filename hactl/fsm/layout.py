@@ -1,8 +1,8 @@
 """ctrl.db's LMDB layout: named sub-databases, key encodings and meta keys (shared by machine.py and fsck.py).
 
-    meta        format, applied (index, term), cluster info, signing key, controller address, network count,
-                pending restore, the cluster membership at the applied index, controller certificates and the
-                deny-list, the active alarms
+    meta        format, applied (index, term), cluster info, controller identity (with its private key),
+                controller address, network count, pending restore, the cluster membership at the applied index,
+                controller certificates and the deny-list, the active alarms
     networks    nwid (8 bytes BE)                      -> packed network record (model.py)
     members     nwid (8) + address (5)                 -> packed member record; a network's members are one range
     ips         nwid (8) + version (1) + ip (4 or 16)  -> member address (5): every address assigned on a network,
@@ -37,7 +37,9 @@ DB_NAMES = ("meta", *MODEL_TABLES, "requests", "reqlog", *(f"s_{t}" for t in MOD
 META_FORMAT = b"format"
 META_APPLIED = b"applied"
 META_CLUSTER = b"cluster"  # msgpack map: the public cluster info
-META_SIGNING_KEY = b"signing_key"  # raw Ed25519 private key (replicated state, kept out of cluster info)
+# The controller's ZeroTier identity with its private key, binary form (135 bytes; replicated state, kept out of
+# cluster info). A ctrl.db initialised before controller identities holds a 32-byte raw Ed25519 key instead.
+META_SIGNING_KEY = b"signing_key"
 META_CONTROLLER = b"controller"  # the controller address, 5 bytes: read by every model command
 META_RESTORE = b"restore"  # msgpack map: the restore being staged, if any
 META_MEMBERSHIP = b"membership"  # msgpack map: the cluster membership in force at the applied index

@@ -34,10 +34,11 @@ from hactl.fsm.model import (ARRAY_MAX, NETWORK_N_MAX, RECORD_FORMAT, format_add
                              member_defaults, member_revision, member_view, network_defaults, network_id,
                              network_view, pack_member, pack_network, unpack_member, unpack_network)
 from hactl.fsm.result import ErrorCode, Result
-from hactl.fsm.validate import (check_network_id, member_identity, member_record, network_record, parse_address,
-                                parse_label, parse_nwid, parse_serial, parse_token_hash, parse_version_field,
-                                signing_public_key, validate_member_changes, validate_network_changes)
-from hactl.zt.identity import Identity
+from hactl.fsm.validate import (check_controller_address, check_network_id, controller_identity, member_identity,
+                                member_record, network_record, parse_address, parse_label, parse_nwid,
+                                parse_serial, parse_token_hash, parse_version_field, validate_member_changes,
+                                validate_network_changes)
+from hactl.zt.identity import PRIVATE_FORM_SIZE, Identity
 
 log = logging.getLogger("hactl.fsm")
 
@@ -85,7 +86,7 @@ class StateMachine:
         self._cmd_deltas: dict[tuple[bytes, int], list[int]] = {}  # ... of the command being applied
         if readonly and not os.path.exists(self.path):
             raise FileNotFoundError(f"{self.path}: no ctrl.db here")
-        # mode 0600: ctrl.db holds the controller's private signing key.
+        # mode 0600: ctrl.db holds the controller identity's private key.
         self._env = lmdb.open(self.path, subdir=False, map_size=map_size, max_dbs=len(L.DB_NAMES) + 1,
                               sync=sync, metasync=sync, readonly=readonly, lock=lock, max_readers=256,
                               mode=0o600)
@@ -243,10 +244,13 @@ class StateMachine:
     def _cluster_init(self, txn: L.Txn, cmd: ClusterInit, index: int) -> Result:
         if txn.get(L.META_CONTROLLER, db=self._meta) is not None:
             raise _Fail(ErrorCode.ALREADY_INITIALIZED, "the cluster is already initialised")
+        address = parse_address(cmd.address)
+        identity = controller_identity(cmd.signing_key)  # no memory-hard check here: see controller_identity
+        check_controller_address(identity, address)
         info = {"cluster_id": parse_label(cmd.cluster_id, "cluster_id"),
                 "timeline_id": parse_label(cmd.timeline_id, "timeline_id"),
-                "address": format_address(parse_address(cmd.address)),
-                "public_key": signing_public_key(cmd.signing_key).hex(),
+                "address": format_address(address),
+                "identity": str(identity),  # public: address:0:public key
                 "token_hash": parse_token_hash(cmd.token_hash),
                 "initialized_time": cmd.time}
         self._put_cluster(txn, info, cmd.signing_key)
@@ -492,10 +496,13 @@ class StateMachine:
 
     def _restore_begin(self, txn: L.Txn, cmd: RestoreBegin, index: int) -> Result:
         self._controller(txn)  # restoring needs a running (initialised) cluster
+        address = parse_address(cmd.address)
+        identity = controller_identity(cmd.signing_key)  # (a backup from before identities is refused here)
+        check_controller_address(identity, address)
         pending = {"restore_id": parse_label(cmd.restore_id, "restore_id"),
                    "timeline_id": parse_label(cmd.timeline_id, "timeline_id"),
-                   "address": format_address(parse_address(cmd.address)),
-                   "public_key": signing_public_key(cmd.signing_key).hex(),
+                   "address": format_address(address),
+                   "identity": str(identity),
                    "signing_key": bytes(cmd.signing_key),
                    "token_hash": None if cmd.token_hash is None else parse_token_hash(cmd.token_hash),
                    "next_seq": 0, "networks": 0, "members": 0}
@@ -547,6 +554,9 @@ class StateMachine:
 
     def _restore_commit(self, txn: L.Txn, cmd: RestoreCommit, index: int) -> Result:
         pending = self._pending(txn, cmd.restore_id)
+        if "identity" not in pending:  # staged by a version whose controller key was not a ZeroTier identity
+            raise _Fail(ErrorCode.RESTORE, "this restore was begun by an earlier version, with a key that is not a "
+                                           "ZeroTier identity; abort it and restore again", "restore_id")
         want = {"chunks": pending["next_seq"], "networks": pending["networks"], "members": pending["members"]}
         got = {"chunks": cmd.chunks, "networks": cmd.networks, "members": cmd.members}
         if want != got:
@@ -558,8 +568,8 @@ class StateMachine:
         txn.put(self._live.netcount_key, L.u64(self._count(txn, self._staging)), db=self._meta)
         self._clear(txn, self._staging)
         info = msgpack.unpackb(txn.get(L.META_CLUSTER, db=self._meta), raw=False)
-        info.update(timeline_id=pending["timeline_id"], address=pending["address"],
-                    public_key=pending["public_key"])
+        info.update(timeline_id=pending["timeline_id"], address=pending["address"], identity=pending["identity"])
+        info.pop("public_key", None)  # (a cluster initialised before identities: its old Ed25519 public key)
         if pending["token_hash"] is not None:
             info["token_hash"] = pending["token_hash"]
         self._put_cluster(txn, info, pending["signing_key"])
@@ -675,7 +685,9 @@ class StateMachine:
     # ================================================================================================ reads
 
     def cluster_info(self) -> dict[str, Any] | None:
-        """cluster_id, timeline_id, address, public_key (hex), token_hash, initialized_time; None before init."""
+        """cluster_id, timeline_id, address, identity (the controller's public ZeroTier identity string),
+        token_hash, initialized_time; None before init. (A cluster initialised before controller identities has
+        public_key, its old Ed25519 public key in hex, instead of identity.)"""
         with self._env.begin() as txn:
             raw = txn.get(L.META_CLUSTER, db=self._meta)
         info: dict[str, Any] | None = None if raw is None else msgpack.unpackb(raw, raw=False)
@@ -704,9 +716,18 @@ class StateMachine:
         return lmdb_usage(self._env, self._db.values())
 
     def signing_key(self) -> bytes | None:
-        """The controller's raw Ed25519 private key (kept out of cluster_info so it is not shown by accident)."""
+        """The controller identity's binary form with its private key, as cluster.init or restore carried it (kept
+        out of cluster_info so it is not shown by accident); None before init. A ctrl.db initialised before
+        controller identities holds a 32-byte Ed25519 key here instead."""
         with self._env.begin() as txn:
             return txn.get(L.META_SIGNING_KEY, db=self._meta)
+
+    def controller_identity(self) -> Identity | None:
+        """The cluster's ZeroTier controller identity, private key included; None before init, and None for a
+        ctrl.db initialised before controller identities (a legacy 32-byte Ed25519 key). Such a cluster still
+        opens and keeps serving the API, but cannot answer over ZeroTier: its address was a random stand-in, not
+        derived from any key, so no identity will ever hold it (and its network ids embed that address)."""
+        return _identity_of(self.signing_key())
 
     def restore_pending(self) -> dict[str, Any] | None:
         """The restore being staged (restore_id, next_seq, counts), without its key material."""
@@ -929,6 +950,19 @@ def _address_or_none(s: str) -> int | None:
         return parse_address(s)
     except ValidationError:
         return None
+
+
+@functools.lru_cache(maxsize=4)  # a key of a few bytes, asked for on every config request
+def _identity_of(raw: bytes | None) -> Identity | None:
+    """The stored controller key as an Identity (None if absent or legacy). Parsed without the memory-hard hash:
+    apply already checked everything but that, and the proposer generated the identity."""
+    if raw is None or len(raw) != PRIVATE_FORM_SIZE:
+        return None
+    try:
+        ident = Identity.from_bytes(raw)
+    except ValueError:
+        return None
+    return ident if ident.has_private else None
 
 
 def _same_identity(stored: str, canonical: str) -> bool:

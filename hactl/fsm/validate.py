@@ -10,20 +10,17 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
 from hactl.fsm.coerce import (ValidationError, sub, to_bool, to_dict, to_int, to_ip, to_list,
                               to_network, to_str)
 from hactl.fsm.model import (MEMBER_SETTABLE, MTU_MAX, MTU_MIN, NETWORK_N_MAX, NETWORK_SETTABLE, member_defaults,
                              network_defaults)
 from hactl.fsm.rules import parse_rules
-from hactl.zt.identity import Identity
+from hactl.zt.identity import PRIVATE_FORM_SIZE, Identity
 
 __all__ = [
     "ValidationError", "validate_network_changes", "validate_member_changes", "network_record", "member_record",
     "parse_nwid", "parse_address", "check_network_id", "parse_request_id", "parse_time", "parse_label",
-    "parse_token_hash", "signing_public_key", "member_identity", "parse_version_field",
+    "parse_token_hash", "controller_identity", "check_controller_address", "member_identity", "parse_version_field",
 ]
 
 U32 = 0xFFFFFFFF
@@ -113,12 +110,41 @@ def parse_token_hash(v: Any, field: str = "token_hash") -> str:
     return v
 
 
-def signing_public_key(v: Any, field: str = "signing_key") -> bytes:
-    """The Ed25519 public key of a 32-byte raw private key (validating it)."""
-    if not isinstance(v, (bytes, bytearray)) or len(v) != 32:
-        raise ValidationError(field, "expected a 32-byte raw Ed25519 private key")
-    key = Ed25519PrivateKey.from_private_bytes(bytes(v))
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+LEGACY_SIGNING_KEY_SIZE = 32  # what cluster.init carried before: a raw Ed25519 key, not a ZeroTier identity
+
+
+def controller_identity(v: Any, field: str = "signing_key") -> Identity:
+    """The cluster's ZeroTier controller identity, private key included, from ZeroTier's binary form
+    (``Identity.to_bytes(include_private=True)``, 135 bytes): it parses, carries a private key, and that key
+    belongs to the public key (Identity.from_bytes checks that; a scalar multiplication, well under a ms).
+
+    The memory-hard hash that ties the address to the key (Identity.locally_validate) is deliberately NOT run:
+    it costs ~0.15 s in Python, far too much inside apply (it would stall every node's apply loop), and the
+    proposer made the identity itself with Identity.generate, which only returns identities that pass it.
+    """
+    if not isinstance(v, (bytes, bytearray)):
+        raise ValidationError(field, f"expected the controller's ZeroTier identity in binary form, got "
+                                     f"{type(v).__name__}")
+    if len(v) == LEGACY_SIGNING_KEY_SIZE:
+        raise ValidationError(field, "this is a 32-byte Ed25519 key from an earlier version, not a ZeroTier "
+                                     f"identity ({PRIVATE_FORM_SIZE} bytes with its private key); the controller "
+                                     "address must be a ZeroTier identity now, so a backup made before that change "
+                                     "cannot be restored")
+    try:
+        ident = Identity.from_bytes(bytes(v))
+    except ValueError as e:  # ProtocolError is a ValueError
+        raise ValidationError(field, f"not a ZeroTier identity in binary form: {e}") from None
+    if not ident.has_private:
+        raise ValidationError(field, "the controller identity must carry its private key (the controller signs "
+                                     "network configs with it)")
+    return ident
+
+
+def check_controller_address(ident: Identity, address: int, field: str = "address") -> None:
+    """The controller address a command names must be its identity's: networks live under that address."""
+    if ident.address != address:
+        raise ValidationError(field, f"{address:010x} is not the address of the controller identity "
+                                     f"({ident.address:010x})")
 
 
 def member_identity(v: Any, address: int, field: str = "identity") -> str:

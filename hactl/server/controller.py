@@ -28,8 +28,7 @@ from hactl._fs import atomic_write
 from hactl.aio import cancel_and_wait
 from hactl.api.cluster import ClusterUnavailable
 from hactl.config import Config, parse_hostport
-from hactl.fsm.commands import (build_cluster_certificate, build_cluster_init, new_controller_address,
-                                new_signing_key)
+from hactl.fsm.commands import build_cluster_certificate, build_cluster_init, new_controller_identity
 from hactl.fsm.machine import StateMachine
 from hactl.fsm.result import Result
 from hactl.raft import core as raft_core
@@ -310,9 +309,13 @@ class Controller:
             if self.model.machine.cluster_info() is not None:
                 return
             token = read_or_create_token(self.cfg.api.token_file)
+            # The cluster's ZeroTier identity: its address is the controller address every network id starts
+            # with. Finding one takes a search over a memory-hard hash (seconds in pure Python): off the loop.
+            identity = await asyncio.get_running_loop().run_in_executor(None, new_controller_identity)
             cmd = build_cluster_init(INIT_REQUEST_ID, self.now_ms(), cluster_id=uuid.uuid4().hex,
-                                     timeline_id=uuid.uuid4().hex, address=new_controller_address(),
-                                     signing_key=new_signing_key(), token_hash=token_hash(token))
+                                     timeline_id=uuid.uuid4().hex, address=f"{identity.address:010x}",
+                                     signing_key=identity.to_bytes(include_private=True),
+                                     token_hash=token_hash(token))
             result = await self.submit(cmd, INIT_REQUEST_ID)
             if result.ok:
                 log.info("cluster initialised: controller address %s", (result.value or {}).get("address"))

@@ -215,7 +215,7 @@ class Operations:
                 yield from build_restore(backup.iter_networks(), backup.iter_all_members(), request_id=request_id,
                                          time=stamp, restore_id=restore_id, timeline_id=timeline_id,
                                          address=info["address"], signing_key=backup.signing_key() or b"",
-                                         token_hash=current.get("token_hash"))
+                                         token_hash=current.get("token_hash"))  # (the identity, private key too)
 
         deadline = loop.time() + timeout
         it = commands()
@@ -267,6 +267,11 @@ class Operations:
             info = backup.cluster_info()
             if info is None or not backup.signing_key():
                 raise AgentError("invalid_db", f"{p}: holds no cluster initialisation (not a controller's ctrl.db)")
+            if backup.controller_identity() is None:
+                # Its networks live under a random stand-in address that no ZeroTier identity will ever have.
+                raise AgentError("invalid_db", f"{p}: made by a version whose controller key was not a ZeroTier "
+                                               "identity (a 32-byte Ed25519 key); a backup from before controller "
+                                               "identities cannot be restored")
             networks = backup.network_count()
             members = sum(1 for _ in backup.iter_all_members())
             # A dry run of the whole command stream validates every record before anything is proposed.

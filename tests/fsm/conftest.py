@@ -12,9 +12,10 @@ from hactl.fsm import commands as C
 from hactl.fsm.machine import StateMachine
 from hactl.fsm.membership import Membership
 from hactl.fsm.result import Result
+from tests.identities import bound_key
 
 CONTROLLER = "a1b2c3d4e5"
-SIGNING_KEY = bytes(range(32))
+SIGNING_KEY = bound_key(CONTROLLER)  # a key pair under CONTROLLER (not derived from it: see tests/identities.py)
 POOL_NET = {
     "v4AssignMode": {"zt": True},
     "ipAssignmentPools": [{"ipRangeStart": "10.0.0.1", "ipRangeEnd": "10.0.0.254"}],

@@ -11,6 +11,7 @@ from hactl.fsm import commands as C
 from hactl.fsm import layout as L
 from hactl.fsm.coerce import ValidationError
 from hactl.fsm.machine import StateMachine
+from tests.identities import bound_key
 
 Driver = Any  # tests/fsm/conftest.py's Driver (conftest modules are not imported by name)
 
@@ -119,7 +120,7 @@ def test_apply_refuses_a_bad_alarm_that_bypassed_the_builder(raw: Driver) -> Non
 def test_usage_counts_live_data_which_shrinks_when_data_is_deleted(tmp_path: Path) -> None:
     with StateMachine(tmp_path / "ctrl.db", map_size=8 << 20) as m:
         commands = iter([C.build_cluster_init("init", 1, cluster_id="c", timeline_id="t", address="a1b2c3d4e5",
-                                              signing_key=bytes(range(32)), token_hash="h"),
+                                              signing_key=bound_key("a1b2c3d4e5"), token_hash="h"),
                          C.build_network_update("net", 2, "a1b2c3d4e5000001", {})])
         index = 0
 

@@ -10,12 +10,14 @@ import msgpack
 import pytest
 
 from hactl.fsm import commands as C
+from hactl.fsm.coerce import ValidationError
 from hactl.fsm import layout as L
 from hactl.fsm import machine as machine_mod
 from hactl.fsm.fsck import check_machine
 from hactl.fsm.machine import FormatError, StateMachine
 from hactl.fsm.model import NETWORK_N_MAX
 from hactl.fsm.result import ErrorCode, Result
+from tests.identities import bound_identity, bound_key
 
 
 def ok(r: Result) -> dict[str, Any]:
@@ -41,18 +43,60 @@ def test_model_commands_need_an_initialised_cluster(raw: Any) -> None:
 
 
 def test_cluster_init_stores_identity_once(raw: Any) -> None:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    assert raw.m.controller_identity() is None
     info = ok(raw.init())
-    pub = Ed25519PrivateKey.from_private_bytes(bytes(range(32))).public_key().public_bytes(
-        Encoding.Raw, PublicFormat.Raw)
+    ident = bound_identity("a1b2c3d4e5")
     assert info == {"cluster_id": "cluster-1", "timeline_id": "timeline-1", "address": "a1b2c3d4e5",
-                    "public_key": pub.hex(), "token_hash": "sha256:abc", "initialized_time": raw.time}
+                    "identity": str(ident), "token_hash": "sha256:abc", "initialized_time": raw.time}
     assert raw.m.cluster_info() == info
-    assert raw.m.signing_key() == bytes(range(32))
-    assert "signing_key" not in info
-    fails(raw.init(address="0102030405"), ErrorCode.ALREADY_INITIALIZED)
+    assert raw.m.signing_key() == ident.to_bytes(include_private=True)
+    assert raw.m.controller_identity() == ident and raw.m.controller_identity().private_key == ident.private_key
+    assert "signing_key" not in info and ident.private_key.hex() not in str(info)
+    fails(raw.init(address="0102030405", signing_key=bound_key("0102030405")), ErrorCode.ALREADY_INITIALIZED)
     assert raw.m.cluster_info() == info
+
+
+@pytest.mark.parametrize("key,address,field,text", [
+    (bound_key("0102030405"), "a1b2c3d4e5", "address", "not the address of the controller identity"),
+    (bytes(range(32)), "a1b2c3d4e5", "signing_key", "cannot be restored"),  # the key before identities
+    (bound_identity("a1b2c3d4e5").to_bytes(), "a1b2c3d4e5", "signing_key", "private key"),  # public only
+    (bound_key("a1b2c3d4e5")[:-64] + bound_identity("a1b2c3d4e5", 1).private_key, "a1b2c3d4e5", "signing_key",
+     "does not match"),
+    (b"\x00" * 135, "a1b2c3d4e5", "signing_key", "reserved"),
+])
+def test_cluster_init_needs_the_controller_identity_with_its_private_key(raw: Any, key: bytes, address: str,
+                                                                         field: str, text: str) -> None:
+    # A proposer that skipped the builder's checks: apply makes the same ones (and the builder refuses too).
+    cmd = C.ClusterInit(request_id=raw.rid(), time=raw.tick(), cluster_id="c", timeline_id="t", address=address,
+                        signing_key=key, token_hash="h")
+    r = fails(raw.apply(C.encode(cmd)), ErrorCode.INVALID, field)
+    assert text in str(r.message)
+    with pytest.raises(ValidationError) as e:
+        C.build_cluster_init("r", 1, cluster_id="c", timeline_id="t", address=address, signing_key=key,
+                             token_hash="h")
+    assert e.value.field == field and text in e.value.message
+    assert raw.m.cluster_info() is None and raw.m.controller_identity() is None
+
+
+def test_a_ctrl_db_from_before_controller_identities_still_opens(tmp_path: Path) -> None:
+    """A legacy ctrl.db (a 32-byte Ed25519 key and a random address): it opens and its model works, but it has no
+    controller identity (it cannot answer over ZeroTier) and db check says why."""
+    path = tmp_path / "ctrl.db"
+    with StateMachine(path) as m:
+        assert m.apply(1, 1, C.build_cluster_init("i", 1, cluster_id="c", timeline_id="t", address="0102030405",
+                                                  signing_key=bound_key("0102030405"), token_hash="h")).ok
+        env, dbs = m.tables()
+        with env.begin(write=True) as txn:  # what an earlier version wrote
+            txn.put(L.META_SIGNING_KEY, bytes(range(32)), db=dbs["meta"])
+            txn.put(L.META_CLUSTER, msgpack.packb({"cluster_id": "c", "timeline_id": "t", "address": "0102030405",
+                                                   "public_key": "ab" * 32, "token_hash": "h",
+                                                   "initialized_time": 1}), db=dbs["meta"])
+    with StateMachine(path) as m:
+        assert m.controller_identity() is None and m.signing_key() == bytes(range(32))
+        assert (m.cluster_info() or {})["address"] == "0102030405"
+        assert m.apply(2, 1, C.build_network_update("n", 2, "0102030405000001", {"name": "x"})).ok
+        problems = check_machine(m)
+        assert len(problems) == 1 and "cannot answer over ZeroTier" in problems[0]
 
 
 # ------------------------------------------------------------------------------------------- networks
@@ -429,7 +473,7 @@ def test_applied_index_and_model_survive_reopen(tmp_path: Path) -> None:
     path = tmp_path / "ctrl.db"
     with StateMachine(path) as m:
         m.apply(7, 3, C.build_cluster_init("i", 1, cluster_id="c", timeline_id="t", address="0102030405",
-                                           signing_key=bytes(32), token_hash="h"))
+                                           signing_key=bound_key("0102030405"), token_hash="h"))
         m.apply(8, 3, C.build_network_update("n", 2, "0102030405000001", {"name": "x"}))
     with StateMachine(path) as m:
         assert m.applied() == (8, 3)

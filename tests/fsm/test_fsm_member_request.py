@@ -14,6 +14,7 @@ from hactl.fsm.coerce import ValidationError
 from hactl.fsm.fsck import check_machine
 from hactl.fsm.machine import StateMachine
 from hactl.fsm.result import ErrorCode, Result
+from tests.identities import bound_key
 
 Driver = Any  # tests/fsm/conftest.py's Driver (conftest modules are not imported by name)
 
@@ -232,7 +233,7 @@ def test_requests_never_give_two_members_one_address(addresses: list[int], pool:
                 assert r is not None
                 return r
             assert apply(C.build_cluster_init("init", 1, cluster_id="c", timeline_id="t", address=CTRL,
-                                              signing_key=bytes(range(32)), token_hash="h")).ok
+                                              signing_key=bound_key(CTRL), token_hash="h")).ok
             nwid = f"{CTRL}000001"
             assert apply(C.build_network_create("n", 2, net, start=1)).ok
             ident = {a: f"{a:010x}:0:" + f"{a:02x}".rjust(128, "0") for a in addresses}

@@ -23,6 +23,7 @@ from hactl.fsm.result import Result
 from hactl.fsm.validate import validate_member_changes, validate_network_changes
 from hactl.snapshots.rebuild import rebuild_ctrl_db
 from hactl.snapshots.store import SnapshotStore
+from tests.identities import bound_key
 
 CONTROLLER = "0a0b0c0d0e"
 Entry = tuple[int, int, bytes]
@@ -114,7 +115,7 @@ def to_entries(stream: list[tuple[Any, ...]]) -> list[Entry]:
             data = sent[o[1] % len(sent)] if sent else b""
         sent.append(data)
     init = C.build_cluster_init("init", 1, cluster_id="c", timeline_id="t", address=CONTROLLER,
-                                signing_key=bytes(32), token_hash="h")
+                                signing_key=bound_key(CONTROLLER), token_hash="h")
     return [(i + 1, 1 + i // 25, d) for i, d in enumerate([init, *sent])]
 
 

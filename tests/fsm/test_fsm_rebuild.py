@@ -10,8 +10,9 @@ from hactl.fsm import commands as C
 from hactl.fsm.machine import StateMachine
 from hactl.snapshots.rebuild import SnapshotPolicy, rebuild_ctrl_db
 from hactl.snapshots.store import SnapshotError, SnapshotStore
+from tests.identities import bound_key
 
-KEY = bytes(range(32))
+KEY = bound_key("0102030405")
 NWID = "0102030405000001"
 
 

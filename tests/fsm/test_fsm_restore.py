@@ -3,12 +3,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from hactl.fsm import commands as C
+from hactl.fsm.coerce import ValidationError
 from hactl.fsm.fsck import check_machine
 from hactl.fsm.machine import StateMachine
 from hactl.fsm.result import ErrorCode
+from tests.identities import bound_identity, bound_key
 
-NEW_KEY = bytes(range(100, 132))
+NEW_KEY = bound_key("a1b2c3d4e5", 1)  # the restored controller: the same address as the fixtures', another key
 
 
 def populate(drv: Any) -> tuple[str, str]:
@@ -48,7 +52,8 @@ def test_restore_replaces_the_model(drv: Any, make_driver: Any) -> None:
         assert info is not None
         assert info["timeline_id"] == "timeline-2" and info["cluster_id"] == "cluster-1"
         assert info["token_hash"] == "sha256:old"  # None keeps the current API token
-        assert other_m.signing_key() == NEW_KEY
+        assert other_m.signing_key() == NEW_KEY and other_m.controller_identity() == bound_identity("a1b2c3d4e5", 1)
+        assert info["identity"] == str(bound_identity("a1b2c3d4e5", 1)) and "public_key" not in info
         assert other_m.restore_pending() is None
         assert check_machine(other_m) == []
         # The restored model keeps working: address index and counts came along.
@@ -134,3 +139,49 @@ def test_restore_needs_an_initialised_cluster(raw: Any) -> None:
     cmds = list(C.build_restore([], [], request_id="x", time=1, restore_id="r", timeline_id="t",
                                 address="a1b2c3d4e5", signing_key=NEW_KEY))
     assert raw.apply(cmds[0]).error == ErrorCode.NOT_INITIALIZED
+
+
+def test_a_restore_needs_a_controller_identity_under_its_address(drv: Any) -> None:
+    populate(drv)
+    before = list(drv.m.iter_model())
+    # A backup from before controller identities holds a 32-byte Ed25519 key: refused before anything is proposed,
+    # and by apply (a proposer that skipped the check).
+    with pytest.raises(ValidationError) as e:
+        list(C.build_restore([], [], request_id="x", time=1, restore_id="r", timeline_id="t", address="a1b2c3d4e5",
+                             signing_key=bytes(range(32))))
+    assert e.value.field == "signing_key" and "cannot be restored" in e.value.message
+    for key, address, field in [(bytes(range(32)), "a1b2c3d4e5", "signing_key"),
+                                (bound_key("0102030405"), "a1b2c3d4e5", "address")]:
+        begin = C.encode(C.RestoreBegin(request_id=drv.rid(), time=1, restore_id="r", timeline_id="t",
+                                        address=address, signing_key=key, token_hash=None))
+        r = drv.apply(begin)
+        assert r.error == ErrorCode.INVALID and r.field == field, r
+    assert drv.m.restore_pending() is None and list(drv.m.iter_model()) == before
+    assert drv.m.controller_identity() == bound_identity("a1b2c3d4e5")
+
+
+def test_the_agent_refuses_a_backup_from_before_controller_identities(tmp_path: Any) -> None:
+    """`hactl agent cluster restore-from-db` checks the backup before proposing anything: one whose controller key
+    is the old 32-byte Ed25519 key is refused with the reason; a current one passes."""
+    import msgpack
+
+    from hactl.agent.handle import AgentError
+    from hactl.fsm import layout as L
+    from hactl.server.operations import Operations
+
+    ops = Operations.__new__(Operations)  # (_validate_backup reads only the file)
+    for name, legacy in (("new.db", False), ("old.db", True)):
+        with StateMachine(tmp_path / name) as m:
+            assert m.apply(1, 1, C.build_cluster_init("i", 1, cluster_id="c", timeline_id="t", address="a1b2c3d4e5",
+                                                      signing_key=bound_key("a1b2c3d4e5"), token_hash="h")).ok
+            if legacy:  # what an earlier version wrote
+                env, dbs = m.tables()
+                with env.begin(write=True) as txn:
+                    txn.put(L.META_SIGNING_KEY, bytes(range(32)), db=dbs["meta"])
+                    info = {"cluster_id": "c", "timeline_id": "t", "address": "a1b2c3d4e5", "public_key": "ab" * 32,
+                            "token_hash": "h", "initialized_time": 1}
+                    txn.put(L.META_CLUSTER, msgpack.packb(info), db=dbs["meta"])
+    assert ops._validate_backup(tmp_path / "new.db")["address"] == "a1b2c3d4e5"
+    with pytest.raises(AgentError) as e:
+        ops._validate_backup(tmp_path / "old.db")
+    assert e.value.code == "invalid_db" and "cannot be restored" in str(e.value)
