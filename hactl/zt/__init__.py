@@ -19,4 +19,8 @@ Modules, each with one job:
   com         certificates of membership: build, sign, verify, agrees_with
   revocation  revocation credentials and the NETWORK_CREDENTIALS payload
   netconf     the netconf Dictionary from the API's network and member views; signed config chunks
+  peer        peers (identity, key, replay window) and their paths, chosen as the reference does
+  multicast   the MULTICAST_LIKE directory and MULTICAST_GATHER request/answer
+  node        the sans-IO node of the controller role: datagrams and time in, datagrams and requests out
+  endpoint    the asyncio UDP shell around a node (socket, timer, identity validation thread pool)
 """

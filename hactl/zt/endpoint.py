@@ -58,12 +58,19 @@ class Endpoint:
         loop = asyncio.get_running_loop()
         self._loop = loop
         host, port = self.bind
+        sock = None
         try:
-            transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), local_addr=(host, port))
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            family, _, _, _, addr = infos[0]
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.bind(addr)
+            sock.setblocking(False)
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
         except OSError as e:
+            if sock is not None:
+                sock.close()
             raise OSError(e.errno, f"zt endpoint: cannot bind UDP {host}:{port}: {e.strerror or e}") from e
         self._transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
         self._v6 = sock.family == socket.AF_INET6
         if self._v6:
             # A dual-stack socket reaches IPv4 through mapped addresses; a v6-only one does not.

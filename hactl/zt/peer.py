@@ -126,7 +126,7 @@ class Peer:
         if p is not None:
             p.last_receive = now
             return p
-        new = Path(address, now)
+        new = Path(address, now, last_send=now)  # the OK answered something we just sent there
         if len(self.paths) < MAX_PATHS:
             self.paths.append(new)
             return new
