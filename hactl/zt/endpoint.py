@@ -97,8 +97,9 @@ class Endpoint:
             self._transport.close()
             self._transport = None
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+            # Queued validations are cancelled; one in flight finishes (~0.15 s) so that no thread outlives us.
+            pool, self._pool = self._pool, None
+            await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
 
     # --- the loop's side ----------------------------------------------------------------------------------------
     def _datagram(self, data: bytes, addr: tuple) -> None:
@@ -120,7 +121,7 @@ class Endpoint:
         self._dispatch()
 
     def flush(self) -> None:
-        """Send what the node queued."""
+        """Send what the node queued (call it on the event loop, after node.answer_* / push_*)."""
         out = self.node.take_datagrams()
         if self._transport is None:
             return
