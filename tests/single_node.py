@@ -40,6 +40,9 @@ def single_node(doc: dict[str, Any], base_port: int) -> dict[str, Any]:
     control["advertise"] = _with_port(control.get("advertise", "127.0.0.1:0"), base_port)
     api["listen"] = _with_port(api.get("listen", "127.0.0.1:0"), base_port + 1)
     doc.setdefault("cluster", {})["initial_cluster"] = {doc["id"]: control["advertise"]}
+    # No ZeroTier endpoint: with the default planet it would say HELLO to ZeroTier's public roots, and tests
+    # send nothing beyond this machine.
+    doc["zerotier"] = {"bind": "", "planet": ""}
     return doc
 
 

@@ -52,6 +52,10 @@ class Cluster(Protocol):
     def status(self) -> dict[str, Any]:
         """The `cluster` object of GET /status: id, role, term, leader, commit, applied, alarms."""
 
+    def zerotier_status(self) -> dict[str, Any] | None:
+        """The `zerotier` object of GET /status: the controller address this node answers for, its UDP endpoint,
+        whether it is online with its roots; None when this node has no ZeroTier endpoint."""
+
     def health(self) -> tuple[bool, dict[str, Any]]:
         """(healthy, details): healthy when a leader is known and this node has applied up to the leader's
         commit index as of the last contact."""

@@ -48,6 +48,7 @@ async def get_status(request: web.Request) -> web.Response:
         "clock": ctx.cluster.now_ms(),
         "tcpFallbackActive": False,
         "cluster": ctx.cluster.status(),
+        "zerotier": ctx.cluster.zerotier_status(),
     })
 
 

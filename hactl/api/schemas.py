@@ -159,7 +159,21 @@ STATUS = {"type": "object",
                          "versionMajor": {"type": "integer"}, "versionMinor": {"type": "integer"},
                          "versionRev": {"type": "integer"}, "versionBuild": {"type": "integer"},
                          "clock": MS, "tcpFallbackActive": {"type": "boolean"},
-                         "cluster": ref("ClusterStatus")}}
+                         "cluster": ref("ClusterStatus"),
+                         "zerotier": {"oneOf": [{"type": "null"}, ref("ZeroTierStatus")]}}}
+ZEROTIER_STATUS = {"type": "object", "description": "this node's ZeroTier endpoint (null: it has none)",
+                   "properties": {"address": {"type": ["string", "null"], "pattern": "^[0-9a-f]{10}$",
+                                              "description": "the controller identity it answers for"},
+                                  "endpoint": {"type": "string", "description": "bound UDP address, ADDR/PORT"},
+                                  "online": {"type": "boolean",
+                                             "description": "heard from one of its roots recently"},
+                                  "problem": {"type": ["string", "null"],
+                                              "description": "why it is not serving yet, if it is not"},
+                                  "roots": {"type": "array", "items": {"type": "object"}},
+                                  "stats": {"type": "object", "description": "datagram counters; drops by reason",
+                                            "additionalProperties": {"type": "integer"}},
+                                  "members_online": {"type": "integer"}},
+                   "additionalProperties": True}
 CONTROLLER = {"type": "object",
               "properties": {"controller": {"const": True}, "apiVersion": {"const": 4}, "clock": MS,
                              "databaseReady": {"type": "boolean"}}}
@@ -188,7 +202,8 @@ UNSTABLE_MEMBERS = {
 
 COMPONENTS: dict[str, Schema] = {
     "Network": NETWORK, "NetworkInput": NETWORK_INPUT, "Member": MEMBER, "MemberInput": MEMBER_INPUT,
-    "Error": ERROR, "Status": STATUS, "ClusterStatus": CLUSTER_STATUS, "Controller": CONTROLLER,
+    "Error": ERROR, "Status": STATUS, "ClusterStatus": CLUSTER_STATUS, "ZeroTierStatus": ZEROTIER_STATUS,
+    "Controller": CONTROLLER,
     "Health": HEALTH, "NetworkIds": NETWORK_IDS, "MemberRevisions": MEMBER_REVISIONS,
     "UnstableNetworks": UNSTABLE_NETWORKS, "UnstableMembers": UNSTABLE_MEMBERS,
     "Rule": RULE, "Route": ROUTE, "IpAssignmentPool": POOL,

@@ -84,6 +84,7 @@ class Controller:
         self.writes: WritePath | None = None
         self.health_: Health | None = None
         self.storage_alarms: StorageMonitor | None = None
+        self.zerotier: Any = None
 
     # ------------------------------------------------------------------ start and stop
 
@@ -159,9 +160,18 @@ class Controller:
             log.warning("%s", warning)
         self._api = await serve(self, host, port, max_body_bytes=cfg.api.max_body_bytes, version=__version__,
                                 ssl_context=ssl_context)
+        if cfg.zerotier.bind:
+            from hactl.server.zerotier import ZeroTierService, ZeroTierStartupError
+            try:
+                self.zerotier = ZeroTierService(self, cfg.zerotier)
+            except ZeroTierStartupError as e:
+                raise StartupError(str(e)) from None
+            self.zerotier.attach(self._loop)
+            self.model.on_applied = self.zerotier.on_applied
+            await self.zerotier.start()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="controller-housekeeping"))
-        log.info("controller %s started: control %s, api %s, data %s", self.node_id, cfg.control.listen,
-                 cfg.api.listen, self.data)
+        log.info("controller %s started: control %s, api %s, zerotier %s, data %s", self.node_id,
+                 cfg.control.listen, cfg.api.listen, cfg.zerotier.bind or "off", self.data)
 
     def _journal_after(self, machine: StateMachine) -> Iterator[tuple[int, int, Any]]:
         """The committed journal after what ``machine`` holds, as it applies it (memberships included)."""
@@ -200,6 +210,8 @@ class Controller:
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
+        if self.zerotier is not None:
+            await self.zerotier.stop()
         if self.storage_alarms is not None:
             await self.storage_alarms.stop()
         if self._agent is not None:
@@ -241,6 +253,12 @@ class Controller:
                 w.cancel()
             await self.stop()
         return self.exit_code
+
+    def fail(self, reason: str) -> None:
+        """A part this node cannot run without failed: exit 1 so the supervisor restarts it, never linger."""
+        log.critical("controller %s exits with code %d: %s", self.node_id, EXIT_FAILED, reason)
+        self.exit_code = EXIT_FAILED
+        self._stopping.set()
 
     def _restart_needed(self, reason: str) -> None:
         """May be called from the I/O thread; the stop waits a moment so answers in flight still go out."""
@@ -363,6 +381,9 @@ class Controller:
 
     def status(self) -> dict[str, Any]:
         return self.health_.status()
+
+    def zerotier_status(self) -> dict[str, Any] | None:
+        return self.zerotier.status() if self.zerotier is not None else None
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         return self.health_.health()

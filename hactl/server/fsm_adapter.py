@@ -95,6 +95,9 @@ class ControllerFSM:
         self._lock = threading.Lock()  # a snapshot copy and a restore never overlap
         self._members = MembershipTracker(machine.membership())
         self._timeline = (machine.cluster_info() or {}).get("timeline_id")
+        # Told the commands of each applied batch that succeeded (from the Raft I/O thread): the ZeroTier
+        # service pushes configs after changes. Must be quick and must not raise.
+        self.on_applied: Callable[[list[bytes]], None] | None = None
 
     @property
     def membership(self) -> Membership:
@@ -109,6 +112,13 @@ class ControllerFSM:
         results = self.machine.apply_batch(list(self._members.translate(entries)))
         if any(r is not None and r.ok and r.value and "timeline_id" in r.value for r in results):
             self._check_timeline()
+        if self.on_applied is not None:
+            done = [e.data for e, r in zip(entries, results) if r is not None and r.ok and e.data]
+            if done:
+                try:
+                    self.on_applied(done)
+                except Exception:  # a push is an optimisation; applying must go on
+                    log.exception("on_applied listener failed")
         return results
 
     def _check_timeline(self) -> None:

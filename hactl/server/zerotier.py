@@ -1,0 +1,491 @@
+"""The controller role over the ZeroTier protocol: every node answers for the cluster's one controller identity.
+
+The endpoint (hactl.zt) hands over config requests from members it has authenticated; this module decides the
+answer from the replicated model and writes what ZeroTier's controller writes at request time (a new member's
+record, its version fields, a public network's authorization, an auto-assigned IPv4 address) through Raft, as a
+`member.request` command that has its effect once however many nodes propose it.
+
+Why configs never go backwards: every answer and every push is built after a ReadIndex barrier, so it reflects at
+least everything committed before the request arrived, which includes whatever any node had applied when it
+built an earlier answer. Without a leader (quorum lost) a node still answers members it can serve from its own
+last committed state, but only if that state is not older than the config the member says it holds: the config's
+revision `r` is (network revision << 32 | member revision), which only grows, and members send it back in every
+request. Requests that would need a write, and refusals (which could be stale), get no answer then: the member
+retries every few seconds, and a wrong answer is worse than none.
+
+Pushes: a node pushes to the members that asked *it* within the last two minutes (it has their identity and a
+path), after any committed change to their network or to them, debounced and behind one barrier per round. A
+deauthorization sends a signed revocation of the member's certificate of membership to the other online members,
+so it is cut off at once rather than when its certificate ages out.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hactl.api.cluster import ClusterUnavailable, OutcomeUnknown, Overloaded
+from hactl.config import ZeroTierConfig, parse_hostport
+from hactl.fsm.commands import CommandError, build_member_request, decode
+from hactl.fsm.ipassign import V4Plan, has_routed_v4
+from hactl.fsm.model import format_address, format_nwid
+from hactl.fsm.result import Result
+from hactl.zt.com import CertificateOfMembership
+from hactl.zt.dictionary import Dictionary
+from hactl.zt.endpoint import Endpoint
+from hactl.zt.errors import ProtocolError
+from hactl.zt.identity import Identity
+from hactl.zt.netconf import CTMD_DEFAULT, build_netconf, new_update_id, sign_chunks
+from hactl.zt.node import ConfigRequest, Node
+from hactl.zt.packet import ErrorCode
+from hactl.zt.revocation import Revocation, network_credentials_payload
+from hactl.zt.verbs import ConfigChunk
+from hactl.zt.world import World, zerotier_planet
+
+if TYPE_CHECKING:
+    from hactl.server.controller import Controller
+
+log = logging.getLogger("hactl.zerotier")
+
+ONLINE_MS = 120_000  # a member that asked within this long is "online" and gets pushes (as ZeroTier's controller)
+MAX_ONLINE = 1_000_000  # members remembered for pushes on this node (least recently seen forgotten first)
+MAX_HANDLERS = 2048  # requests being answered at once; more are dropped ("busy") and the members retry
+BARRIER_TIMEOUT_S = 2.0
+PUSH_DEBOUNCE_S = 0.2
+WRITE_RATE = 20.0  # writes per second per source (an IP, or a member address when relayed)...
+WRITE_BURST = 40.0  # ...with this burst: one source cannot fill the Raft log
+MAX_WRITE_SOURCES = 100_000
+
+
+class ZeroTierStartupError(Exception):
+    """The endpoint cannot be set up as configured (bad planet file, address not bindable)."""
+
+
+def load_planet(path: str) -> World:
+    if not path:
+        return zerotier_planet()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ZeroTierStartupError(f"zerotier.planet: cannot read {path}: {e.strerror or e}") from None
+    try:
+        world = World.decode(data)
+    except ProtocolError as e:
+        raise ZeroTierStartupError(f"zerotier.planet: {path} is not a serialized planet: {e}") from None
+    if not world.roots:
+        raise ZeroTierStartupError(f"zerotier.planet: {path} lists no roots")
+    return world
+
+
+def check_bindable(bind: str) -> tuple[str, int]:
+    """Fail at start, with the address in the message, rather than when the cluster identity appears."""
+    host, port = parse_hostport(bind, "zerotier", "zerotier.bind")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        s.bind((host, port))
+    except OSError as e:
+        raise ZeroTierStartupError(f"zerotier.bind: cannot bind UDP {host}:{port}: {e.strerror or e}") from None
+    finally:
+        s.close()
+    return host, port
+
+
+# ----------------------------------------------------------------------------------------- pure decisions
+
+@dataclass(frozen=True)
+class Versions:
+    """What a member reports about itself in its request metadata (hex integers; -1 when absent)."""
+    major: int = -1
+    minor: int = -1
+    rev: int = -1
+    proto: int = -1
+    rules_engine: int = 1
+
+    @classmethod
+    def of(cls, metadata: bytes) -> "Versions":
+        try:
+            d = Dictionary.parse(metadata) if metadata else Dictionary()
+        except ProtocolError:
+            return cls()
+
+        def num(key: str, default: int, hi: int = 65535) -> int:
+            try:
+                v = d.get_int(key, default) if key in d else default
+            except (ProtocolError, ValueError):
+                return default
+            return v if -1 <= v <= hi else default
+        return cls(num("majv", -1), num("minv", -1), num("revv", -1), num("pv", -1),
+                   num("revr", 1, 1 << 62))
+
+
+def config_revision(network: dict[str, Any], member: dict[str, Any]) -> int:
+    """The `r` of a member's config: grows with every change to its network or to it (see module docstring)."""
+    return (int(network.get("revision", 0)) << 32) | (int(member.get("revision", 0)) & 0xFFFFFFFF)
+
+
+def needs_write(network: dict[str, Any], member: dict[str, Any] | None, v: Versions) -> bool:
+    """Whether answering needs a member.request write (what ZeroTier's controller saves at request time)."""
+    if member is None or not member.get("identity"):
+        return True
+    reported = (("vMajor", v.major), ("vMinor", v.minor), ("vRev", v.rev), ("vProto", v.proto))
+    if any(value != -1 and member.get(field) != value for field, value in reported):
+        return True  # (a field the request did not carry, -1, leaves the stored one as it is)
+    if not member.get("authorized"):
+        return not network.get("private", True)
+    return needs_v4(network, member)
+
+
+def needs_v4(network: dict[str, Any], member: dict[str, Any]) -> bool:
+    if member.get("noAutoAssignIps") or not network.get("v4AssignMode", {}).get("zt"):
+        return False
+    pools = network.get("ipAssignmentPools") or []
+    if not pools:
+        return False
+    plan = V4Plan.of(network.get("routes") or [], pools)
+    return bool(plan.pools) and not has_routed_v4(member.get("ipAssignments") or [], plan)
+
+
+def signed_config(network: dict[str, Any], member: dict[str, Any], member_identity: Identity,
+                  controller: Identity, now: int, rules_engine: bool) -> list[ConfigChunk]:
+    nwid = int(network["id"], 16)
+    ctmd = CTMD_DEFAULT
+    com = CertificateOfMembership.build(nwid, member_identity, now, ctmd).sign(controller)
+    d = build_netconf(network, member, now=now, com=com, revision=config_revision(network, member), ctmd=ctmd,
+                      rules_engine=rules_engine)
+    return sign_chunks(d.encode(), nwid, controller, new_update_id())
+
+
+# ----------------------------------------------------------------------------------------- the service
+
+@dataclass
+class Online:
+    identity: Identity
+    rules_engine: bool
+    seen: int  # ms (wall clock) of its last request here
+    authorized_sent: bool = False
+
+
+class _Bucket:
+    __slots__ = ("tokens", "stamp")
+
+    def __init__(self, now: float) -> None:
+        self.tokens, self.stamp = WRITE_BURST, now
+
+
+class ZeroTierService:
+    """Owns the UDP endpoint once the cluster has a controller identity; answers and pushes."""
+
+    def __init__(self, controller: "Controller", cfg: ZeroTierConfig) -> None:
+        self.ctl = controller
+        self.cfg = cfg
+        self.planet = load_planet(cfg.planet)
+        self.bind = check_bindable(cfg.bind)
+        self.identity: Identity | None = None
+        self.endpoint: Endpoint | None = None
+        self.problem: str | None = None  # why there is no endpoint yet, for /status
+        self._tasks: list[asyncio.Task] = []
+        self._handlers = 0
+        self._online: OrderedDict[tuple[int, int], Online] = OrderedDict()
+        self._dirty_networks: set[int] = set()
+        self._dirty_members: set[tuple[int, int]] = set()
+        self._revoked: set[tuple[int, int]] = set()
+        self._dirty_event = asyncio.Event()
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._futile: dict[tuple[int, int], int] = {}  # write attempts that changed nothing, by config revision
+
+    # -------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._run(), name="zerotier-service"))
+
+    async def stop(self) -> None:
+        from hactl.aio import cancel_and_wait
+        await cancel_and_wait(self._tasks)
+        if self.endpoint is not None:
+            await self.endpoint.stop()
+
+    async def _run(self) -> None:
+        """Waits for the controller identity (created with the cluster), then serves and pushes."""
+        while self.identity is None:
+            try:
+                ident = self.ctl.machine().controller_identity()
+            except ClusterUnavailable:
+                ident = None
+            if ident is not None:
+                self.identity = ident
+                break
+            info = self._info()
+            self.problem = ("the cluster is not initialised yet" if info is None else
+                            "this cluster's controller address is not a ZeroTier identity (initialised by an "
+                            "older hactl): restore its backup into a new cluster to serve ZeroTier nodes")
+            await asyncio.sleep(0.5)
+        node = Node(self.identity, self.planet)
+        self.endpoint = Endpoint(node, self.bind, on_request=self._on_request)
+        try:
+            await self.endpoint.start()
+        except OSError as e:
+            self.problem = f"cannot bind UDP {self.bind[0]}:{self.bind[1]}: {e}"
+            log.critical("zerotier endpoint: %s; this node cannot serve ZeroTier members, stopping it", self.problem)
+            self.ctl.fail(f"zerotier endpoint: {self.problem}")
+            return
+        self.problem = None
+        log.info("zerotier endpoint %s:%d answers as controller %010x", *self.endpoint.local_address,
+                 self.identity.address)
+        await self._push_loop()
+
+    def _info(self) -> dict[str, Any] | None:
+        try:
+            return self.ctl.machine().cluster_info()
+        except ClusterUnavailable:
+            return None
+
+    def status(self) -> dict[str, Any]:
+        ep = self.endpoint
+        out: dict[str, Any] = {"address": f"{self.identity.address:010x}" if self.identity else None,
+                               "endpoint": f"{self.bind[0]}/{self.bind[1]}", "online": False, "problem": self.problem}
+        if ep is not None:
+            st = ep.node.status(ep.now())
+            out.update(online=bool(st.get("online")), roots=st.get("roots", []), stats=ep.node.stats(),
+                       members_online=len(self._online))
+        return out
+
+    # -------------------------------------------------------------- requests
+
+    def _on_request(self, req: ConfigRequest) -> None:
+        if self._handlers >= MAX_HANDLERS:
+            assert self.endpoint is not None
+            self.endpoint.node.count("busy")
+            return
+        self._handlers += 1
+        task = asyncio.get_running_loop().create_task(self._answer(req))
+        task.add_done_callback(self._handler_done)
+
+    def _handler_done(self, task: asyncio.Task) -> None:
+        self._handlers -= 1
+        if not task.cancelled() and task.exception() is not None:
+            log.error("zerotier: answering a config request failed: %r", task.exception(),
+                      exc_info=task.exception())
+
+    async def _barrier(self) -> bool:
+        """True once this node has applied everything committed before the call; False without a leader."""
+        node = self.ctl.node
+        try:
+            await node.read_barrier(timeout=BARRIER_TIMEOUT_S)
+            return True
+        except Exception:  # no leader, not running, timed out: serve in degraded mode
+            return False
+
+    def _read(self, nwid: int, address: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        with self.ctl.machine().reader() as r:
+            n, a = format_nwid(nwid), format_address(address)
+            return r.get_network(n), r.get_member(n, a)
+
+    async def _answer(self, req: ConfigRequest) -> None:
+        ep, ident = self.endpoint, self.identity
+        assert ep is not None and ident is not None
+        node = ep.node
+        nwid, address = req.request.network_id, req.source
+        versions = Versions.of(req.request.metadata)
+        identity_str = str(req.identity.public_only())
+        fresh = await self._barrier()
+        try:
+            network, member = self._read(nwid, address)
+        except ClusterUnavailable:
+            return node.count("unavailable")
+        if network is None:
+            if fresh:
+                self._reply_error(req, ErrorCode.OBJ_NOT_FOUND)
+            return None
+        if member is not None and member.get("identity") and member["identity"] != identity_str:
+            log.warning("zerotier: member %010x of %016x presents an identity other than the one on record; "
+                        "refused (delete the member through the API if it really was re-keyed)", address, nwid)
+            if fresh:
+                self._reply_error(req, ErrorCode.NETWORK_ACCESS_DENIED)
+            return None
+        key = (nwid, address)
+        if needs_write(network, member, versions) and (
+                member is None or self._futile.get(key) != config_revision(network, member)):
+            if not fresh:
+                return node.count("no_leader_write")
+            member = await self._write(req, network, member, identity_str, versions)
+            if member is None:
+                return None
+            network, _ = self._read(nwid, address)
+            if network is None:
+                return None
+        assert member is not None
+        self._remember(req, versions)
+        if not member.get("authorized"):
+            if fresh:
+                self._reply_error(req, ErrorCode.NETWORK_ACCESS_DENIED)
+            return None
+        rev = config_revision(network, member)
+        if not fresh and req.request.revision and rev < req.request.revision:
+            return node.count("stale_without_leader")  # an answer now could be older than what it holds
+        chunks = signed_config(network, member, req.identity, ident, self.ctl.now_ms(), versions.rules_engine > 0)
+        node.answer_config(req, chunks, ep.now())
+        ep.flush()
+        self._online[key].authorized_sent = True
+        return None
+
+    def _reply_error(self, req: ConfigRequest, code: ErrorCode) -> None:
+        assert self.endpoint is not None
+        self.endpoint.node.answer_error(req, code, self.endpoint.now())
+        self.endpoint.flush()
+
+    def _write_allowed(self, req: ConfigRequest) -> bool:
+        source = req.path[0] if req.path else f"{req.source:010x}"
+        now = time.monotonic()
+        b = self._buckets.get(source)
+        if b is None:
+            b = self._buckets[source] = _Bucket(now)
+            if len(self._buckets) > MAX_WRITE_SOURCES:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(source)
+            b.tokens = min(WRITE_BURST, b.tokens + (now - b.stamp) * WRITE_RATE)
+            b.stamp = now
+        if b.tokens < 1:
+            return False
+        b.tokens -= 1
+        return True
+
+    async def _write(self, req: ConfigRequest, network: dict[str, Any], member: dict[str, Any] | None,
+                     identity_str: str, v: Versions) -> dict[str, Any] | None:
+        assert self.endpoint is not None
+        node = self.endpoint.node
+        if not self._write_allowed(req):
+            node.count("write_rate")
+            return None
+        rid = f"zt-{uuid.uuid4().hex}"
+        cmd = build_member_request(rid, self.ctl.now_ms(), nwid=network["id"], address=f"{req.source:010x}",
+                                   identity=identity_str, vMajor=v.major, vMinor=v.minor, vRev=v.rev,
+                                   vProto=v.proto)
+        try:
+            result: Result = await self.ctl.submit(cmd, rid)
+        except (ClusterUnavailable, Overloaded, OutcomeUnknown) as e:
+            node.count("write_unavailable")
+            log.debug("zerotier: member.request for %010x not applied: %s", req.source, e)
+            return None
+        if result.ok:
+            value: dict[str, Any] = result.value or {}
+            if member is not None and value.get("revision") == member.get("revision"):
+                # Nothing changed (e.g. the pool is full): do not write again until something else changes.
+                self._futile[(int(network["id"], 16), req.source)] = config_revision(network, value)
+                if len(self._futile) > MAX_ONLINE:
+                    self._futile.clear()
+            return value
+        if result.error == "CONFLICT":
+            self._reply_error(req, ErrorCode.NETWORK_ACCESS_DENIED)
+        elif result.error == "NOT_FOUND":
+            self._reply_error(req, ErrorCode.OBJ_NOT_FOUND)
+        else:
+            node.count("write_refused")
+            log.warning("zerotier: member.request for %010x refused: %s %s", req.source, result.error,
+                        result.message)
+        return None
+
+    def _remember(self, req: ConfigRequest, v: Versions) -> None:
+        key = (req.request.network_id, req.source)
+        entry = self._online.get(key)
+        now = self.ctl.now_ms()
+        if entry is None:
+            self._online[key] = Online(req.identity.public_only(), v.rules_engine > 0, now)
+            if len(self._online) > MAX_ONLINE:
+                self._online.popitem(last=False)
+        else:
+            entry.seen, entry.rules_engine = now, v.rules_engine > 0
+            self._online.move_to_end(key)
+
+    # -------------------------------------------------------------- pushes
+
+    def on_applied(self, commands: list[bytes]) -> None:
+        """Called from the Raft I/O thread with the commands of an applied batch that succeeded."""
+        loop = getattr(self, "_loop", None)
+        if loop is not None and commands:
+            loop.call_soon_threadsafe(self._mark, commands)
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def _mark(self, commands: list[bytes]) -> None:
+        for data in commands:
+            try:
+                cmd = decode(data)
+            except CommandError:
+                continue
+            kind = cmd.TYPE
+            if kind in ("network.update", "network.delete"):
+                self._dirty_networks.add(int(cmd.nwid, 16))
+            elif kind.startswith("member."):
+                key = (int(cmd.nwid, 16), int(cmd.address, 16))
+                self._dirty_members.add(key)
+                changes = getattr(cmd, "changes", None) or {}
+                if (kind == "member.delete" or (kind == "member.authorize" and not cmd.authorized)
+                        or changes.get("authorized") is False):
+                    self._revoked.add(key)
+            elif kind == "restore.commit":
+                self._dirty_networks.update(n for n, _ in self._online)
+        if self._dirty_networks or self._dirty_members or self._revoked:
+            self._dirty_event.set()
+
+    async def _push_loop(self) -> None:
+        while True:
+            await self._dirty_event.wait()
+            await asyncio.sleep(PUSH_DEBOUNCE_S)  # a burst of writes becomes one round
+            self._dirty_event.clear()
+            networks, members, revoked = self._dirty_networks, self._dirty_members, self._revoked
+            self._dirty_networks, self._dirty_members, self._revoked = set(), set(), set()
+            if not await self._barrier():
+                # Committed changes, but no leader to confirm we see the latest: try again shortly.
+                self._dirty_networks |= networks
+                self._dirty_members |= members
+                self._revoked |= revoked
+                await asyncio.sleep(1.0)
+                self._dirty_event.set()
+                continue
+            try:
+                self._push(networks, members, revoked)
+            except ClusterUnavailable:
+                return
+
+    def _push(self, networks: set[int], members: set[tuple[int, int]], revoked: set[tuple[int, int]]) -> None:
+        ep, ident = self.endpoint, self.identity
+        assert ep is not None and ident is not None
+        now_ms = self.ctl.now_ms()
+        expired = [k for k, o in self._online.items() if now_ms - o.seen > ONLINE_MS]
+        for k in expired:
+            del self._online[k]
+        targets = [k for k in self._online if k[0] in networks or k in members]
+        pushed = 0
+        machine = self.ctl.machine()
+        with machine.reader() as r:
+            for nwid, address in targets:
+                entry = self._online[(nwid, address)]
+                network = r.get_network(format_nwid(nwid))
+                member = r.get_member(format_nwid(nwid), format_address(address)) if network else None
+                if network is None or member is None or not member.get("authorized") \
+                        or member.get("identity") != str(entry.identity):
+                    entry.authorized_sent = False
+                    continue
+                chunks = signed_config(network, member, entry.identity, ident, now_ms, entry.rules_engine)
+                if ep.node.push_config(address, chunks, ep.now()):
+                    entry.authorized_sent = True
+                    pushed += 1
+        for nwid, target in revoked:
+            rev = Revocation(int.from_bytes(os.urandom(4), "big"), nwid, target, now_ms).sign(ident)
+            payload = network_credentials_payload([rev])
+            for (n, address) in list(self._online):
+                if n == nwid and address != target:
+                    ep.node.push_credentials(address, payload, ep.now())
+        ep.flush()
+        if pushed or revoked:
+            log.info("zerotier: pushed %d configs, %d revocations", pushed, len(revoked))
