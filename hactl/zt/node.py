@@ -365,7 +365,7 @@ class Node:
             self._add_peer(ident, now)
             self._packet(datagram, src, now, received)
             return
-        if key not in self._validating and not self._take_token(src[0], now):
+        if key not in self._validating and not self._take_token(_rate_key(header, src), now):
             self._drop("validation_rate")
             return
         if not self._park(ident.address, _Parked(datagram, src, received, key)):
@@ -378,7 +378,7 @@ class Node:
         waiting = self._waiting.get(addr)
         busy = waiting is not None and (waiting.whois_first is not None or waiting.whois_key is not None)
         busy = busy or any(a == addr for a, _ in self._validating)
-        if not busy and not self._take_token(src[0], now):
+        if not busy and not self._take_token(_rate_key(header, src), now):
             self._drop("whois_rate")
             return
         if not self._park(addr, _Parked(datagram, src, received, None)):
@@ -428,6 +428,7 @@ class Node:
             self._expect_reply(pid, _Expect(Verb.WHOIS, root.address, now, None, asked=addr))
 
     def _take_token(self, ip: str, now: int) -> bool:
+        # (ip is a bucket key: a source IP, or the relay's IP and the claimed sender, see _rate_key)
         lim = self.limits
         b = self._buckets.get(ip)
         if b is None:
@@ -872,3 +873,12 @@ def _expire_ordered(table: OrderedDict, now: int, ttl: int) -> None:
 
 
 __all__ = ["ConfigRequest", "Limits", "Node"]
+
+
+def _rate_key(header: Header, src: SockAddr) -> str:
+    """The token bucket new-identity work from this datagram is charged to. Direct: its source IP. Relayed: every
+    member that reaches us through a root arrives from that root's IP, so one bucket per IP would let 16 joins
+    through and then 4 per second for the whole planet; the claimed sender is used too. Forging senders buys
+    nothing: a WHOIS for an address the root does not know gets no answer, so no validation work follows, and
+    parked packets and queued validations have global bounds."""
+    return src[0] if header.hops == 0 else f"{src[0]}/{header.source:010x}"

@@ -259,6 +259,21 @@ def test_validation_rate_and_queue_bounds() -> None:
     assert dropped(node2, "validation_timeout") == 1
 
 
+def test_relayed_newcomers_are_charged_per_sender_not_to_the_roots_ip() -> None:
+    # Every member reaching us through the root arrives from the root's IP: a bucket per IP alone would let
+    # the first two through and starve the third. Direct sources still share their IP's bucket.
+    node = new_node(validation_burst=2, validation_rate=1.0)
+    node.tick(T0)
+    node.take_datagrams()
+    for ident in (NODE, NODE2, M1):
+        node.receive(request(ident, hops=1), ROOT_EP, T0 + 1)
+    whois = [Whois.decode(p.payload).addresses[0] for p, _ in open_(node, ROOT) if p.verb == Verb.WHOIS]
+    assert sorted(whois) == sorted([NODE.address, NODE2.address, M1.address]) and dropped(node, "whois_rate") == 0
+    for ident in (NODE, NODE2, M1):
+        node.receive(hello_from(ident), M_SRC, T0 + 2)
+    assert dropped(node, "validation_rate") == 1
+
+
 def test_hello_with_foreign_identity_or_bad_mac() -> None:
     node = new_node()
     known(node, NODE)
