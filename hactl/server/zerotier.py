@@ -31,6 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgpack
+
+from hactl._fs import atomic_write
 from hactl.api.cluster import ClusterUnavailable, OutcomeUnknown, Overloaded
 from hactl.config import ZeroTierConfig, parse_hostport
 from hactl.fsm.commands import CommandError, build_member_request, decode
@@ -200,6 +203,7 @@ class ZeroTierService:
         self._dirty_event = asyncio.Event()
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._futile: dict[tuple[int, int], int] = {}  # write attempts that changed nothing, by config revision
+        self._registry_dirty = False
 
     # -------------------------------------------------------------- lifecycle
 
@@ -210,7 +214,67 @@ class ZeroTierService:
         from hactl.aio import cancel_and_wait
         await cancel_and_wait(self._tasks)
         if self.endpoint is not None:
+            self._save_registry()
             await self.endpoint.stop()
+
+    # -------------------------------------------------------------- the online registry across restarts
+
+    @property
+    def _registry_path(self) -> Path:
+        return Path(self.ctl.data) / "zt" / "online.msgpack"
+
+    def _save_registry(self) -> None:
+        """Who asked here recently, so that after a restart (a restore restarts every node) the changes still
+        reach them by push within seconds rather than at their next refresh."""
+        ep = self.endpoint
+        if ep is None:
+            return
+        rows = [[nwid, address, str(o.identity), o.rules_engine, o.seen,
+                 [list(p) for p in ep.node.peer_paths(address)]] for (nwid, address), o in self._online.items()]
+        try:
+            self._registry_path.parent.mkdir(mode=0o700, exist_ok=True)
+            atomic_write(self._registry_path, msgpack.packb({"v": 1, "members": rows}), 0o600)
+            self._registry_dirty = False
+        except OSError as e:
+            log.warning("zerotier: cannot save the online members to %s: %s (pushes after a restart will wait "
+                        "for their next request)", self._registry_path, e)
+
+    def _load_registry(self) -> None:
+        ep = self.endpoint
+        assert ep is not None
+        path = self._registry_path
+        try:
+            doc = msgpack.unpackb(path.read_bytes(), raw=False, strict_map_key=False)
+            rows = doc["members"] if isinstance(doc, dict) and doc.get("v") == 1 else None
+            if not isinstance(rows, list):
+                raise ValueError("not a registry of version 1")
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
+            log.warning("zerotier: ignoring %s: %s", path, e)
+            return
+        now, mono, loaded = self.ctl.now_ms(), ep.now(), 0
+        for row in rows[-MAX_ONLINE:]:
+            try:
+                nwid, address, ident_s, rules_engine, seen, paths = row
+                ident = Identity.from_string(ident_s)
+                if ident.address != address or now - int(seen) > ONLINE_MS:
+                    continue
+                ep.node.remember(ident, [(str(h), int(p)) for h, p in paths], mono)
+            except (ValueError, TypeError, ProtocolError):
+                continue  # one bad row costs that member its push, not the others
+            self._online[(int(nwid), int(address))] = Online(ident.public_only(), bool(rules_engine), int(seen))
+            self._dirty_networks.add(int(nwid))
+            loaded += 1
+        if loaded:
+            log.info("zerotier: %d members online before the restart get pushes of the current state", loaded)
+            self._dirty_event.set()
+
+    async def _save_loop(self) -> None:
+        while True:
+            await asyncio.sleep(30)
+            if self._registry_dirty:
+                self._save_registry()
 
     async def _run(self) -> None:
         """Waits for the controller identity (created with the cluster), then serves and pushes."""
@@ -241,6 +305,8 @@ class ZeroTierService:
         self.problem = None
         log.info("zerotier endpoint %s:%d answers as controller %010x", *self.endpoint.local_address,
                  self.identity.address)
+        self._load_registry()
+        self._tasks.append(asyncio.create_task(self._save_loop(), name="zerotier-registry"))
         await self._push_loop()
 
     def _info(self) -> dict[str, Any] | None:
@@ -400,6 +466,7 @@ class ZeroTierService:
         entry = self._online.get(key)
         now = self.ctl.now_ms()
         if entry is None:
+            self._registry_dirty = True
             self._online[key] = Online(req.identity.public_only(), v.rules_engine > 0, now)
             if len(self._online) > MAX_ONLINE:
                 self._online.popitem(last=False)

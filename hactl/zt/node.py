@@ -221,6 +221,22 @@ class Node:
         peer = self._peers.get(address)
         return peer.identity if peer is not None else None
 
+    def remember(self, identity: Identity, paths: list[tuple[str, int]], now: int) -> None:
+        """A peer this controller knew before a restart (the service's saved registry, our own 0600 file): taken
+        as validated, its paths usable at once, so pushes reach it without waiting for it to ask again."""
+        ident = identity.public_only()
+        self._verdicts[(ident.address, ident.public_key)] = True
+        while len(self._verdicts) > self.limits.validated_cache:
+            self._verdicts.popitem(last=False)
+        peer = self._add_peer(ident, now)
+        for p in paths[:4]:
+            if self._usable(p):
+                peer.learn(p, now)
+
+    def peer_paths(self, address: int) -> list[tuple[str, int]]:
+        peer = self._peers.get(address)
+        return [p.address for p in peer.paths] if peer is not None else []
+
     def _root_online(self, addr: int, now: int) -> bool:
         at = self._root_answered.get(addr)
         return at is not None and now - at < ONLINE_TIMEOUT_MS

@@ -337,3 +337,46 @@ async def without_quorum(tmp_path: Path) -> None:
         for x in (peer, c):
             if x is not None:
                 await x.stop()
+
+
+def test_members_online_before_a_restart_get_pushes_after_it(tmp_path: Path) -> None:
+    run(pushes_after_restart, tmp_path)
+
+
+async def pushes_after_restart(tmp_path: Path) -> None:
+    # A restore restarts every node; the members that were asking must still get the new state within seconds.
+    cfg = make_configs(tmp_path, ("n1",))[0]
+    cfg.zerotier.bind = f"{LOCAL}:{free_udp_port()}"
+    cfg.zerotier.planet = str(local_planet(tmp_path / "planet"))
+    c: Controller | None = await start_initialised(cfg)
+    api = Api(c)
+    m: Member | None = None
+    try:
+        await until(lambda: c.zerotier.endpoint is not None, "the zerotier endpoint is up")
+        ctl = c.model.machine.controller_identity()
+        net = await api.call("POST", f"/controller/network/{ctl.address:010x}______", POOL_NET)
+        m = await open_member(Identity.from_string(v.KNOWN_GOOD_IDENTITY), ctl, endpoint_of(c))
+        await api.call("POST", f"/controller/network/{net['id']}/member/{m.identity.address:010x}",
+                       {"authorized": True})
+        kind, _ = await m.request(int(net["id"], 16))
+        assert kind == "ok"
+        await api.session.close()
+        await c.stop()
+        c = None
+        assert (tmp_path / "n1" / "zt" / "online.msgpack").stat().st_mode & 0o777 == 0o600
+
+        c = await start_initialised(cfg)
+        api = Api(c)
+        await until(lambda: c.zerotier.endpoint is not None, "the zerotier endpoint is up again")
+        await api.call("POST", f"/controller/network/{net['id']}", {"name": "renamed"})
+        # (the restarted node may first push the state it started with; the rename must follow)
+        names = []
+        while (d := await m.pushed(timeout=10)) is not None and d.get_str("n") != "renamed":
+            names.append(d.get_str("n"))
+        assert d is not None, f"no push of the rename after the restart (pushes seen: {names})"
+    finally:
+        if m is not None and m.transport is not None:
+            m.transport.close()
+        await api.session.close()
+        if c is not None:
+            await c.stop()
