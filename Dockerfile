@@ -29,5 +29,6 @@ COPY --from=zt-native /src/hactl/zt/libhactl_mhh.so /usr/local/lib/python3.11/si
 RUN cd / && python -c "from hactl.zt import _mhh; assert _mhh.backend() == 'native', _mhh._error"
 USER hactl
 WORKDIR /var/lib/hactl
-EXPOSE 6262 9993
+# 6262 control channel (mutual TLS), 9993 the API (TCP) and the ZeroTier endpoint (UDP)
+EXPOSE 6262 9993 9993/udp
 ENTRYPOINT ["hactl"]

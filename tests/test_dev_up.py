@@ -82,3 +82,38 @@ def test_dev_up_supervises_stops_cleanly_and_resumes(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
         log.close()
+
+
+def test_dev_zt_host_binds_each_node_and_records_its_endpoint(tmp_path: Path) -> None:
+    import pytest
+    import yaml
+
+    from hactl.config import load
+    from hactl.dev.cluster import DevInitError, Supervisor, init_cluster
+
+    data = tmp_path / "data"
+    from hactl.zt.world import zerotier_planet
+    planet = tmp_path / "planet"
+    planet.write_bytes(b"not a planet")
+    with pytest.raises(DevInitError, match="not a serialized planet"):
+        init_cluster(tmp_path / "d0", 3, zt_host="10.203.77.1", zt_planet=str(planet))
+    planet.write_bytes(zerotier_planet().encode())
+    base = free_port_block(6)
+    specs = init_cluster(data, 3, base_port=base, zt_host="10.203.77.1", zt_planet=str(planet))
+    assert [s.zt_endpoint for s in specs] == [f"10.203.77.1/{base + 2 * i}" for i in range(3)]
+    for s in specs:
+        cfg = load(s.config)
+        assert cfg.zerotier.bind == s.zt_endpoint.replace("/", ":") and cfg.zerotier.planet == str(planet)
+    Supervisor(data, specs, str(planet)).write_state()
+    state = json.loads((data / "dev-cluster.json").read_text())
+    assert [n["zt_endpoint"] for n in state["nodes"]] == [s.zt_endpoint for s in specs]
+    assert state["planet"] == str(planet)
+    # Resuming without --zt-host turns the endpoints off; the rest of each config is kept.
+    again = init_cluster(data, 3, base_port=base)
+    assert [s.zt_endpoint for s in again] == ["", "", ""]
+    assert load(again[0].config).zerotier.bind == "" and load(again[0].config).api.listen.endswith(str(base))
+    # ZeroTier never uses loopback; a planet without an address to bind is a mistake.
+    for kwargs in ({"zt_host": "127.0.0.1"}, {"zt_host": "0.0.0.0"}, {"zt_host": "ctrl1"},
+                   {"zt_planet": str(planet)}):
+        with pytest.raises(DevInitError):
+            init_cluster(data, 3, base_port=base, **kwargs)

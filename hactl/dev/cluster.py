@@ -96,6 +96,12 @@ def init_cluster(data: Path, nodes: int, *, base_port: int | None = None, compos
         raise DevInitError("--zt-planet needs --zt-host (the address the ZeroTier endpoints bind)")
     if zt_host is not None:
         _check_zt_host(zt_host)
+    if zt_planet:
+        from hactl.server.zerotier import ZeroTierStartupError, load_planet
+        try:
+            load_planet(zt_planet)
+        except ZeroTierStartupError as e:
+            raise DevInitError(f"--zt-planet: {e}") from None
     data = data.resolve()
     data.mkdir(parents=True, exist_ok=True)
     os.chmod(data, 0o700)
