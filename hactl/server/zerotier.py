@@ -173,7 +173,6 @@ class Online:
     identity: Identity
     rules_engine: bool
     seen: int  # ms (wall clock) of its last request here
-    authorized_sent: bool = False
 
 
 class _Bucket:
@@ -401,7 +400,6 @@ class ZeroTierService:
         chunks = signed_config(network, member, req.identity, ident, self.ctl.now_ms(), versions.rules_engine > 0)
         node.answer_config(req, chunks, ep.now())
         ep.flush()
-        self._online[key].authorized_sent = True
         return None
 
     def _reply_error(self, req: ConfigRequest, code: ErrorCode) -> None:
@@ -543,11 +541,9 @@ class ZeroTierService:
                 member = r.get_member(format_nwid(nwid), format_address(address)) if network else None
                 if network is None or member is None or not member.get("authorized") \
                         or member.get("identity") != str(entry.identity):
-                    entry.authorized_sent = False
                     continue
                 chunks = signed_config(network, member, entry.identity, ident, now_ms, entry.rules_engine)
                 if ep.node.push_config(address, chunks, ep.now()):
-                    entry.authorized_sent = True
                     pushed += 1
         for nwid, target in revoked:
             rev = Revocation(int.from_bytes(os.urandom(4), "big"), nwid, target, now_ms).sign(ident)
