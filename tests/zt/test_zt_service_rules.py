@@ -1,0 +1,59 @@
+"""The controller role's pure decisions (hactl/server/zerotier.py): what a request's metadata says, when an answer
+needs a Raft write, and the config revision that lets a node without a leader refuse to go backwards."""
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hactl.server.zerotier import Versions, config_revision, needs_write
+
+# What a libzt 1.8.4 node sends (appendix C.1: exactly these keys).
+LIBZT_META = (b"v=0000000000000007\nvend=0000000000000001\npv=000000000000000c\nmajv=0000000000000001\n"
+              b"minv=0000000000000008\nrevv=0000000000000004\nmr=0000000000000400\nmc=0000000000000080\n"
+              b"mcr=0000000000000040\nmt=0000000000000080\nf=0000000000000000\nrevr=0000000000000001\n")
+
+NET = {"id": "8eb1af42a4000001", "private": True, "revision": 3, "v4AssignMode": {"zt": True},
+       "ipAssignmentPools": [{"ipRangeStart": "10.1.0.10", "ipRangeEnd": "10.1.0.20"}],
+       "routes": [{"target": "10.1.0.0/24", "via": None}]}
+MEMBER = {"identity": "x", "authorized": True, "noAutoAssignIps": False, "ipAssignments": ["10.1.0.11"],
+          "vMajor": 1, "vMinor": 8, "vRev": 4, "vProto": 12, "revision": 5}
+
+
+def test_versions_from_a_real_request() -> None:
+    v = Versions.of(LIBZT_META)
+    assert (v.major, v.minor, v.rev, v.proto, v.rules_engine) == (1, 8, 4, 12, 1)
+    assert Versions.of(b"") == Versions()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_versions_of_any_bytes_never_raise(meta: bytes) -> None:
+    v = Versions.of(meta)
+    assert all(-1 <= x <= 65535 for x in (v.major, v.minor, v.rev, v.proto))
+
+
+def test_needs_write() -> None:
+    v = Versions.of(LIBZT_META)
+    assert not needs_write(NET, MEMBER, v)
+    assert needs_write(NET, None, v)  # a new member is recorded
+    assert needs_write(NET, {**MEMBER, "identity": ""}, v)
+    assert needs_write(NET, {**MEMBER, "vRev": 3}, v)  # upgraded
+    assert not needs_write(NET, {**MEMBER, "vRev": 3}, Versions())  # a request without versions keeps them
+    assert needs_write(NET, {**MEMBER, "ipAssignments": []}, v)  # auto-assign at request time
+    assert needs_write(NET, {**MEMBER, "ipAssignments": ["192.168.9.9"]}, v)  # not in any route
+    assert not needs_write(NET, {**MEMBER, "ipAssignments": [], "noAutoAssignIps": True}, v)
+    assert not needs_write({**NET, "v4AssignMode": {"zt": False}}, {**MEMBER, "ipAssignments": []}, v)
+    unauth = {**MEMBER, "authorized": False, "ipAssignments": []}
+    assert not needs_write(NET, unauth, v)  # refused, nothing to write
+    assert needs_write({**NET, "private": False}, unauth, v)  # public: authorized on request
+
+
+@given(st.lists(st.sampled_from(["network", "member"]), max_size=40))
+def test_config_revision_grows_with_every_change(changes: list[str]) -> None:
+    net, mem = {"revision": 1}, {"revision": 1}
+    last = config_revision(net, mem)
+    for c in changes:
+        (net if c == "network" else mem)["revision"] += 1
+        now = config_revision(net, mem)
+        assert now > last
+        last = now
