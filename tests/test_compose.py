@@ -45,15 +45,18 @@ def mounts(svc: dict[str, Any]) -> list[tuple[str, str, bool]]:
     return out
 
 
-def published_ports(svc: dict[str, Any]) -> list[tuple[str, int, int]]:
-    """(host ip, published port, container port); short ("ip:pub:target/proto") or long syntax."""
+def published_ports(svc: dict[str, Any], protocol: str = "tcp") -> list[tuple[str, int, int]]:
+    """(host ip, published port, container port) of one protocol; short ("ip:pub:target/proto") or long syntax."""
     out = []
     for p in svc.get("ports", []):
         if isinstance(p, str):
-            parts = p.split("/")[0].split(":")
+            spec, _, proto = p.partition("/")
+            if (proto or "tcp") != protocol:
+                continue
+            parts = spec.split(":")
             ip = parts[0] if len(parts) == 3 else ""
             out.append((ip, int(parts[-2]) if len(parts) >= 2 else 0, int(parts[-1])))
-        else:
+        elif p.get("protocol", "tcp") == protocol:
             out.append((p.get("host_ip", ""), int(p["published"]), int(p["target"])))
     return out
 
@@ -71,6 +74,7 @@ def test_compose_file_is_valid_and_shaped_for_ha() -> None:
     ctrls = controllers(services)
     assert ctrls == ["ctrl1", "ctrl2", "ctrl3"]
     published = set()
+    udp_published: set[int] = set()
     data_volumes = set()
     for name in ctrls:
         svc = services[name]
@@ -81,11 +85,17 @@ def test_compose_file_is_valid_and_shaped_for_ha() -> None:
         ports = published_ports(svc)
         assert ports and all(ip == "127.0.0.1" for ip, _, _ in ports), f"{name}: API published beyond loopback"
         published |= {pub for _, pub, _ in ports}
+        # The ZeroTier endpoint is for members anywhere (its traffic is authenticated and encrypted): every
+        # address, container port 9993, one host port per node.
+        udp = published_ports(svc, "udp")
+        assert [(ip, target) for ip, _, target in udp] in ([("", 9993)], [("0.0.0.0", 9993)]), (name, udp)
+        udp_published.add(udp[0][1])
         vols = {src for src, dst, _ in mounts(svc) if dst == "/data"}
         assert len(vols) == 1
         data_volumes |= vols
         assert svc["command"][:2] == ["controller", "run"]
     assert published == {9993, 9994, 9995} and len(data_volumes) == 3
+    assert udp_published == {9993, 9994, 9995}
     assert services["init"]["command"][:3] == ["dev", "init", "--compose"]
     assert str(services["init"]["user"]) == "10001"
 
