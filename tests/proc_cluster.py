@@ -70,14 +70,24 @@ def free_port_block(n: int) -> int:
 
 
 class ProcCluster:
-    def __init__(self, root: Path, nodes: int = 3, config: dict[str, Any] | None = None):
+    """``config``: sections merged into every node's YAML; ``node_config``: {node id: sections} merged on top for
+    one node (e.g. its own ZeroTier bind address). ``prefix``: a command prefix for the controller processes (e.g.
+    ``ip netns exec NS``; it must exec the command, so that the process's pid and signals are the controller's).
+    ``call``: runs each HTTP exchange, e.g. on a thread inside that namespace (default: in the calling thread)."""
+
+    def __init__(self, root: Path, nodes: int = 3, config: dict[str, Any] | None = None, *,
+                 node_config: dict[str, dict[str, Any]] | None = None, prefix: list[str] | None = None,
+                 call: Callable[[Callable[[], Any]], Any] | None = None):
         self.root = root
+        self.prefix = list(prefix or [])
+        self._call = call or (lambda fn: fn())
         self.specs = {s.id: s for s in init_cluster(root, nodes, base_port=free_port_block(2 * nodes))}
         self.ids = sorted(self.specs)
         for s in self.specs.values():  # test-specific settings on top of what dev init writes
             doc = yaml.safe_load(s.config.read_text())
-            for section, values in (config or {}).items():
-                doc.setdefault(section, {}).update(values)
+            for sections in (config or {}, (node_config or {}).get(s.id, {})):
+                for section, values in sections.items():
+                    doc.setdefault(section, {}).update(values)
             s.config.write_text(yaml.safe_dump(doc))
         self.token = (root / "api-token").read_text().strip()
         self.procs: dict[str, subprocess.Popen] = {}
@@ -94,7 +104,8 @@ class ProcCluster:
         env = dict(os.environ, PYTHONUNBUFFERED="1", GRPC_VERBOSITY="NONE")
         with self._lock:
             self.procs[nid] = subprocess.Popen(
-                [sys.executable, "-m", "hactl.cli", "controller", "run", "--config", str(self.specs[nid].config)],
+                [*self.prefix, sys.executable, "-m", "hactl.cli", "controller", "run", "--config",
+                 str(self.specs[nid].config)],
                 stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
 
@@ -145,6 +156,10 @@ class ProcCluster:
 
     def request(self, nid: str, method: str, path: str, body: Any = None, *, headers: dict[str, str] | None = None,
                 timeout: float = 15, auth: bool = True) -> tuple[int, Any, dict[str, str]]:
+        return self._call(lambda: self._request(nid, method, path, body, headers, timeout, auth))
+
+    def _request(self, nid: str, method: str, path: str, body: Any, headers: dict[str, str] | None,
+                 timeout: float, auth: bool) -> tuple[int, Any, dict[str, str]]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port(nid), timeout=timeout)
         hdrs = {"X-ZT1-Auth": self.token} if auth else {}
         hdrs.update(headers or {})

@@ -9,18 +9,22 @@ limit ("timeout", seconds). The process exits when stdin closes. libzt allows on
 Commands:
   make_root {storage, endpoints: ["10.203.0.1/29993"], world_id?}  -> {identity_public, planet (hex)}
       create an identity in `storage` and a signed one-root world (planet) naming it with `endpoints`
-  start {storage, planet? (hex), port}                               -> {node_id}
+  start {storage, planet? (hex), port}                               -> {node_id, port, identity_public}
   wait_online {timeout}                                              -> {online}
   join {nwid (16 hex)} / leave {nwid}
   status {nwid?}                                                     -> {node_id, online, net: {...}}
   wait_network {nwid, family: "inet"|"inet6", timeout}               -> {net: {...}} once transport + address
+  net_info {nwid}                   -> {net: {..., name, mtu, addresses: [...], routes: [{target, via, flags,
+                                       metric}]}}: the config as of libzt's last config callback (a push shows)
   listen {port, addr?}              start a TCP echo server (one thread per connection) on the ZT stack
   echo {addr, port, data, timeout}  connect, send data, read the same number of bytes back -> {data}
+                                    (the connect and each send/recv are bounded by `timeout`)
 
 libzt 1.8.4 quirks handled here: zts_tcp_client/zts_tcp_server overwrite their fd with zts_connect's/zts_bind's
-0 return (they only work for socket 0), so sockets are made with zts_bsd_socket + zts_connect / zts_bind +
-zts_bsd_listen + zts_accept; zts_accept insists on an address buffer length of exactly 46. The library's
-stdout is redirected to stderr so that nothing it prints can corrupt the JSON channel.
+0 return (they only work for socket 0), so sockets are made with zts_bsd_socket + a non-blocking zts_bsd_connect
+(zts_connect ignores its timeout on a blocking socket) / zts_bind + zts_bsd_listen + zts_accept; zts_accept
+insists on an address buffer length of exactly 46. The library's stdout is redirected to stderr so that nothing
+it prints can corrupt the JSON channel.
 """
 from __future__ import annotations
 
@@ -35,8 +39,15 @@ import traceback
 
 AF_INET, AF_INET6, SOCK_STREAM = 0x02, 0x0A, 0x01
 ADDRSTRLEN = 46  # ZTS_INET6_ADDRSTRLEN; zts_accept rejects any other length
+NAME_LEN = 127  # ZTS_MAX_NETWORK_SHORT_NAME_LENGTH; zts_net_get_name rejects any other length
+EISCONN, EALREADY, EINPROGRESS = 106, 114, 115
+SOL_SOCKET, SO_ERROR, POLLOUT, POLLERR, POLLHUP = 0x0FFF, 0x1007, 0x002, 0x004, 0x200
 NET_STATUS = {0: "REQUESTING_CONFIGURATION", 1: "OK", 2: "ACCESS_DENIED", 3: "NOT_FOUND", 4: "PORT_ERROR",
               5: "CLIENT_TOO_OLD"}
+
+
+class PollFd(C.Structure):  # struct zts_pollfd
+    _fields_ = [("fd", C.c_int), ("events", C.c_short), ("revents", C.c_short)]
 
 
 class RootSet(C.Structure):  # zts_root_set_t: ZTS_MAX_NUM_ROOTS=16, ZTS_MAX_ENDPOINTS_PER_ROOT=32
@@ -67,6 +78,20 @@ def load(shim: str, lib: str) -> C.CDLL:
         "zts_net_transport_is_ready": (C.c_int, [C.c_uint64]),
         "zts_addr_is_assigned": (C.c_int, [C.c_uint64, C.c_uint]),
         "zts_addr_get_str": (C.c_int, [C.c_uint64, C.c_uint, C.c_char_p, C.c_uint]),
+        "zts_core_lock_obtain": (C.c_int, []),
+        "zts_core_lock_release": (C.c_int, []),
+        "zts_core_query_addr_count": (C.c_int, [C.c_uint64]),
+        "zts_core_query_addr": (C.c_int, [C.c_uint64, C.c_uint, C.c_char_p, C.c_uint]),
+        "zts_core_query_route_count": (C.c_int, [C.c_uint64]),
+        "zts_core_query_route": (C.c_int, [C.c_uint64, C.c_uint, C.c_char_p, C.c_char_p, C.c_uint,
+                                           C.POINTER(C.c_uint16), C.POINTER(C.c_uint16)]),
+        "zts_net_get_name": (C.c_int, [C.c_uint64, C.c_char_p, C.c_uint]),
+        "zts_net_get_mtu": (C.c_int, [C.c_uint64]),
+        "zts_util_ipstr_to_saddr": (C.c_int, [C.c_char_p, C.c_ushort, C.c_void_p, C.POINTER(C.c_uint32)]),
+        "zts_set_blocking": (C.c_int, [C.c_int, C.c_int]),
+        "zts_bsd_connect": (C.c_int, [C.c_int, C.c_void_p, C.c_uint32]),
+        "zts_bsd_poll": (C.c_int, [C.c_void_p, C.c_uint, C.c_int]),
+        "zts_bsd_getsockopt": (C.c_int, [C.c_int, C.c_int, C.c_int, C.c_void_p, C.POINTER(C.c_uint32)]),
         "zts_bsd_socket": (C.c_int, [C.c_int, C.c_int, C.c_int]),
         "zts_bind": (C.c_int, [C.c_int, C.c_char_p, C.c_ushort]),
         "zts_bsd_listen": (C.c_int, [C.c_int, C.c_int]),
@@ -142,7 +167,12 @@ class Node:
             if time.monotonic() > deadline:
                 raise TimeoutError("node did not come up within 10 s")
             time.sleep(0.05)
-        return {"node_id": f"{z.zts_node_get_id():010x}", "port": z.zts_node_get_port()}
+        try:  # written by libzt at start (zts_init_from_storage)
+            with open(os.path.join(storage, "identity.public")) as f:
+                public = f.read().strip()
+        except OSError:
+            public = None
+        return {"node_id": f"{z.zts_node_get_id():010x}", "port": z.zts_node_get_port(), "identity_public": public}
 
     def wait_online(self, timeout: float = 30) -> dict:
         deadline = time.monotonic() + timeout
@@ -172,6 +202,34 @@ class Node:
         return {"nwid": nwid_hex, "status": NET_STATUS.get(st, st), "status_code": st,
                 "transport_ready": z.zts_net_transport_is_ready(nwid) == 1,
                 "ipv4": self._addr(nwid, AF_INET), "ipv6": self._addr(nwid, AF_INET6)}
+
+    def net_info(self, nwid: str) -> dict:
+        """Name, MTU, addresses and routes of the network's current config. The zts_core_query_* calls read
+        libzt's map of networks unlocked, so they run under zts_core_lock_obtain (the map's mutex, which is not
+        recursive: zts_net_get_name, which takes it itself, runs outside). A route's target is its address
+        only (libzt 1.8.4 drops the prefix length); `via` is "0.0.0.0" for none."""
+        z, n = self.z, int(nwid, 16)
+        out = self._net(nwid)
+        name = C.create_string_buffer(NAME_LEN + 1)
+        out["name"] = name.value.decode(errors="replace") if z.zts_net_get_name(n, name, NAME_LEN) == 0 else None
+        out["mtu"] = z.zts_net_get_mtu(n)
+        addrs, routes = [], []
+        self._check("zts_core_lock_obtain", z.zts_core_lock_obtain())
+        try:
+            for i in range(max(0, z.zts_core_query_addr_count(n))):
+                buf = C.create_string_buffer(64)
+                if z.zts_core_query_addr(n, i, buf, 64) == 0:
+                    addrs.append(buf.value.decode())
+            for i in range(max(0, z.zts_core_query_route_count(n))):
+                target, via = C.create_string_buffer(64), C.create_string_buffer(64)
+                flags, metric = C.c_uint16(0), C.c_uint16(0)
+                if z.zts_core_query_route(n, i, target, via, 64, C.byref(flags), C.byref(metric)) == 0:
+                    routes.append({"target": target.value.decode(), "via": via.value.decode(),
+                                   "flags": flags.value, "metric": metric.value})
+        finally:
+            z.zts_core_lock_release()
+        out["addresses"], out["routes"] = addrs, routes
+        return {"net": out}
 
     def status(self, nwid: str | None = None) -> dict:
         out = {"node_id": f"{self.z.zts_node_get_id():010x}", "online": self.z.zts_node_is_online() == 1}
@@ -225,13 +283,44 @@ class Node:
         finally:
             self.z.zts_close(fd)
 
+    def _connect(self, fd: int, addr: str, port: int, timeout: float) -> None:
+        """Connect within `timeout` seconds. zts_connect ignores its timeout on a blocking socket (it waits as
+        long as lwIP retries SYNs), so: non-blocking zts_bsd_connect, poll for writability, SO_ERROR, blocking
+        again. An immediate failure (e.g. EHOSTUNREACH while the neighbour is not resolved yet) is retried every
+        250 ms until the time is up, as zts_connect does."""
+        z = self.z
+        ss, n = C.create_string_buffer(128), C.c_uint32(128)
+        self._check("zts_util_ipstr_to_saddr", z.zts_util_ipstr_to_saddr(addr.encode(), port, ss, C.byref(n)))
+        self._check("zts_set_blocking", z.zts_set_blocking(fd, 0))
+        deadline = time.monotonic() + timeout
+        while True:
+            if z.zts_bsd_connect(fd, ss, n) == 0 or self.errno.value == EISCONN:
+                break
+            if self.errno.value in (EINPROGRESS, EALREADY):
+                pfd = PollFd(fd, POLLOUT, 0)
+                left = max(1, int((deadline - time.monotonic()) * 1000))
+                if self._check("zts_bsd_poll", z.zts_bsd_poll(C.byref(pfd), 1, left)) == 0:
+                    raise TimeoutError(f"connect to {addr}/{port}: not connected within {timeout}s")
+                err, n_err = C.c_int(0), C.c_uint32(4)
+                self._check("zts_bsd_getsockopt", z.zts_bsd_getsockopt(fd, SOL_SOCKET, SO_ERROR, C.byref(err),
+                                                                       C.byref(n_err)))
+                if not err.value and not pfd.revents & (POLLERR | POLLHUP):
+                    break
+                why = f"error {err.value}, revents {pfd.revents:#x}"
+            else:
+                why = f"zts_errno {self.errno.value}"
+            if time.monotonic() + 0.25 > deadline:
+                raise TimeoutError(f"connect to {addr}/{port}: not connected within {timeout}s (last: {why})")
+            time.sleep(0.25)
+        self._check("zts_set_blocking", z.zts_set_blocking(fd, 1))
+
     def echo(self, addr: str, port: int, data: str, timeout: float = 30) -> dict:
         z = self.z
         family = AF_INET6 if ":" in addr else AF_INET
         fd = self._check("zts_bsd_socket", z.zts_bsd_socket(family, SOCK_STREAM, 0))
         try:
             t0 = time.monotonic()
-            self._check("zts_connect", z.zts_connect(fd, addr.encode(), port, int(timeout * 1000)))
+            self._connect(fd, addr, port, timeout)
             t_conn = time.monotonic() - t0
             z.zts_set_recv_timeout(fd, max(1, int(timeout)), 0)
             z.zts_set_send_timeout(fd, max(1, int(timeout)), 0)
