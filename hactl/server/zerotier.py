@@ -545,12 +545,14 @@ class ZeroTierService:
                 chunks = signed_config(network, member, entry.identity, ident, now_ms, entry.rules_engine)
                 if ep.node.push_config(address, chunks, ep.now()):
                     pushed += 1
+        revocations = 0
         for nwid, target in revoked:
+            others = [a for (n, a) in self._online if n == nwid and a != target]
+            if not others:
+                continue
             rev = Revocation(int.from_bytes(os.urandom(4), "big"), nwid, target, now_ms).sign(ident)
             payload = network_credentials_payload([rev])
-            for (n, address) in list(self._online):
-                if n == nwid and address != target:
-                    ep.node.push_credentials(address, payload, ep.now())
+            revocations += sum(ep.node.push_credentials(a, payload, ep.now()) for a in others)
         ep.flush()
-        if pushed or revoked:
-            log.info("zerotier: pushed %d configs, %d revocations", pushed, len(revoked))
+        if pushed or revocations:
+            log.info("zerotier: pushed %d configs and %d revocations to members online here", pushed, revocations)
