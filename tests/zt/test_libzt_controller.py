@@ -30,7 +30,7 @@ import pytest
 
 from tests.zt.libzt import fetch
 from tests.zt.libzt.cluster_ns import ZtScene
-from tests.zt.libzt.harness import NodeCrashed, NodeError, NodeProc
+from tests.zt.libzt.harness import NodeCrashed, NodeError, NodeProc, rerun_on_crash
 
 POOL_START, POOL_END = "10.147.17.10", "10.147.17.250"
 BASE_ROUTE = {"target": "10.147.17.0/24", "via": None}
@@ -50,33 +50,15 @@ PUSH_LIMIT_S = 15   # "well before the 60 s refresh"
 CUTOFF_LIMIT_S = 10  # a deauthorized member is unreachable within this long
 
 
-@pytest.fixture(scope="module")
-def libzt() -> fetch.Libzt:
-    try:
-        return fetch.ensure()
-    except fetch.LibztUnavailable as e:
-        pytest.fail(f"libzt 1.8.4 is needed for the real-ZeroTier tests and could not be prepared:\n{e}")
-
-
 def run_scenario(libzt: fetch.Libzt, tmp_path: Path, members: int, scenario: Callable[["E2E"], None]) -> None:
-    # libzt 1.8.4 itself segfaults now and then (seen around the first TCP connect): such a run says nothing
-    # about hactl, so it is run again from scratch, at most three times; any other failure fails at once.
-    crashes = []
-    for attempt in range(3):
-        try:
-            with ZtScene(libzt, tmp_path / f"attempt{attempt}", members=members) as z:
-                e2e = E2E(z)
-                try:
-                    scenario(e2e)
-                finally:
-                    e2e.summary()
-            break
-        except NodeCrashed as e:
-            crashes.append(str(e).splitlines()[0])
-    else:
-        pytest.fail("libzt crashed in every attempt:\n" + "\n".join(crashes))
-    if crashes:
-        print(f"\npassed after libzt crashes: {crashes}")
+    def attempt(n: int) -> None:
+        with ZtScene(libzt, tmp_path / f"attempt{n}", members=members) as z:
+            e2e = E2E(z)
+            try:
+                scenario(e2e)
+            finally:
+                e2e.summary()
+    rerun_on_crash(attempt, "libzt controller test")
 
 
 class E2E:

@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 if __name__ == "__main__":  # run as a script inside the namespace: make `hactl` and `tests` importable
@@ -155,32 +154,14 @@ class ControllerProc:
         self._log.close()
 
 
-@pytest.fixture(scope="session")
-def libzt():  # type: ignore[no-untyped-def]
-    from tests.zt.libzt import fetch
-    try:
-        return fetch.ensure()
-    except fetch.LibztUnavailable as e:
-        pytest.fail(f"libzt 1.8.4 is needed for the real-ZeroTier tests and could not be prepared:\n{e}")
-
-
 def test_libzt_member_gets_its_config_from_our_node(libzt, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from tests.zt.libzt.harness import NodeCrashed
+    from tests.zt.libzt.harness import rerun_on_crash
     from tests.zt.libzt.netns import NetNS
-    # libzt 1.8.4 segfaults now and then on its own: such a run says nothing about us and is redone from scratch
-    # (at most three times); any other failure fails at once.
-    crashes = []
-    for attempt in range(3):
-        try:
-            with NetNS(3) as ns:
-                scenario(libzt, ns, tmp_path / f"attempt{attempt}")
-            break
-        except NodeCrashed as e:
-            crashes.append(str(e).splitlines()[0])
-    else:
-        pytest.fail("libzt crashed in every attempt:\n" + "\n".join(crashes))
-    if crashes:
-        print(f"\nlibzt node test: passed after libzt crashes: {crashes}")
+
+    def attempt(n: int) -> None:
+        with NetNS(3) as ns:
+            scenario(libzt, ns, tmp_path / f"attempt{n}")
+    rerun_on_crash(attempt, "libzt node test")
 
 
 def scenario(libzt, ns, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

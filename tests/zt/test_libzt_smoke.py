@@ -7,39 +7,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.zt.libzt import fetch
-from tests.zt.libzt.harness import NodeCrashed, NodeProc
+from tests.zt.libzt.harness import NodeCrashed, NodeProc, rerun_on_crash
 from tests.zt.libzt.netns import NetNS
 
 ROOT_PORT, MEMBER_PORTS = 29993, (29994, 29995)
 ECHO_PORT = 7000
 
 
-@pytest.fixture(scope="session")
-def libzt() -> fetch.Libzt:
-    try:
-        return fetch.ensure()
-    except fetch.LibztUnavailable as e:
-        pytest.fail(f"libzt 1.8.4 is needed for the real-ZeroTier tests and could not be prepared:\n{e}")
-
-
 def test_two_libzt_members_exchange_tcp_through_a_libzt_root(libzt: fetch.Libzt, tmp_path: Path) -> None:
-    # libzt 1.8.4 itself segfaults now and then (seen around the first TCP connect): such a run says nothing
-    # about the harness, so it is run again from scratch, at most three times; any other failure fails at once.
-    crashes = []
-    for attempt in range(3):
-        try:
-            with NetNS(3) as ns:
-                scenario(libzt, ns, tmp_path / f"attempt{attempt}")
-            break
-        except NodeCrashed as e:
-            crashes.append(str(e).splitlines()[0])
-    else:
-        pytest.fail("libzt crashed in every attempt:\n" + "\n".join(crashes))
-    if crashes:
-        print(f"\nlibzt smoke: passed after libzt crashes: {crashes}")
+    def attempt(n: int) -> None:
+        with NetNS(3) as ns:
+            scenario(libzt, ns, tmp_path / f"attempt{n}")
+    rerun_on_crash(attempt, "libzt smoke")
 
 
 def scenario(libzt: fetch.Libzt, netns: NetNS, tmp_path: Path) -> None:

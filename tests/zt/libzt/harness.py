@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tests.zt.libzt.fetch import Libzt
 
@@ -106,3 +106,20 @@ class NodeProc:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
         self._log.close()
+
+
+def rerun_on_crash(attempt: Callable[[int], None], what: str, tries: int = 3) -> None:
+    """Run attempt(0), attempt(1), ... until one returns. libzt 1.8.4 segfaults now and then on its own (seen
+    around the first TCP connect): such a run says nothing about what is tested, so it is redone from scratch, at
+    most ``tries`` times; any other failure fails at once."""
+    crashes = []
+    for n in range(tries):
+        try:
+            attempt(n)
+            break
+        except NodeCrashed as e:
+            crashes.append(str(e).splitlines()[0])
+    else:
+        raise AssertionError(f"{what}: libzt crashed in every attempt:\n" + "\n".join(crashes))
+    if crashes:
+        print(f"\n{what}: passed after libzt crashes: {crashes}")
