@@ -44,10 +44,11 @@ SEEDS ?= 2000
 sim: $(STAMP)
 	$(PY) -m tests.sim --seeds $(SEEDS)
 
-bench: $(STAMP)
+bench: $(STAMP) zt-libs zt-native
 	$(PY) bench/raft_core.py
 	$(PY) bench/fsm.py --members 100000
 	$(PY) bench/failover.py
+	$(PY) bench/netconf.py
 
 # A local three-node cluster in the foreground (Ctrl-C stops it; running it again resumes it).
 run: $(STAMP)
