@@ -21,6 +21,7 @@ so it is cut off at once rather than when its certificate ages out.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -59,7 +60,8 @@ log = logging.getLogger("hactl.zerotier")
 
 ONLINE_MS = 120_000  # a member that asked within this long is "online" and gets pushes (as ZeroTier's controller)
 MAX_ONLINE = 1_000_000  # members remembered for pushes on this node (least recently seen forgotten first)
-MAX_HANDLERS = 2048  # requests being answered at once; more are dropped ("busy") and the members retry
+MAX_HANDLERS = 4096  # requests waiting for an answer; more are dropped ("busy") and the members retry
+MAX_WRITERS = 512  # of which waiting for their Raft write
 BARRIER_TIMEOUT_S = 2.0
 PUSH_DEBOUNCE_S = 0.2
 WRITE_RATE = 20.0  # writes per second per source (an IP, or a member address when relayed)...
@@ -129,6 +131,12 @@ class Versions:
                    num("revr", 1, 1 << 62))
 
 
+@functools.lru_cache(maxsize=1024)
+def versions_of(metadata: bytes) -> Versions:
+    """Versions.of, remembered: every member of one software version sends the same metadata bytes."""
+    return Versions.of(metadata)
+
+
 def config_revision(network: dict[str, Any], member: dict[str, Any]) -> int:
     """The `r` of a member's config: grows with every change to its network or to it (see module docstring)."""
     return (int(network.get("revision", 0)) << 32) | (int(member.get("revision", 0)) & 0xFFFFFFFF)
@@ -149,11 +157,25 @@ def needs_write(network: dict[str, Any], member: dict[str, Any] | None, v: Versi
 def needs_v4(network: dict[str, Any], member: dict[str, Any]) -> bool:
     if member.get("noAutoAssignIps") or not network.get("v4AssignMode", {}).get("zt"):
         return False
-    pools = network.get("ipAssignmentPools") or []
-    if not pools:
+    if not network.get("ipAssignmentPools"):
         return False
-    plan = V4Plan.of(network.get("routes") or [], pools)
+    plan = _v4_plan(network)
     return bool(plan.pools) and not has_routed_v4(member.get("ipAssignments") or [], plan)
+
+
+_plans: OrderedDict[tuple[str, str], V4Plan] = OrderedDict()
+
+
+def _v4_plan(network: dict[str, Any]) -> V4Plan:
+    """A network's IPv4 plan, parsed once per routes-and-pools rather than once per request (keyed by their
+    text, not by the network's revision: a deleted and re-created network starts its revisions again)."""
+    key = (str(network.get("routes")), str(network.get("ipAssignmentPools")))
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _plans[key] = V4Plan.of(network.get("routes") or [], network.get("ipAssignmentPools") or [])
+        if len(_plans) > 1024:
+            _plans.popitem(last=False)
+    return plan
 
 
 def signed_config(network: dict[str, Any], member: dict[str, Any], member_identity: Identity,
@@ -173,6 +195,7 @@ class Online:
     identity: Identity
     rules_engine: bool
     seen: int  # ms (wall clock) of its last request here
+    sent: int = -1  # the config revision last sent to it from here (a push of the same one is skipped)
 
 
 class _Bucket:
@@ -194,7 +217,9 @@ class ZeroTierService:
         self.endpoint: Endpoint | None = None
         self.problem: str | None = None  # why there is no endpoint yet, for /status
         self._tasks: list[asyncio.Task] = []
-        self._handlers = 0
+        self._handlers: set[asyncio.Task] = set()
+        self._pending: list[ConfigRequest] = []
+        self._writers = 0
         self._online: OrderedDict[tuple[int, int], Online] = OrderedDict()
         self._dirty_networks: set[int] = set()
         self._dirty_members: set[tuple[int, int]] = set()
@@ -212,6 +237,7 @@ class ZeroTierService:
     async def stop(self) -> None:
         from hactl.aio import cancel_and_wait
         await cancel_and_wait(self._tasks)
+        await cancel_and_wait(list(self._handlers))
         if self.endpoint is not None:
             self._save_registry()
             await self.endpoint.stop()
@@ -327,18 +353,31 @@ class ZeroTierService:
     # -------------------------------------------------------------- requests
 
     def _on_request(self, req: ConfigRequest) -> None:
-        if self._handlers >= MAX_HANDLERS:
+        """Requests are answered in batches: all that arrived in one pass of the event loop share one ReadIndex
+        barrier (started after the last of them arrived) and one read transaction; only those that need a Raft
+        write get a task of their own."""
+        if len(self._pending) + self._writers >= MAX_HANDLERS:
             assert self.endpoint is not None
             self.endpoint.node.count("busy")
             return
-        self._handlers += 1
-        task = asyncio.get_running_loop().create_task(self._answer(req))
+        self._pending.append(req)
+        if len(self._pending) == 1:
+            asyncio.get_running_loop().call_soon(self._start_batch)
+
+    def _start_batch(self) -> None:
+        batch, self._pending = self._pending, []
+        if batch:
+            self._spawn(self._answer_batch(batch))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._handlers.add(task)
         task.add_done_callback(self._handler_done)
 
     def _handler_done(self, task: asyncio.Task) -> None:
-        self._handlers -= 1
+        self._handlers.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("zerotier: answering a config request failed: %r", task.exception(),
+            log.error("zerotier: answering config requests failed: %r", task.exception(),
                       exc_info=task.exception())
 
     async def _barrier(self) -> bool:
@@ -355,52 +394,81 @@ class ZeroTierService:
             n, a = format_nwid(nwid), format_address(address)
             return r.get_network(n), r.get_member(n, a)
 
-    async def _answer(self, req: ConfigRequest) -> None:
-        ep, ident = self.endpoint, self.identity
-        assert ep is not None and ident is not None
-        node = ep.node
-        nwid, address = req.request.network_id, req.source
-        versions = Versions.of(req.request.metadata)
-        identity_str = str(req.identity.public_only())
+    async def _answer_batch(self, batch: list[ConfigRequest]) -> None:
+        ep = self.endpoint
+        assert ep is not None
         fresh = await self._barrier()
         try:
-            network, member = self._read(nwid, address)
+            with self.ctl.machine().reader() as r:
+                for req in batch:
+                    n, a = format_nwid(req.request.network_id), format_address(req.source)
+                    network = r.get_network(n)
+                    self._answer(req, fresh, network, r.get_member(n, a) if network is not None else None)
         except ClusterUnavailable:
-            return node.count("unavailable")
+            ep.node.count("unavailable")
+        ep.flush()
+
+    def _answer(self, req: ConfigRequest, fresh: bool, network: dict[str, Any] | None,
+                member: dict[str, Any] | None) -> None:
+        ep = self.endpoint
+        assert ep is not None
+        node = ep.node
+        nwid, address = req.request.network_id, req.source
         if network is None:
             if fresh:
-                self._reply_error(req, ErrorCode.OBJ_NOT_FOUND)
-            return None
+                node.answer_error(req, ErrorCode.OBJ_NOT_FOUND, ep.now())
+            return
+        identity_str = str(req.identity.public_only())
         if member is not None and member.get("identity") and member["identity"] != identity_str:
             log.warning("zerotier: member %010x of %016x presents an identity other than the one on record; "
                         "refused (delete the member through the API if it really was re-keyed)", address, nwid)
             if fresh:
-                self._reply_error(req, ErrorCode.NETWORK_ACCESS_DENIED)
-            return None
-        key = (nwid, address)
+                node.answer_error(req, ErrorCode.NETWORK_ACCESS_DENIED, ep.now())
+            return
+        versions = versions_of(req.request.metadata)
         if needs_write(network, member, versions) and (
-                member is None or self._futile.get(key) != config_revision(network, member)):
+                member is None or self._futile.get((nwid, address)) != config_revision(network, member)):
             if not fresh:
-                return node.count("no_leader_write")
-            member = await self._write(req, network, member, identity_str, versions)
-            if member is None:
-                return None
-            network, _ = self._read(nwid, address)
-            if network is None:
-                return None
+                node.count("no_leader_write")
+            elif self._writers >= MAX_WRITERS:
+                node.count("busy")
+            else:
+                self._writers += 1
+                self._spawn(self._answer_after_write(req, network, member, identity_str, versions))
+            return
         assert member is not None
-        self._remember(req, versions)
+        self._reply(req, fresh, network, member, versions)
+
+    async def _answer_after_write(self, req: ConfigRequest, network: dict[str, Any], member: dict[str, Any] | None,
+                                  identity_str: str, versions: Versions) -> None:
+        try:
+            member = await self._write(req, network, member, identity_str, versions)
+        finally:
+            self._writers -= 1
+        if member is None:
+            return
+        network, _ = self._read(req.request.network_id, req.source)  # as of our write (applied here)
+        if network is not None:
+            self._reply(req, True, network, member, versions)
+            assert self.endpoint is not None
+            self.endpoint.flush()
+
+    def _reply(self, req: ConfigRequest, fresh: bool, network: dict[str, Any], member: dict[str, Any],
+               versions: Versions) -> None:
+        ep, ident = self.endpoint, self.identity
+        assert ep is not None and ident is not None
+        entry = self._remember(req, versions)
         if not member.get("authorized"):
             if fresh:
-                self._reply_error(req, ErrorCode.NETWORK_ACCESS_DENIED)
-            return None
+                ep.node.answer_error(req, ErrorCode.NETWORK_ACCESS_DENIED, ep.now())
+            return
         rev = config_revision(network, member)
         if not fresh and req.request.revision and rev < req.request.revision:
-            return node.count("stale_without_leader")  # an answer now could be older than what it holds
+            ep.node.count("stale_without_leader")  # an answer now could be older than what it holds
+            return
         chunks = signed_config(network, member, req.identity, ident, self.ctl.now_ms(), versions.rules_engine > 0)
-        node.answer_config(req, chunks, ep.now())
-        ep.flush()
-        return None
+        ep.node.answer_config(req, chunks, ep.now())
+        entry.sent = rev
 
     def _reply_error(self, req: ConfigRequest, code: ErrorCode) -> None:
         assert self.endpoint is not None
@@ -459,18 +527,19 @@ class ZeroTierService:
                         result.message)
         return None
 
-    def _remember(self, req: ConfigRequest, v: Versions) -> None:
+    def _remember(self, req: ConfigRequest, v: Versions) -> Online:
         key = (req.request.network_id, req.source)
         entry = self._online.get(key)
         now = self.ctl.now_ms()
         if entry is None:
             self._registry_dirty = True
-            self._online[key] = Online(req.identity.public_only(), v.rules_engine > 0, now)
+            entry = self._online[key] = Online(req.identity.public_only(), v.rules_engine > 0, now)
             if len(self._online) > MAX_ONLINE:
                 self._online.popitem(last=False)
         else:
             entry.seen, entry.rules_engine = now, v.rules_engine > 0
             self._online.move_to_end(key)
+        return entry
 
     # -------------------------------------------------------------- pushes
 
@@ -542,8 +611,12 @@ class ZeroTierService:
                 if network is None or member is None or not member.get("authorized") \
                         or member.get("identity") != str(entry.identity):
                     continue
+                rev = config_revision(network, member)
+                if rev == entry.sent:
+                    continue  # it has this one already (typically: the answer to the request that admitted it)
                 chunks = signed_config(network, member, entry.identity, ident, now_ms, entry.rules_engine)
                 if ep.node.push_config(address, chunks, ep.now()):
+                    entry.sent = rev
                     pushed += 1
         revocations = 0
         for nwid, target in revoked:

@@ -15,6 +15,7 @@ for another message before any curve arithmetic.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import hmac
 import os
@@ -118,7 +119,13 @@ def sign(private: bytes, message: bytes) -> bytes:
     if len(private) != PRIVATE_KEY_SIZE:
         raise ProtocolError(f"C25519 private key must be {PRIVATE_KEY_SIZE} bytes, got {len(private)}")
     digest = sha512(message)[:32]
-    return Ed25519PrivateKey.from_private_bytes(private[32:]).sign(digest) + digest
+    return _signing_key(bytes(private[32:])).sign(digest) + digest
+
+
+@functools.lru_cache(maxsize=64)
+def _signing_key(seed: bytes) -> Ed25519PrivateKey:
+    # A controller signs every config with one key: building the key object each time was half a signature's cost.
+    return Ed25519PrivateKey.from_private_bytes(seed)
 
 
 def verify(public: bytes, message: bytes, signature: bytes) -> bool:

@@ -19,6 +19,8 @@ from hactl.zt.identity import Identity
 from hactl.zt.node import ConfigRequest, Node
 
 log = logging.getLogger(__name__)
+SOCKET_BUFFER_BYTES = 4 << 20
+VALIDATIONS_QUEUED_PER_WORKER = 4
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -63,6 +65,10 @@ class Endpoint:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
             family, _, _, _, addr = infos[0]
             sock = socket.socket(family, socket.SOCK_DGRAM)
+            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                # The default ~200 KB holds a few hundred datagrams: a burst of requests would be dropped by the
+                # kernel, where no counter of ours sees it. (The kernel caps this at net.core.*mem_max.)
+                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER_BYTES)
             sock.bind(addr)
             sock.setblocking(False)
             transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
@@ -148,7 +154,8 @@ class Endpoint:
         loop, pool = self._loop, self._pool
         if loop is None or pool is None:
             return
-        while self._pending and self._validating < self.validation_workers:
+        # A few per worker are queued in the pool, so a worker never waits for the loop to hand it the next one.
+        while self._pending and self._validating < self.validation_workers * VALIDATIONS_QUEUED_PER_WORKER:
             ident = self._pending.pop(0)
             self._validating += 1
             fut = loop.run_in_executor(pool, ident.locally_validate)
