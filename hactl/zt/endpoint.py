@@ -1,6 +1,7 @@
 """The asyncio UDP shell around a sans-IO Node: one socket, a timer, a thread pool for identity validation.
 
-It feeds every datagram to the node and sends what the node queued right after (flush), ticks the node every
+It reads what the socket holds (up to DATAGRAMS_PER_WAKE at a time), feeds each datagram to the node, sends
+what the node queued (flush) and hands the burst's config requests to the glue together; it ticks the node every
 tick_ms, runs the memory-hard identity checks off the event loop (at most validation_workers at a time; the node
 bounds how many are queued) and hands config requests to the glue's on_request. The glue answers through
 node.answer_* / node.push_* and then calls flush(). A failing on_request is logged, never fatal.
@@ -21,18 +22,7 @@ from hactl.zt.node import ConfigRequest, Node
 log = logging.getLogger(__name__)
 SOCKET_BUFFER_BYTES = 4 << 20
 VALIDATIONS_QUEUED_PER_WORKER = 4
-
-
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
-
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
-        self.endpoint._datagram(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors for earlier sends (unreachable peers) land here; they are normal on the Internet.
-        self.endpoint.send_errors += 1
+DATAGRAMS_PER_WAKE = 256  # read until the socket is empty, up to this many, then answer them together
 
 
 class Endpoint:
@@ -45,7 +35,7 @@ class Endpoint:
         self.tick_ms = tick_ms
         self.local_address: tuple[str, int] = ("", 0)
         self.send_errors = 0
-        self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
         self._v6 = False
         self._tick_task: asyncio.Task | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -71,12 +61,14 @@ class Endpoint:
                 sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER_BYTES)
             sock.bind(addr)
             sock.setblocking(False)
-            transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+            # A reader of our own rather than a DatagramProtocol: asyncio delivers one datagram per wake-up, and
+            # a burst read at once is answered as one batch (one read barrier for all of them).
+            loop.add_reader(sock.fileno(), self._readable)
         except OSError as e:
             if sock is not None:
                 sock.close()
             raise OSError(e.errno, f"zt endpoint: cannot bind UDP {host}:{port}: {e.strerror or e}") from e
-        self._transport = transport  # type: ignore[assignment]
+        self._sock = sock
         self._v6 = sock.family == socket.AF_INET6
         if self._v6:
             # A dual-stack socket reaches IPv4 through mapped addresses; a v6-only one does not.
@@ -99,22 +91,39 @@ class Endpoint:
             except asyncio.CancelledError:
                 pass
             self._tick_task = None
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        if self._sock is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
         if self._pool is not None:
             # Queued validations are cancelled; one in flight finishes (~0.15 s) so that no thread outlives us.
             pool, self._pool = self._pool, None
             await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
 
     # --- the loop's side ----------------------------------------------------------------------------------------
+    def _readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(DATAGRAMS_PER_WAKE):
+            try:
+                data, addr = sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                # ICMP errors for earlier sends (unreachable peers) surface here; normal on the Internet.
+                self.send_errors += 1
+                continue
+            self._datagram(data, addr)
+        self.flush()
+        self._dispatch()
+
     def _datagram(self, data: bytes, addr: tuple) -> None:
         host = addr[0]
         if self._v6 and host.startswith("::ffff:") and "." in host:
             host = host[7:]  # IPv4 through a dual-stack socket: the node sees plain IPv4
         self.node.receive(data, (host, addr[1]), self.now())
-        self.flush()
-        self._dispatch()
 
     async def _ticker(self) -> None:
         while True:
@@ -129,14 +138,15 @@ class Endpoint:
     def flush(self) -> None:
         """Send what the node queued (call it on the event loop, after node.answer_* / push_*)."""
         out = self.node.take_datagrams()
-        if self._transport is None:
+        sock = self._sock
+        if sock is None:
             return
         for data, (host, port) in out:
             if self._v6 and ":" not in host:
                 host = f"::ffff:{host}"
             try:
-                self._transport.sendto(data, (host, port))
-            except OSError:
+                sock.sendto(data, (host, port))
+            except OSError:  # incl. a full send buffer: UDP may drop, and the peer retries
                 self.send_errors += 1
 
     def _dispatch(self) -> None:
