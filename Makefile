@@ -51,7 +51,7 @@ bench: $(STAMP) zt-libs zt-native
 	$(PY) bench/netconf.py
 
 # A local three-node cluster in the foreground (Ctrl-C stops it; running it again resumes it).
-run: $(STAMP)
+run: $(STAMP) zt-libs zt-native
 	$(VENV)/bin/hactl dev up --data ./data
 
 clean:
