@@ -63,7 +63,9 @@ def test_kill_leader_loses_no_acknowledged_write_and_restart_catches_up(cluster)
     lock = threading.Lock()
 
     def writer(k: int) -> None:
-        i = 0
+        # Writers start on different nodes: started alike they move in lockstep, and when all of them are on the
+        # leader as it dies, all wait out their 20 s on a dead node and no write can succeed in the window below.
+        i = k
         while not stop.is_set():
             i += 1
             addr = member_addr(i, salt=k + 1)
