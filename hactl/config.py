@@ -18,7 +18,8 @@ import yaml
 
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-MIN_STORAGE_BYTES = 1 << 20  # smaller maps hold next to nothing; a smaller free-space floor warns too late
+MIN_STORAGE_BYTES = 1 << 20
+MAX_ROOT_ENDPOINTS = 32  # stable endpoints per root in a ZeroTier world  # smaller maps hold next to nothing; a smaller free-space floor warns too late
 
 
 class ConfigError(Exception):
@@ -103,6 +104,9 @@ class ZeroTierConfig:
     # A planet file (a serialized World, as zerotier-one keeps in /var/lib/zerotier-one/planet): the roots this
     # node HELLOs so members can find it. Empty: ZeroTier's built-in planet, as a stock controller uses.
     planet: str = ""
+    # Where members reach this node as a root of the cluster's own planet, in ZeroTier's "IP/port" notation (at
+    # most 32). Empty: the bind address, when it is not a wildcard.
+    endpoints: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -186,6 +190,13 @@ def _build(cls: type, raw: Any, src: str, prefix: str) -> Any:
 
 def _coerce(value: Any, kind: Any, src: str, key: str) -> Any:
     origin = getattr(kind, "__origin__", None)
+    if origin is list:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ConfigError(src, key, f"expected a list, got {type(value).__name__}")
+        (item,) = kind.__args__
+        return [_coerce(v, item, src, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if value is None:
             return {}
@@ -286,6 +297,13 @@ def validate(cfg: Config) -> None:
         except ValueError:
             raise ConfigError(src, "zerotier.bind", f"expected an IP address and port, got {cfg.zerotier.bind!r}") \
                 from None
+    if len(cfg.zerotier.endpoints) > MAX_ROOT_ENDPOINTS:
+        raise ConfigError(src, "zerotier.endpoints", f"at most {MAX_ROOT_ENDPOINTS} endpoints (a planet's limit per "
+                          f"root), got {len(cfg.zerotier.endpoints)}")
+    for i, ep in enumerate(cfg.zerotier.endpoints):
+        problem = zt_endpoint_problem(ep)
+        if problem:
+            raise ConfigError(src, f"zerotier.endpoints[{i}]", problem)
     if cfg.log.level not in LOG_LEVELS:
         raise ConfigError(src, "log.level", f"expected one of {', '.join(LOG_LEVELS)}, got {cfg.log.level!r}")
     host, _ = parse_hostport(cfg.control.advertise, src, "control.advertise")
@@ -294,6 +312,21 @@ def validate(cfg: Config) -> None:
             raise ConfigError(src, "control.advertise", "must be an address other nodes can dial, not 0.0.0.0")
     except ValueError:
         pass  # a DNS name
+
+
+def zt_endpoint_problem(text: str) -> str | None:
+    """What is wrong with an "IP/port" root endpoint, or None. Members must be able to use it: ZeroTier never uses
+    loopback, link-local, multicast or unspecified addresses as paths."""
+    host, sep, port = text.rpartition("/")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"expected IP/port (ZeroTier's notation, e.g. 203.0.113.7/9993), got {text!r}"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return f"{host!r} is not an IP address (a planet holds addresses, not names)"
+    if ip.is_loopback or ip.is_unspecified or ip.is_multicast or ip.is_link_local:
+        return f"{ip} cannot be a ZeroTier path (loopback, unspecified, multicast or link-local)"
+    return None
 
 
 def _positive(src: str, key: str, value: int) -> None:

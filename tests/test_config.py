@@ -67,6 +67,14 @@ def test_example_documents_every_key_with_its_default() -> None:
     ("id: a\nstorage: {alarm_used_ratio: 1.01}\n", "storage.alarm_used_ratio", "must be in (0, 1]"),
     ("id: a\nstorage: {alarm_used_ratio: high}\n", "storage.alarm_used_ratio", "expected a number"),
     ("id: a\nstorage: {alarm_ratio: 0.5}\n", "storage.alarm_ratio", "unknown key"),
+    ("id: a\nzerotier: {bind: '127.0.0.1:9993'}\n", "zerotier.bind", "loopback"),
+    ("id: a\nzerotier: {bind: 'host:9993'}\n", "zerotier.bind", "IP address"),
+    ("id: a\nzerotier: {endpoints: '10.0.0.1/9993'}\n", "zerotier.endpoints", "expected a list"),
+    ("id: a\nzerotier: {endpoints: ['10.0.0.1:9993']}\n", "zerotier.endpoints[0]", "IP/port"),
+    ("id: a\nzerotier: {endpoints: ['10.0.0.1/9993', '127.0.0.1/9993']}\n", "zerotier.endpoints[1]", "loopback"),
+    ("id: a\nzerotier: {endpoints: ['ctrl1/9993']}\n", "zerotier.endpoints[0]", "not an IP address"),
+    ("id: a\nzerotier: {endpoints: [" + ", ".join(f"'10.0.0.{i}/9993'" for i in range(1, 34)) + "]}\n",
+     "zerotier.endpoints", "at most 32"),
 ])
 def test_bad_config_names_file_and_key(tmp_path: Path, text: str, key: str, words: str) -> None:
     p = tmp_path / "bad.yaml"
@@ -74,6 +82,14 @@ def test_bad_config_names_file_and_key(tmp_path: Path, text: str, key: str, word
     with pytest.raises(ConfigError) as e:
         load(p)
     assert e.value.key == key and words in e.value.problem and str(p) in str(e.value)
+
+
+def test_zerotier_endpoints_are_a_list_of_ip_port(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("id: a\nzerotier: {bind: '10.0.0.1:9993', endpoints: ['203.0.113.7/9993', '2001:db8::7/9993']}\n")
+    cfg = load(p)
+    assert cfg.zerotier.endpoints == ["203.0.113.7/9993", "2001:db8::7/9993"]
+    assert Config().zerotier.endpoints == [] and Config().zerotier.bind == "0.0.0.0:9993"
 
 
 def test_storage_defaults_are_the_map_sizes_and_alarm_levels(tmp_path: Path) -> None:
