@@ -172,7 +172,12 @@ ZEROTIER_STATUS = {"type": "object", "description": "this node's ZeroTier endpoi
                                   "roots": {"type": "array", "items": {"type": "object"}},
                                   "stats": {"type": "object", "description": "datagram counters; drops by reason",
                                             "additionalProperties": {"type": "integer"}},
-                                  "members_online": {"type": "integer"}},
+                                  "members_online": {"type": "integer"},
+                                  "root": {"type": "object", "description": "this node's own root identity "
+                                           "(address) and the endpoints members reach it at as a planet root",
+                                           "properties": {"address": HEX10,
+                                                          "endpoints": {"type": "array",
+                                                                        "items": {"type": "string"}}}}},
                    "additionalProperties": True}
 CONTROLLER = {"type": "object",
               "properties": {"controller": {"const": True}, "apiVersion": {"const": 4}, "clock": MS,

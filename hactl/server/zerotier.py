@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import os
 import socket
@@ -87,6 +88,50 @@ def load_planet(path: str) -> World:
     if not world.roots:
         raise ZeroTierStartupError(f"zerotier.planet: {path} lists no roots")
     return world
+
+
+def load_or_create_root_identity(zt_dir: Path) -> Identity:
+    """This node's own ZeroTier identity, as a root of the cluster's planet: created once with the data directory
+    (identity.secret 0600, identity.public), never replicated (each root is its own peer to members)."""
+    secret, public = zt_dir / "identity.secret", zt_dir / "identity.public"
+    try:
+        text = secret.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        zt_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ident = Identity.generate()
+        try:
+            atomic_write(secret, ident.to_string(include_private=True) + "\n", 0o600, overwrite=False)
+        except FileExistsError:  # another process made one meanwhile: use it
+            return load_or_create_root_identity(zt_dir)
+        atomic_write(public, str(ident) + "\n", 0o644)
+        log.info("zerotier: created this node's root identity %010x in %s", ident.address, secret)
+        return ident
+    except (OSError, UnicodeDecodeError) as e:
+        raise ZeroTierStartupError(f"{secret}: cannot read this node's root identity: {e}") from None
+    if secret.stat().st_mode & 0o077:
+        raise ZeroTierStartupError(f"{secret}: holds a private key but is readable by others; chmod 600 it")
+    try:
+        ident = Identity.from_string(text)
+    except (ProtocolError, ValueError) as e:
+        raise ZeroTierStartupError(f"{secret}: not a ZeroTier identity with its private key: {e}") from None
+    if not ident.has_private or not ident.locally_validate():
+        raise ZeroTierStartupError(f"{secret}: the identity has no private key or does not validate (its address "
+                                   "is not derived from its key)")
+    return ident
+
+
+def root_endpoints(cfg: ZeroTierConfig) -> list[str]:
+    """Where members reach this node as a root ("IP/port"): zerotier.endpoints, else a specific bind address."""
+    if cfg.endpoints:
+        return list(cfg.endpoints)
+    if not cfg.bind:
+        return []
+    host, port = parse_hostport(cfg.bind, "zerotier", "zerotier.bind")
+    try:
+        unspecified = ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return []
+    return [] if unspecified else [f"{host}/{port}"]
 
 
 def check_bindable(bind: str) -> tuple[str, int]:
@@ -213,6 +258,8 @@ class ZeroTierService:
         self.cfg = cfg
         self.planet = load_planet(cfg.planet)
         self.bind = check_bindable(cfg.bind)
+        self.root_identity = load_or_create_root_identity(Path(controller.data) / "zt")
+        self.root_endpoints = root_endpoints(cfg)
         self.identity: Identity | None = None
         self.endpoint: Endpoint | None = None
         self.problem: str | None = None  # why there is no endpoint yet, for /status
@@ -343,7 +390,9 @@ class ZeroTierService:
     def status(self) -> dict[str, Any]:
         ep = self.endpoint
         out: dict[str, Any] = {"address": f"{self.identity.address:010x}" if self.identity else None,
-                               "endpoint": f"{self.bind[0]}/{self.bind[1]}", "online": False, "problem": self.problem}
+                               "endpoint": f"{self.bind[0]}/{self.bind[1]}", "online": False, "problem": self.problem,
+                               "root": {"address": f"{self.root_identity.address:010x}",
+                                        "endpoints": self.root_endpoints}}
         if ep is not None:
             st = ep.node.status(ep.now())
             out.update(online=bool(st.get("online")), roots=st.get("roots", []), stats=ep.node.stats(),

@@ -57,3 +57,31 @@ def test_config_revision_grows_with_every_change(changes: list[str]) -> None:
         now = config_revision(net, mem)
         assert now > last
         last = now
+
+
+def test_root_identity_is_created_once_private_and_checked(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from hactl.server.zerotier import ZeroTierStartupError, load_or_create_root_identity
+    zt = tmp_path / "zt"
+    first = load_or_create_root_identity(zt)
+    assert first.has_private and first.locally_validate()
+    assert (zt / "identity.secret").stat().st_mode & 0o777 == 0o600
+    assert (zt / "identity.public").read_text().strip() == str(first)
+    assert load_or_create_root_identity(zt) == first  # kept for life
+    (zt / "identity.secret").chmod(0o644)
+    with pytest.raises(ZeroTierStartupError, match="readable by others"):
+        load_or_create_root_identity(zt)
+    (zt / "identity.secret").write_text("not an identity")
+    (zt / "identity.secret").chmod(0o600)
+    with pytest.raises(ZeroTierStartupError, match="not a ZeroTier identity"):
+        load_or_create_root_identity(zt)
+
+
+def test_root_endpoints_default_to_a_specific_bind_address() -> None:
+    from hactl.config import ZeroTierConfig
+    from hactl.server.zerotier import root_endpoints
+    assert root_endpoints(ZeroTierConfig(bind="10.0.0.5:9993")) == ["10.0.0.5/9993"]
+    assert root_endpoints(ZeroTierConfig(bind="0.0.0.0:9993")) == []
+    assert root_endpoints(ZeroTierConfig(bind="")) == []
+    assert root_endpoints(ZeroTierConfig(bind="0.0.0.0:9993", endpoints=["203.0.113.7/9993"])) == ["203.0.113.7/9993"]
