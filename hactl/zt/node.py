@@ -37,7 +37,7 @@ from hactl.zt.identity import Identity
 from hactl.zt.inetaddress import NIL, InetAddress
 from hactl.zt.multicast import MulticastDirectory, MulticastGather, OkGather
 from hactl.zt.packet import Cipher, ErrorCode, Header, Packet, Verb, armor, dearmor, new_packet_id
-from hactl.zt.peer import Peer, SockAddr
+from hactl.zt.peer import Peer, SockAddr, TokenBuckets
 from hactl.zt.verbs import (ConfigChunk, Echo, Error, Hello, MulticastLike, NetworkConfigRequest, Ok, OkHello,
                             OkNetworkConfig, OkWhois, Rendezvous, Whois, hello_identity)
 from hactl.zt.world import World
@@ -120,12 +120,6 @@ class _Waiting:
     whois_key: tuple[int, bytes] | None = None  # the identity the root answered with, once it did
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    at: int
-
-
 def _src(src: tuple) -> SockAddr:
     return (str(src[0]), int(src[1]))
 
@@ -169,7 +163,8 @@ class Node:
         self._validation_queue: list[Identity] = []
         self._validating: dict[tuple[int, bytes], tuple[Identity, int]] = {}
         self._verdicts: OrderedDict[tuple[int, bytes], bool] = OrderedDict()
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._buckets = TokenBuckets(self.limits.validation_rate, self.limits.validation_burst,
+                                     self.limits.max_rate_buckets)
         self._peers: OrderedDict[int, Peer] = OrderedDict()
         self._roots: dict[int, Peer] = {}
         self._root_endpoints: dict[int, list[SockAddr]] = {}
@@ -284,7 +279,7 @@ class Node:
         if is_fragment(datagram):
             frag = Fragment.parse(datagram)
             if frag.destination != self.address:
-                self._drop("not_for_us")
+                self._not_for_us(datagram, frag.destination, None, src, now)
                 return
             whole = self._reassembler.add_fragment(frag, now)
             if whole is None:
@@ -293,7 +288,7 @@ class Node:
         else:
             header = Header.parse(datagram)
             if header.destination != self.address:
-                self._drop("not_for_us")
+                self._not_for_us(datagram, header.destination, header, src, now)
                 return
             if header.fragmented:
                 whole = self._reassembler.add_head(datagram, now)
@@ -301,6 +296,11 @@ class Node:
                     return
                 datagram = whole
         self._packet(datagram, src, now, now)
+
+    def _not_for_us(self, datagram: bytes, destination: int, header: Header | None, src: SockAddr,
+                    now: int) -> None:
+        """A packet (header given) or fragment (header None) for someone else: a root relays it (root.py)."""
+        self._drop("not_for_us")
 
     def _packet(self, datagram: bytes, src: SockAddr, now: int, received: int) -> None:
         """A whole packet addressed to us (still armored)."""
@@ -445,20 +445,7 @@ class Node:
 
     def _take_token(self, ip: str, now: int) -> bool:
         # (ip is a bucket key: a source IP, or the relay's IP and the claimed sender, see _rate_key)
-        lim = self.limits
-        b = self._buckets.get(ip)
-        if b is None:
-            b = self._buckets[ip] = _Bucket(float(lim.validation_burst), now)
-            while len(self._buckets) > lim.max_rate_buckets:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(ip)
-            b.tokens = min(float(lim.validation_burst), b.tokens + (now - b.at) * lim.validation_rate / 1000)
-            b.at = now
-        if b.tokens < 1:
-            return False
-        b.tokens -= 1
-        return True
+        return self._buckets.take(ip, now)
 
     def _queue_validation(self, ident: Identity, now: int) -> bool:
         if len(self._validating) >= self.limits.max_validations:
@@ -563,8 +550,13 @@ class Node:
         # The observed address is what we saw the HELLO come from; for a relayed HELLO that would be the relay,
         # which is not the peer's address, so we report nil (the node parses it as optional).
         observed = _inet(src) if packet.hops == 0 else NIL
-        ok = OkHello(packet.packet_id, hello.timestamp, self.protocol, *self.version, observed=observed)
+        ok = OkHello(packet.packet_id, hello.timestamp, self.protocol, *self.version, observed=observed,
+                     worlds=self._hello_worlds(hello))
         self._reply(peer, Verb.OK, ok.encode(), packet.hops, src, now)
+
+    def _hello_worlds(self, hello: Hello) -> tuple[World, ...]:
+        """Worlds to push in OK(HELLO): none from the controller; a root sends its newer planet (root.py)."""
+        return ()
 
     def _on_ok(self, peer: Peer, packet: Packet, src: SockAddr, now: int) -> bool:
         ok = Ok.decode(packet.payload)

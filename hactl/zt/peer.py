@@ -157,3 +157,40 @@ class Peer:
         if self.last_receive is None or now - self.last_receive >= activity_timeout:
             return float("inf")
         return self.latency * ((now - self.last_receive) / 61_000 + 1)
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: int
+
+
+class TokenBuckets:
+    """Per-key token buckets (key: a source IP, usually), `rate` tokens per second up to `burst`; at most
+    `max_keys` keys are tracked (LRU), so a flood from many addresses costs bounded memory. An evicted key comes
+    back with a full bucket: the bound on keys is what bounds the total."""
+
+    def __init__(self, rate: float, burst: int, max_keys: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, key: str, now: int) -> bool:
+        """Spend one token of key's bucket; False if it is empty."""
+        b = self._buckets.get(key)
+        if b is None:
+            b = self._buckets[key] = _Bucket(float(self.burst), now)
+            while len(self._buckets) > self.max_keys:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+            b.tokens = min(float(self.burst), b.tokens + max(0, now - b.at) * self.rate / 1000)
+            b.at = now
+        if b.tokens < 1:
+            return False
+        b.tokens -= 1
+        return True
