@@ -1,4 +1,4 @@
-"""The asyncio UDP shell around a sans-IO Node: one socket, a timer, a thread pool for identity validation.
+"""The asyncio UDP shell around a sans-IO Node (or a Switch, switch.py): one socket, a timer, a thread pool for identity validation.
 
 It reads what the socket holds (up to DATAGRAMS_PER_WAKE at a time), feeds each datagram to the node, sends
 what the node queued (flush) and hands the burst's config requests to the glue together; it ticks the node every
@@ -13,11 +13,11 @@ import logging
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, Protocol
 
 from hactl.zt.address import address_to_str
 from hactl.zt.identity import Identity
-from hactl.zt.node import ConfigRequest, Node
+from hactl.zt.node import ConfigRequest
 
 log = logging.getLogger(__name__)
 SOCKET_BUFFER_BYTES = 4 << 20
@@ -25,8 +25,21 @@ VALIDATIONS_QUEUED_PER_WORKER = 4
 DATAGRAMS_PER_WAKE = 256  # read until the socket is empty, up to this many, then answer them together
 
 
+class Driven(Protocol):
+    """What the endpoint drives: a controller Node, or a Switch (controller and root on one socket)."""
+    address: int
+    families: set[int]
+
+    def receive(self, datagram: bytes, src: tuple[str, int], now: int) -> None: ...
+    def tick(self, now: int) -> None: ...
+    def take_datagrams(self) -> list[tuple[bytes, tuple[str, int]]]: ...
+    def take_requests(self) -> list[ConfigRequest]: ...
+    def take_validations(self) -> list[Identity]: ...
+    def validated(self, identity: Identity, ok: bool, now: int) -> None: ...
+
+
 class Endpoint:
-    def __init__(self, node: Node, bind: tuple[str, int], *, on_request: Callable[[ConfigRequest], None],
+    def __init__(self, node: Driven, bind: tuple[str, int], *, on_request: Callable[[ConfigRequest], None],
                  validation_workers: int = 1, tick_ms: int = 1000) -> None:
         self.node = node
         self.bind = bind
