@@ -9,7 +9,8 @@ KEY_REUSED and changes nothing. Absent means "not known", which matches any fing
 ``fp`` ignores it; since KEY_REUSED changes nothing and is not remembered, the model stays the same either way.
 Types and their fields:
     noop
-    cluster.init      cluster_id: str, timeline_id: str, address: str (10 hex), signing_key: bin, token_hash: str
+    cluster.init      cluster_id: str, timeline_id: str, address: str (10 hex), signing_key: bin, token_hash: str,
+                      [planet_key: bin, world_id: int]   (optional, both or neither: see "The planet" below)
                       ``signing_key`` (the name kept for schema compatibility) is the cluster's ZeroTier controller
                       identity WITH its private key, in ZeroTier's binary form (Identity.to_bytes(include_private=
                       True), 135 bytes); ``address`` must be that identity's address. (Before, it was a 32-byte raw
@@ -24,8 +25,10 @@ Types and their fields:
     member.request    nwid: str, address: str, identity: str (the requester's public identity string),
                       vMajor, vMinor, vRev, vProto: int (-1..65535, -1 unknown)   a ZeroTier node asked for its
                       network config: records the member as ZeroTier's controller does (see machine.py)
-    restore.begin     restore_id: str, timeline_id: str, address: str, signing_key: bin, token_hash: str | nil
-                      (signing_key and address as in cluster.init: the restored controller's identity)
+    restore.begin     restore_id: str, timeline_id: str, address: str, signing_key: bin, token_hash: str | nil,
+                      [planet_key: bin, world_id: int, [planet: bin]]
+                      (signing_key and address as in cluster.init: the restored controller's identity; the
+                      optional planet fields: the backup's planet key, id and current world, see below)
     restore.chunk     restore_id: str, seq: int (0, 1, ...), networks: [map], members: [map]
     restore.commit    restore_id: str, chunks: int, networks: int, members: int
     restore.abort     restore_id: str
@@ -34,12 +37,32 @@ Types and their fields:
     alarm.raise       node: str, name: str ([A-Z][A-Z0-9_]*, e.g. NOSPACE), message: str   a node's alarm, on
                       until cleared; while any alarm is on, writes that add data are refused (ALARM_EXEMPT_TYPES)
     alarm.clear       node: str, name: str
+    planet.init       planet_key: bin, world_id: int   give a cluster initialised without them its planet key and id
+                      (once: ALREADY_INITIALIZED when it has one)
+    zt.root           node: str, identity: str (the node's public root identity), endpoints: [str "IP/port"] (0..32)
+                      the cluster node ``node`` is a ZeroTier root at those stable endpoints (replaces its record)
+    planet.set        world: bin   the cluster's next planet: a serialized, signed world (apply's rules below)
 ``changes`` is the canonical output of the validator (validate.py); records in restore chunks are whole objects
 as ``hactl db dump`` prints them.
 
 Network ids: ``network.create`` carries a random 24-bit ``start`` chosen by the proposer. Apply takes the first
 free n of start, start+1, ..., 2^24-1, 1, 2, ... so every node picks the same id, and creation fails (FULL) only
 when all 2^24-1 ids are taken.
+
+Optional fields (``OPTIONAL``) are written only when set, so a command without them keeps its exact old bytes,
+and an old proposer's command still applies; absent (or nil) decodes to None.
+
+The planet (issue 11): the cluster is its own private ZeroTier planet. ``planet_key`` is the 64-byte C25519
+private key that signs every world of id ``world_id`` (new_planet_key(), new_world_id(); the public half is
+derived). A cluster.init without them (from a proposer older than planets) still applies: the cluster then has
+no planet until a planet.init provides key and id (once). Each node proposes its own zt.root record; removing a
+node from the membership drops its record. The planet itself is a signed world proposed with planet.set
+(hactl/zt/planet.py next_world builds it); apply accepts it only if it decodes, is a PLANET with the cluster's
+world id, 1..4 roots each with 1..32 endpoints, names the cluster's planet key as the signer of the next update
+(so the cluster never loses control of its clients), is strictly newer than the current planet, and is signed by
+the key the current planet names (the first planet: by the cluster's planet key). The same bytes again succeed
+without a write. restore.begin carries the backup's planet key, id and world: a restore must not orphan the
+backup's clients (machine.py _restore_commit says what is kept).
 
 Everything time- or random-dependent is chosen here, on the proposer, and carried: apply reads no clock and no RNG.
 """
@@ -56,9 +79,12 @@ from hactl.fsm.coerce import ValidationError
 from hactl.fsm.model import NETWORK_N_MAX, format_address, format_nwid
 from hactl.fsm.validate import (check_controller_address, controller_identity, member_identity, member_record,
                                 network_record, parse_address, parse_label, parse_nwid, parse_request_id,
-                                parse_serial, parse_time, parse_token_hash, parse_version_field,
+                                parse_endpoints, parse_planet_key, parse_serial, parse_time, parse_token_hash,
+                                parse_version_field, parse_world, parse_world_id, root_identity,
                                 validate_member_changes, validate_network_changes)
+from hactl.zt import crypto
 from hactl.zt.identity import Identity
+from hactl.zt.world import ZEROTIER_PLANET_ID
 
 SCHEMA_VERSION = 1
 FINGERPRINT_BYTES = 32  # SHA-256
@@ -122,6 +148,12 @@ def _fingerprint(v: Any, f: str) -> bytes | None:
     return bytes(v)
 
 
+def _strs(v: Any, f: str) -> list[str]:
+    if not isinstance(v, list):
+        raise CommandError(f"expected an array, got {type(v).__name__}", f)
+    return [_str(x, f"{f}[{i}]") for i, x in enumerate(v)]
+
+
 def _maps(v: Any, f: str) -> list[dict[str, Any]]:
     if not isinstance(v, list):
         raise CommandError(f"expected an array, got {type(v).__name__}", f)
@@ -137,6 +169,7 @@ Checker = Callable[[Any, str], Any]
 class Command:
     TYPE: ClassVar[str] = ""
     WIRE: ClassVar[dict[str, Checker]] = {}  # the type's own fields and their wire checks
+    OPTIONAL: ClassVar[dict[str, Checker]] = {}  # fields written only when not None (absent decodes to None)
     request_id: str
     time: int  # ms since the epoch, the proposer's clock
     version: int = SCHEMA_VERSION
@@ -159,6 +192,9 @@ class ClusterInit(Command):
     address: str
     signing_key: bytes = field(repr=False)
     token_hash: str
+    OPTIONAL: ClassVar[dict[str, Checker]] = {"planet_key": _bin, "world_id": _int}
+    planet_key: bytes | None = field(default=None, repr=False)  # the planet's C25519 private key (64 bytes)
+    world_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -246,6 +282,10 @@ class RestoreBegin(Command):
     address: str  # the restored controller's address and key: its networks live under that address
     signing_key: bytes = field(repr=False)
     token_hash: str | None  # None keeps the current API token
+    OPTIONAL: ClassVar[dict[str, Checker]] = {"planet_key": _bin, "world_id": _int, "planet": _bin}
+    planet_key: bytes | None = field(default=None, repr=False)  # the backup's planet key, id and current world
+    world_id: int | None = None
+    planet: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -311,18 +351,47 @@ class AlarmClear(Command):
     name: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanetInit(Command):
+    """The planet key and world id of a cluster initialised without them (once)."""
+    TYPE: ClassVar[str] = "planet.init"
+    WIRE: ClassVar[dict[str, Checker]] = {"planet_key": _bin, "world_id": _int}
+    planet_key: bytes = field(repr=False)
+    world_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ZtRoot(Command):
+    """Cluster node ``node`` serves as a ZeroTier root with ``identity`` at ``endpoints`` (its record, replaced)."""
+    TYPE: ClassVar[str] = "zt.root"
+    WIRE: ClassVar[dict[str, Checker]] = {"node": _str, "identity": _str, "endpoints": _strs}
+    node: str
+    identity: str
+    endpoints: list[str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanetSet(Command):
+    """The cluster's next planet (a serialized signed world)."""
+    TYPE: ClassVar[str] = "planet.set"
+    WIRE: ClassVar[dict[str, Checker]] = {"world": _bin}
+    world: bytes = field(repr=False)
+
+
 COMMAND_TYPES: dict[str, type[Command]] = {c.TYPE: c for c in (
     NoOp, ClusterInit, NetworkCreate, NetworkUpdate, NetworkDelete, MemberCreate, MemberUpdate, MemberDelete,
     MemberAuthorize, MemberRequest, RestoreBegin, RestoreChunk, RestoreCommit, RestoreAbort, ClusterCertificate,
-    ClusterRevoke, AlarmRaise, AlarmClear)}
+    ClusterRevoke, AlarmRaise, AlarmClear, PlanetInit, ZtRoot, PlanetSet)}
 
 # Accepted while an alarm is on (every other type is refused before it is proposed): deletes, so an operator can
 # free space; the alarms themselves, so they can clear; cluster bookkeeping (certificates, revocations: a few
 # bytes, and refusing a revocation would be a security hole); abandoning a restore, which frees its staging;
 # and noop, which adds no model data. (member.request is not exempt: it creates members and assigns addresses.)
+# The planet's commands are bookkeeping too (a few hundred bytes, replaced not accumulated), and refusing them
+# would strand clients on roots that left.
 ALARM_EXEMPT_TYPES = frozenset(c.TYPE for c in (
     NetworkDelete, MemberDelete, AlarmRaise, AlarmClear, ClusterInit, ClusterCertificate, ClusterRevoke,
-    RestoreAbort, NoOp))
+    RestoreAbort, NoOp, PlanetInit, ZtRoot, PlanetSet))
 
 
 # ---------------------------------------------------------------------------------------------------- codec
@@ -333,6 +402,9 @@ def encode(cmd: Command) -> bytes:
         wire[FINGERPRINT_FIELD] = cmd.fingerprint
     for name in cmd.WIRE:
         wire[name] = getattr(cmd, name)
+    for name in cmd.OPTIONAL:
+        if getattr(cmd, name) is not None:
+            wire[name] = getattr(cmd, name)
     data: bytes = msgpack.packb(wire, use_bin_type=True)
     return data
 
@@ -365,6 +437,9 @@ def decode(data: bytes) -> Command:
         if name not in wire:
             raise CommandError("missing", name)
         kwargs[name] = check(wire[name], name)
+    for name, check in cls.OPTIONAL.items():
+        if wire.get(name) is not None:
+            kwargs[name] = check(wire[name], name)
     return cls(**kwargs)
 
 
@@ -400,6 +475,21 @@ def new_controller_identity() -> Identity:
     configs with. Slow (a search over the memory-hard hash: ~1-3 s in pure Python, much less with the native
     hash): call it off the event loop. Its ``to_bytes(include_private=True)`` is the command's ``signing_key``."""
     return Identity.generate()
+
+
+def new_planet_key() -> tuple[bytes, bytes]:
+    """A fresh planet signing key pair (public, private), 64 bytes each (C25519). The private half is what
+    cluster.init / planet.init carry as ``planet_key``."""
+    private = crypto.generate_private()
+    return crypto.public_from_private(private), private
+
+
+def new_world_id() -> int:
+    """A random 64-bit planet id: not 0 (the null world) and not ZeroTier's own planet's."""
+    while True:
+        wid = secrets.randbits(64)
+        if wid not in (0, ZEROTIER_PLANET_ID):
+            return wid
 
 
 def random_network_start() -> int:
@@ -460,16 +550,52 @@ def build_alarm_clear(request_id: str, time: int, node: str, name: str) -> bytes
                              name=parse_alarm_name(name)))
 
 
+def _planet_pair(planet_key: bytes | None, world_id: int | None) -> tuple[bytes | None, int | None]:
+    """Optional planet key and world id, validated: both or neither."""
+    if (planet_key is None) != (world_id is None):
+        raise ValidationError("planet_key" if planet_key is None else "world_id",
+                              "planet_key and world_id come together (or neither)")
+    if planet_key is None:
+        return None, None
+    parse_planet_key(planet_key)
+    return bytes(planet_key), parse_world_id(world_id)
+
+
 def build_cluster_init(request_id: str, time: int, *, cluster_id: str, timeline_id: str, address: str,
-                       signing_key: bytes, token_hash: str) -> bytes:
+                       signing_key: bytes, token_hash: str, planet_key: bytes | None = None,
+                       world_id: int | None = None) -> bytes:
     """``signing_key``: the controller identity's binary form with its private key (new_controller_identity());
-    ``address`` must be that identity's address."""
+    ``address`` must be that identity's address. ``planet_key`` (the private half of new_planet_key()) and
+    ``world_id`` (new_world_id()): the cluster's own planet; both or neither."""
     a = parse_address(address)
     check_controller_address(controller_identity(signing_key), a)
+    pk, wid = _planet_pair(planet_key, world_id)
     return encode(ClusterInit(**_envelope(request_id, time), cluster_id=parse_label(cluster_id, "cluster_id"),
                               timeline_id=parse_label(timeline_id, "timeline_id"),
                               address=format_address(a), signing_key=bytes(signing_key),
-                              token_hash=parse_token_hash(token_hash)))
+                              token_hash=parse_token_hash(token_hash), planet_key=pk, world_id=wid))
+
+
+def build_planet_init(request_id: str, time: int, planet_key: bytes, world_id: int) -> bytes:
+    """The planet key and id for a cluster initialised without them."""
+    pk, wid = _planet_pair(planet_key, world_id)
+    if pk is None or wid is None:
+        raise ValidationError("planet_key", "required")
+    return encode(PlanetInit(**_envelope(request_id, time), planet_key=pk, world_id=wid))
+
+
+def build_zt_root(request_id: str, time: int, node: str, identity: str, endpoints: Iterable[str]) -> bytes:
+    """Node ``node``'s root record: its public root identity string and 0..32 stable endpoints "IP/port"
+    (canonicalised, repeats dropped)."""
+    return encode(ZtRoot(**_envelope(request_id, time), node=parse_label(node, "node"),
+                         identity=str(root_identity(identity)), endpoints=parse_endpoints(list(endpoints))))
+
+
+def build_planet_set(request_id: str, time: int, world: bytes) -> bytes:
+    """The cluster's next planet, ``world`` serialized (World.encode(); planet.next_world builds it). Checked
+    here as far as that needs no state: it decodes, is a planet, 1..4 roots each with endpoints."""
+    parse_world(world)
+    return encode(PlanetSet(**_envelope(request_id, time), world=bytes(world)))
 
 
 def build_network_create(request_id: str, time: int, body: Any, *, start: int | None = None) -> bytes:
@@ -525,22 +651,31 @@ def build_member_request(request_id: str, time: int, nwid: str, address: str, id
 
 def build_restore(networks: Iterable[dict[str, Any]], members: Iterable[dict[str, Any]], *, request_id: str,
                   time: int, restore_id: str, timeline_id: str, address: str, signing_key: bytes,
-                  token_hash: str | None = None, chunk_bytes: int = 256 << 10) -> Iterator[bytes]:
+                  token_hash: str | None = None, chunk_bytes: int = 256 << 10, planet_key: bytes | None = None,
+                  world_id: int | None = None, planet: bytes | None = None) -> Iterator[bytes]:
     """The whole restore sequence: begin, chunks of whole records (networks first), commit.
 
     Request ids are ``request_id`` + "/begin", "/0", "/1", ..., "/commit". Records are validated here, so a
     bad backup fails before anything is proposed. Streams: memory is bounded by ``chunk_bytes``. ``signing_key``
-    and ``address`` as for build_cluster_init: the restored controller's identity.
+    and ``address`` as for build_cluster_init: the restored controller's identity. ``planet_key``, ``world_id``
+    and ``planet``: the backup's planet key, id and current world (StateMachine.planet_key(), .planet()), if it
+    has them; a planet needs the key and id.
     """
     controller = parse_address(address)
     check_controller_address(controller_identity(signing_key), controller)  # (a pre-identity backup fails here)
     if token_hash is not None:
         parse_token_hash(token_hash)
     parse_label(restore_id, "restore_id")
+    pk, wid = _planet_pair(planet_key, world_id)
+    if planet is not None:
+        if pk is None:
+            raise ValidationError("planet", "a planet needs its planet_key and world_id")
+        parse_world(planet)
+        planet = bytes(planet)
     env = _envelope(request_id + "/begin", time)
     yield encode(RestoreBegin(**env, restore_id=restore_id, timeline_id=parse_label(timeline_id, "timeline_id"),
                               address=format_address(controller), signing_key=bytes(signing_key),
-                              token_hash=token_hash))
+                              token_hash=token_hash, planet_key=pk, world_id=wid, planet=planet))
     seq, counts, size = 0, {"networks": 0, "members": 0}, 0
     batch: dict[str, list[dict[str, Any]]] = {"networks": [], "members": []}
 

@@ -5,6 +5,8 @@ Streams with cursors and point lookups; the only Python container grows with the
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import msgpack
 
 from hactl.fsm import layout as L
@@ -12,7 +14,8 @@ from hactl.fsm.coerce import ValidationError
 from hactl.fsm.machine import StateMachine
 from hactl.fsm.model import (format_address, format_nwid, member_view, network_view, unpack_member,
                              unpack_network)
-from hactl.fsm.validate import LEGACY_SIGNING_KEY_SIZE, controller_identity, member_record, network_record
+from hactl.fsm.validate import (LEGACY_SIGNING_KEY_SIZE, controller_identity, member_record, network_record,
+                                parse_endpoints, parse_planet_key, parse_world, parse_world_id, root_identity)
 
 MAX_PROBLEMS = 100
 
@@ -58,6 +61,8 @@ def check_machine(machine: StateMachine) -> list[str]:
                             "cluster serves the API but cannot answer over ZeroTier (its address is no identity's)")
                     else:
                         bad(f"the stored controller key is not usable: {e.message}")
+
+        _check_planet(txn, meta, bad)
 
         counts: dict[int, list[int]] = {}
         for k, v in txn.cursor(db=db["networks"]):
@@ -139,3 +144,44 @@ def check_machine(machine: StateMachine) -> list[str]:
         problems.append(f"{machine.path}: ... and {extra} more problems")
     return problems
 
+
+
+def _check_planet(txn: L.Txn, meta: Any, bad: Callable[[str], None]) -> None:
+    """The planet key, the current planet and the root records (issue 11)."""
+    raw_key = txn.get(L.META_PLANET_KEY, db=meta)
+    key = None
+    if raw_key is not None:
+        try:
+            key = msgpack.unpackb(raw_key, raw=False)
+            public, _ = parse_planet_key(key["private"])
+            parse_world_id(key["world_id"])
+            if public != key["public"]:
+                bad("the planet's public key does not belong to its private key")
+        except (ValidationError, ValueError, TypeError, KeyError) as e:
+            bad(f"the planet key record is not usable: {e}")
+            key = None
+    raw_planet = txn.get(L.META_PLANET, db=meta)
+    if raw_planet is not None:
+        if raw_key is None:
+            bad("a planet is stored but no planet key")
+        try:
+            world = parse_world(raw_planet, "planet")
+            if key is not None and (world.id != key["world_id"] or world.updates_must_be_signed_by != key["public"]):
+                bad("the planet's id or signer is not the cluster's planet key")
+            elif key is not None and not world.verify(key["public"]):
+                bad("the planet's signature does not verify with the cluster's planet key")
+        except ValidationError as e:
+            bad(f"the stored planet is not usable: {e}")
+    raw_roots = txn.get(L.META_ROOTS, db=meta)
+    if raw_roots is not None:
+        roots = msgpack.unpackb(raw_roots, raw=False)
+        if not isinstance(roots, dict) or list(roots) != sorted(roots) or not roots:
+            bad("root records are not a non-empty map sorted by node id")
+            return
+        for node, rec in roots.items():
+            try:
+                if rec != {"identity": str(root_identity(rec["identity"])),
+                           "endpoints": parse_endpoints(rec["endpoints"])}:
+                    bad(f"root record of {node} is not in canonical form")
+            except (ValidationError, TypeError, KeyError) as e:
+                bad(f"root record of {node}: {e}")

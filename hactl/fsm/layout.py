@@ -2,7 +2,8 @@
 
     meta        format, applied (index, term), cluster info, controller identity (with its private key),
                 controller address, network count, pending restore, the cluster membership at the applied index,
-                controller certificates and the deny-list, the active alarms
+                controller certificates and the deny-list, the active alarms, the planet key, the current
+                planet and the root records
     networks    nwid (8 bytes BE)                      -> packed network record (model.py)
     members     nwid (8) + address (5)                 -> packed member record; a network's members are one range
     ips         nwid (8) + version (1) + ip (4 or 16)  -> member address (5): every address assigned on a network,
@@ -48,6 +49,13 @@ META_REVOKED = b"revoked"  # msgpack map: serial (hex) -> {node, reason, index}:
 # msgpack array of {node, name, message, index, time} sorted by (node, name): the alarms on (absent: none). An
 # array in a fixed order, not a map, so every node's record is the same bytes whatever order alarms came in.
 META_ALARMS = b"alarms"
+# The cluster's own planet (issue 11). planet_key: msgpack {world_id: int, public: bin (64), private: bin (64)},
+# the C25519 key that signs the planet (replicated secret: kept out of cluster info; absent for a cluster made
+# before planets until a planet.init). planet: the current planet, a serialized signed world (absent: none yet).
+# roots: msgpack map node id -> {identity: str, endpoints: [str]}, keys sorted (the same bytes on every node).
+META_PLANET_KEY = b"planet_key"
+META_PLANET = b"planet"
+META_ROOTS = b"roots"
 
 _U64 = struct.Struct(">Q")
 _U64x2 = struct.Struct(">QQ")

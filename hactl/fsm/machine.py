@@ -25,9 +25,9 @@ from hactl.fsm import layout as L
 from hactl.fsm.coerce import ValidationError
 from hactl.fsm.commands import (AlarmClear, AlarmRaise, ClusterCertificate, ClusterInit, ClusterRevoke, Command,
                                 CommandError, MemberAuthorize, MemberCreate, MemberDelete, MemberRequest,
-                                MemberUpdate, NetworkCreate, NetworkDelete, NetworkUpdate, NoOp, RestoreAbort,
-                                RestoreBegin, RestoreChunk, RestoreCommit, decode, parse_alarm_message,
-                                parse_alarm_name)
+                                MemberUpdate, NetworkCreate, NetworkDelete, NetworkUpdate, NoOp, PlanetInit,
+                                PlanetSet, RestoreAbort, RestoreBegin, RestoreChunk, RestoreCommit, ZtRoot, decode,
+                                parse_alarm_message, parse_alarm_name)
 from hactl.fsm.ipassign import V4Plan, has_routed_v4, pick_v4
 from hactl.fsm.membership import Membership
 from hactl.fsm.model import (ARRAY_MAX, NETWORK_N_MAX, RECORD_FORMAT, format_address, format_nwid,
@@ -35,10 +35,12 @@ from hactl.fsm.model import (ARRAY_MAX, NETWORK_N_MAX, RECORD_FORMAT, format_add
                              network_view, pack_member, pack_network, unpack_member, unpack_network)
 from hactl.fsm.result import ErrorCode, Result
 from hactl.fsm.validate import (check_controller_address, check_network_id, controller_identity, member_identity,
-                                member_record, network_record, parse_address, parse_label, parse_nwid,
-                                parse_serial, parse_token_hash, parse_version_field, validate_member_changes,
+                                member_record, network_record, parse_address, parse_endpoints, parse_label,
+                                parse_nwid, parse_planet_key, parse_serial, parse_token_hash, parse_version_field,
+                                parse_world, parse_world_id, root_identity, validate_member_changes,
                                 validate_network_changes)
 from hactl.zt.identity import PRIVATE_FORM_SIZE, Identity
+from hactl.zt.world import World
 
 log = logging.getLogger("hactl.fsm")
 
@@ -125,6 +127,7 @@ class StateMachine:
             RestoreCommit: self._restore_commit, RestoreAbort: self._restore_abort,
             ClusterCertificate: self._cluster_certificate, ClusterRevoke: self._cluster_revoke,
             AlarmRaise: self._alarm_raise, AlarmClear: self._alarm_clear,
+            PlanetInit: self._planet_init, ZtRoot: self._zt_root, PlanetSet: self._planet_set,
         }
 
     def close(self) -> None:
@@ -253,7 +256,12 @@ class StateMachine:
                 "identity": str(identity),  # public: address:0:public key
                 "token_hash": parse_token_hash(cmd.token_hash),
                 "initialized_time": cmd.time}
+        planet = None
+        if cmd.planet_key is not None or cmd.world_id is not None:
+            planet = self._planet_record(cmd.planet_key, cmd.world_id)
         self._put_cluster(txn, info, cmd.signing_key)
+        if planet is not None:
+            self._put_planet_key(txn, planet)
         return Result.success(dict(info))
 
     def _put_cluster(self, txn: L.Txn, info: dict[str, Any], signing_key: bytes) -> None:
@@ -506,6 +514,13 @@ class StateMachine:
                    "signing_key": bytes(cmd.signing_key),
                    "token_hash": None if cmd.token_hash is None else parse_token_hash(cmd.token_hash),
                    "next_seq": 0, "networks": 0, "members": 0}
+        if cmd.planet_key is not None or cmd.world_id is not None or cmd.planet is not None:
+            planet = self._planet_record(cmd.planet_key, cmd.world_id)
+            if cmd.planet is not None:
+                world = parse_world(cmd.planet, "planet")
+                self._check_own_world(world, planet, "planet")
+            pending["planet_key"] = planet
+            pending["planet"] = None if cmd.planet is None else bytes(cmd.planet)
         self._clear(txn, self._staging)  # a begin discards whatever an abandoned restore left behind
         txn.put(L.META_RESTORE, msgpack.packb(pending, use_bin_type=True), db=self._meta)
         return Result.success({"restore_id": pending["restore_id"], "state": "begun"})
@@ -573,6 +588,7 @@ class StateMachine:
         if pending["token_hash"] is not None:
             info["token_hash"] = pending["token_hash"]
         self._put_cluster(txn, info, pending["signing_key"])
+        self._restore_planet(txn, pending)
         txn.delete(L.META_RESTORE, db=self._meta)
         return Result.success({"restore_id": cmd.restore_id, "timeline_id": pending["timeline_id"],
                                "networks": pending["networks"], "members": pending["members"]})
@@ -600,6 +616,9 @@ class StateMachine:
             alarms = self._alarms(txn)
             if any(a["node"] in gone for a in alarms):
                 self._put_alarms(txn, [a for a in alarms if a["node"] not in gone])
+            roots = self._roots(txn)  # a node that left is no root of ours (the next planet drops it)
+            if any(node in roots for node in gone):
+                self._put_roots(txn, {k: v for k, v in roots.items() if k not in gone})
         txn.put(L.META_MEMBERSHIP, msgpack.packb(m.to_plain(), use_bin_type=True), db=self._meta)
 
     def _cluster_certificate(self, txn: L.Txn, cmd: ClusterCertificate, index: int) -> Result:
@@ -677,6 +696,120 @@ class StateMachine:
         ordered = sorted(alarms, key=lambda a: (a["node"], a["name"]))
         txn.put(L.META_ALARMS, msgpack.packb(ordered, use_bin_type=True), db=self._meta)
 
+    # ------------------------------------------------------------------------------------------------ planet
+
+    @staticmethod
+    def _planet_record(planet_key: bytes | None, world_id: int | None) -> dict[str, Any]:
+        """{world_id, public, private} from a command's optional pair (both or neither, checked here)."""
+        if planet_key is None or world_id is None:
+            raise ValidationError("planet_key" if planet_key is None else "world_id",
+                                  "planet_key and world_id come together")
+        public, private = parse_planet_key(planet_key)
+        return {"world_id": parse_world_id(world_id), "public": public, "private": private}
+
+    def _planet_key(self, txn: L.Txn) -> dict[str, Any] | None:
+        raw = txn.get(L.META_PLANET_KEY, db=self._meta)
+        return None if raw is None else msgpack.unpackb(raw, raw=False)
+
+    def _put_planet_key(self, txn: L.Txn, planet: dict[str, Any]) -> None:
+        rec = {"world_id": planet["world_id"], "public": bytes(planet["public"]), "private": bytes(planet["private"])}
+        txn.put(L.META_PLANET_KEY, msgpack.packb(rec, use_bin_type=True), db=self._meta)
+
+    @staticmethod
+    def _check_own_world(world: World, planet: dict[str, Any], field: str) -> None:
+        """A world of this cluster: its id, and it names the cluster's planet key as the next signer."""
+        if world.id != planet["world_id"]:
+            raise ValidationError(field, f"world id {world.id} is not the cluster's planet id {planet['world_id']}")
+        if world.updates_must_be_signed_by != planet["public"]:
+            raise ValidationError(field, "the world must name the cluster's planet key as the signer of the next "
+                                         "update (or the cluster loses control of its clients)")
+
+    def _planet_init(self, txn: L.Txn, cmd: PlanetInit, index: int) -> Result:
+        self._controller(txn)
+        planet = self._planet_record(cmd.planet_key, cmd.world_id)
+        if txn.get(L.META_PLANET_KEY, db=self._meta) is not None:
+            raise _Fail(ErrorCode.ALREADY_INITIALIZED, "the cluster already has its planet key", "planet_key")
+        self._put_planet_key(txn, planet)
+        return Result.success({"world_id": planet["world_id"], "public_key": planet["public"].hex()})
+
+    def _zt_root(self, txn: L.Txn, cmd: ZtRoot, index: int) -> Result:
+        node = parse_label(cmd.node, "node")
+        ident = root_identity(cmd.identity)
+        rec = {"identity": str(ident), "endpoints": parse_endpoints(cmd.endpoints)}
+        membership = _membership(txn.get(L.META_MEMBERSHIP, db=self._meta))
+        if membership is not None and node not in membership.voters + membership.learners:
+            # A record from a node removed while it was in flight would stay for good: nobody drops it.
+            raise _Fail(ErrorCode.NOT_FOUND, f"{node} is not a member of the cluster", "node")
+        roots = self._roots(txn)
+        for other, r in roots.items():
+            if other != node and r["identity"].split(":", 1)[0] == f"{ident.address:010x}":
+                raise _Fail(ErrorCode.CONFLICT, f"{other} already holds root identity {ident.address:010x}",
+                            "identity")
+        changed = roots.get(node) != rec
+        if changed:
+            roots[node] = rec
+            self._put_roots(txn, roots)
+        return Result.success({"node": node, **rec, "changed": changed})
+
+    def _planet_set(self, txn: L.Txn, cmd: PlanetSet, index: int) -> Result:
+        self._controller(txn)
+        planet = self._planet_key(txn)
+        if planet is None:
+            raise _Fail(ErrorCode.NOT_INITIALIZED, "the cluster has no planet key (planet.init gives it one)",
+                        "world")
+        world = parse_world(cmd.world)
+        self._check_own_world(world, planet, "world")
+        current_raw = txn.get(L.META_PLANET, db=self._meta)
+        if current_raw == cmd.world:
+            return Result.success(_planet_summary(world, changed=False))
+        signer = planet["public"]
+        if current_raw is not None:
+            current = World.decode(current_raw)
+            if world.timestamp <= current.timestamp:
+                raise _Fail(ErrorCode.CONFLICT, f"the world's timestamp {world.timestamp} is not newer than the "
+                                                f"current planet's {current.timestamp}", "world")
+            signer = current.updates_must_be_signed_by
+        if not world.verify(signer):
+            raise ValidationError("world", "the signature does not verify with the key the current planet names "
+                                           "(the first planet: the cluster's planet key)")
+        txn.put(L.META_PLANET, bytes(cmd.world), db=self._meta)
+        return Result.success(_planet_summary(world, changed=True))
+
+    def _restore_planet(self, txn: L.Txn, pending: dict[str, Any]) -> None:
+        """A restore keeps the planet its clients trust. A backup without a planet key (made before planets)
+        leaves the cluster's planet as it is. A backup of this same planet (same key) keeps whichever world is
+        newer, so the planet's timestamps never go back. A backup of another planet (another cluster's, or this
+        one made before it had a key) brings its key, id and world along: its networks' clients trust that key,
+        and the next planet.set is signed with it. Root records are the running cluster's: they stay."""
+        theirs = pending.get("planet_key")
+        if theirs is None:
+            return
+        ours = self._planet_key(txn)
+        backup_world = pending.get("planet")
+        if ours is not None and bytes(ours["public"]) == bytes(theirs["public"]) \
+                and ours["world_id"] == theirs["world_id"]:
+            current_raw = txn.get(L.META_PLANET, db=self._meta)
+            if backup_world is not None and (current_raw is None or World.decode(backup_world).timestamp
+                                             > World.decode(current_raw).timestamp):
+                txn.put(L.META_PLANET, bytes(backup_world), db=self._meta)
+            return
+        self._put_planet_key(txn, theirs)
+        if backup_world is None:
+            txn.delete(L.META_PLANET, db=self._meta)
+        else:
+            txn.put(L.META_PLANET, bytes(backup_world), db=self._meta)
+
+    def _roots(self, txn: L.Txn) -> dict[str, dict[str, Any]]:
+        raw = txn.get(L.META_ROOTS, db=self._meta)
+        return {} if raw is None else msgpack.unpackb(raw, raw=False)
+
+    def _put_roots(self, txn: L.Txn, roots: dict[str, dict[str, Any]]) -> None:
+        if not roots:
+            txn.delete(L.META_ROOTS, db=self._meta)
+            return
+        ordered = {k: roots[k] for k in sorted(roots)}
+        txn.put(L.META_ROOTS, msgpack.packb(ordered, use_bin_type=True), db=self._meta)
+
     def _clear(self, txn: L.Txn, t: L.Tables) -> None:
         for db in (t.networks, t.members, t.ips, t.netstat):
             txn.drop(db, delete=False)
@@ -708,6 +841,31 @@ class StateMachine:
         ordered by (node, name). While any is on, writes that add data are refused (commands.ALARM_EXEMPT_TYPES)."""
         with self._env.begin() as txn:
             return self._alarms(txn)
+
+    def planet(self) -> bytes | None:
+        """The cluster's current planet, a serialized signed world (World.decode), as the last accepted planet.set
+        (or a restore) left it; None before the first."""
+        with self._env.begin() as txn:
+            return txn.get(L.META_PLANET, db=self._meta)
+
+    def planet_key(self) -> tuple[int, bytes, bytes] | None:
+        """(world id, public key, private key) of the cluster's planet, 64-byte C25519 keys; None for a cluster
+        without one (not initialised, or initialised before planets and no planet.init since). The private key
+        signs every next planet: keep it out of anything shown."""
+        with self._env.begin() as txn:
+            p = self._planet_key(txn)
+        return None if p is None else (p["world_id"], bytes(p["public"]), bytes(p["private"]))
+
+    def planet_info(self) -> dict[str, Any] | None:
+        """The public part: {world_id, public_key (hex)}; None without a planet key."""
+        key = self.planet_key()
+        return None if key is None else {"world_id": key[0], "public_key": key[1].hex()}
+
+    def root_records(self) -> dict[str, dict[str, Any]]:
+        """Cluster node id -> {identity (its public root identity string), endpoints ["IP/port"]}, ordered by node
+        id: each node's last zt.root, for the nodes still members."""
+        with self._env.begin() as txn:
+            return self._roots(txn)
 
     def usage(self) -> tuple[int, int]:
         """(bytes of live data, map size): the pages every table and the main database use now. Unlike the file
@@ -984,6 +1142,11 @@ def _v4_plan(net_raw: bytes) -> V4Plan | None:
     if not net["v4AssignMode"]["zt"] or not net["ipAssignmentPools"]:
         return None
     return V4Plan.of(net["routes"], net["ipAssignmentPools"])
+
+
+def _planet_summary(world: World, *, changed: bool) -> dict[str, Any]:
+    return {"world_id": world.id, "timestamp": world.timestamp,
+            "roots": [f"{r.identity.address:010x}" for r in world.roots], "changed": changed}
 
 
 # A remembered result is stored compactly, as [index, kind, fingerprint, ...]: a member or network value in its

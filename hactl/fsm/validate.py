@@ -15,12 +15,16 @@ from hactl.fsm.coerce import (ValidationError, sub, to_bool, to_dict, to_int, to
 from hactl.fsm.model import (MEMBER_SETTABLE, MTU_MAX, MTU_MIN, NETWORK_N_MAX, NETWORK_SETTABLE, member_defaults,
                              network_defaults)
 from hactl.fsm.rules import parse_rules
+from hactl.zt import crypto
 from hactl.zt.identity import PRIVATE_FORM_SIZE, Identity
+from hactl.zt.inetaddress import InetAddress
+from hactl.zt.world import MAX_STABLE_ENDPOINTS, ZEROTIER_PLANET_ID, World, WorldType
 
 __all__ = [
     "ValidationError", "validate_network_changes", "validate_member_changes", "network_record", "member_record",
     "parse_nwid", "parse_address", "check_network_id", "parse_request_id", "parse_time", "parse_label",
     "parse_token_hash", "controller_identity", "check_controller_address", "member_identity", "parse_version_field",
+    "parse_planet_key", "parse_world_id", "root_identity", "parse_endpoints", "parse_world",
 ]
 
 U32 = 0xFFFFFFFF
@@ -174,6 +178,108 @@ def parse_version_field(v: Any, field: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not -1 <= v <= VERSION_FIELD_MAX:
         raise ValidationError(field, f"expected an integer in -1..{VERSION_FIELD_MAX} (-1: unknown), got {v!r}")
     return v
+
+
+# ------------------------------------------------------------------------------------------------ the planet
+# The cluster is its own ZeroTier planet (issue 11): a world id, a C25519 key pair that signs every world of that
+# id, one root record per cluster node, and the current signed world. See machine.py (planet.*, zt.root).
+
+ENDPOINTS_MAX = MAX_STABLE_ENDPOINTS
+
+
+def parse_planet_key(v: Any, field: str = "planet_key") -> tuple[bytes, bytes]:
+    """The planet signing key: a 64-byte C25519 PRIVATE key (X25519 scalar | Ed25519 seed). Returns (public,
+    private); the public half is derived (a scalar multiplication each, well under a ms)."""
+    if not isinstance(v, (bytes, bytearray)) or len(v) != crypto.PRIVATE_KEY_SIZE:
+        got = f"{len(v)} bytes" if isinstance(v, (bytes, bytearray)) else type(v).__name__
+        raise ValidationError(field, f"expected the planet's {crypto.PRIVATE_KEY_SIZE}-byte C25519 private key, "
+                                     f"got {got}")
+    private = bytes(v)
+    return crypto.public_from_private(private), private
+
+
+def parse_world_id(v: Any, field: str = "world_id") -> int:
+    """A planet id: unsigned 64-bit, not 0 (the null world) and not ZeroTier's own planet's (149604618)."""
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 1 << 64:
+        raise ValidationError(field, f"expected a world id in 1..2^64-1, got {v!r}")
+    if v == ZEROTIER_PLANET_ID:
+        raise ValidationError(field, f"{v} is ZeroTier's own planet id; a cluster's planet needs its own")
+    return v
+
+
+def root_identity(v: Any, field: str = "identity") -> Identity:
+    """A root's public ZeroTier identity string (address:0:public key). Parsed only, like member_identity: the
+    memory-hard hash is the proposer's job (it generated the identity)."""
+    if not isinstance(v, str) or not v or len(v) > IDENTITY_MAX:
+        raise ValidationError(field, f"expected a ZeroTier identity string of at most {IDENTITY_MAX} characters")
+    if v.count(":") == 3:
+        raise ValidationError(field, "expected the public identity (address:0:public key); this one carries a "
+                                     "secret, which must never be sent or stored")
+    try:
+        return Identity.from_string(v)
+    except ValueError as e:  # ProtocolError is a ValueError
+        raise ValidationError(field, f"not a ZeroTier identity: {e}") from None
+
+
+def parse_endpoint(v: Any, field: str) -> str:
+    """One stable endpoint "IP/port" (ZeroTier's text form, IPv6 without brackets), canonical. Refused: port 0,
+    and addresses no client could reach a root at (loopback, unspecified, multicast, link-local, IPv4-mapped).
+    Private (RFC 1918, ULA) addresses are allowed: a cluster on a LAN serves clients on that LAN."""
+    if not isinstance(v, str) or len(v) > 64:
+        raise ValidationError(field, f"expected an endpoint \"IP/port\", got {v!r}"[:200])
+    try:
+        ep = InetAddress.from_str(v)
+    except ValueError:
+        raise ValidationError(field, f"expected an endpoint \"IP/port\" (IPv6 without brackets), got {v!r}") from None
+    ip = ep.ip
+    assert ip is not None
+    if not 1 <= ep.port <= 0xFFFF:
+        raise ValidationError(field, f"{v}: port must be 1..65535")
+    if ip.is_loopback or ip.is_unspecified or ip.is_multicast or ip.is_link_local or (
+            ip.version == 6 and ip.ipv4_mapped is not None):  # type: ignore[union-attr]
+        raise ValidationError(field, f"{v}: a loopback, unspecified, multicast, link-local or IPv4-mapped address "
+                                     "is no endpoint a client can reach")
+    return str(ep)
+
+
+def parse_endpoints(v: Any, field: str = "endpoints") -> list[str]:
+    """0..32 endpoints, canonical, in the given order with repeats dropped."""
+    if not isinstance(v, (list, tuple)):
+        raise ValidationError(field, f"expected an array of \"IP/port\" strings, got {type(v).__name__}")
+    out: list[str] = []
+    for i, e in enumerate(v):
+        ep = parse_endpoint(e, sub(field, i))
+        if ep not in out:
+            out.append(ep)
+    if len(out) > ENDPOINTS_MAX:
+        raise ValidationError(field, f"a root has at most {ENDPOINTS_MAX} stable endpoints (ZeroTier's limit), "
+                                     f"got {len(out)}")
+    return out
+
+
+def parse_world(v: Any, field: str = "world") -> World:
+    """A serialized world that decodes, is a planet and lists 1..4 roots (ZeroTier's limit; the decoder refuses
+    more, and each root's 32 endpoints), each root with at least one endpoint. What no stateless check can tell
+    (id, signer, timestamp) is apply's."""
+    if not isinstance(v, (bytes, bytearray)):
+        raise ValidationError(field, f"expected a serialized world (binary), got {type(v).__name__}")
+    try:
+        world = World.decode(bytes(v))
+    except ValueError as e:  # ProtocolError is a ValueError
+        raise ValidationError(field, f"not a ZeroTier world: {e}") from None
+    if world.type != WorldType.PLANET:
+        raise ValidationError(field, f"expected a planet (type 1), got a {world.type.name.lower()} "
+                                     f"(type {int(world.type)})")
+    if not world.roots:
+        raise ValidationError(field, "a planet without roots leaves its clients with no root at all")
+    for i, root in enumerate(world.roots):
+        if not root.stable_endpoints or any(ep.is_nil for ep in root.stable_endpoints):
+            raise ValidationError(f"{field}.roots[{i}]", f"root {root.identity.address:010x} needs at least one "
+                                                          "endpoint, and no nil ones")
+    addresses = [r.identity.address for r in world.roots]
+    if len(set(addresses)) != len(addresses):
+        raise ValidationError(field, "a root is listed twice")
+    return world
 
 
 # -------------------------------------------------------------------------------------------- network fields

@@ -37,6 +37,14 @@ SAMPLES: list[C.Command] = [
     C.ClusterRevoke(request_id="r", time=1, node="ctrl1", serial=None),
     C.AlarmRaise(request_id="r", time=1, node="ctrl1", name="NOSPACE", message="ctrl.db is nearly full"),
     C.AlarmClear(request_id="r", time=1, node="ctrl1", name="NOSPACE"),
+    C.PlanetInit(request_id="r", time=1, planet_key=b"k" * 64, world_id=7),
+    C.ZtRoot(request_id="r", time=1, node="ctrl1", identity="0000000001:0:" + "ab" * 64,
+             endpoints=["192.0.2.1/9993"]),
+    C.PlanetSet(request_id="r", time=1, world=b"w" * 300),
+    C.ClusterInit(request_id="r", time=1, cluster_id="c", timeline_id="t", address="0102030405",
+                  signing_key=KEY, token_hash="h", planet_key=b"k" * 64, world_id=7),
+    C.RestoreBegin(request_id="r", time=1, restore_id="x", timeline_id="t2", address="0102030405",
+                   signing_key=KEY, token_hash=None, planet_key=b"k" * 64, world_id=7, planet=b"w"),
 ]
 
 
@@ -177,5 +185,7 @@ def test_with_fingerprint_refuses_a_wrong_size_and_fingerprint_of_garbage_is_non
 def test_only_commands_that_add_no_data_are_exempt_from_alarms() -> None:
     exempt = {t for t in C.COMMAND_TYPES if t in C.ALARM_EXEMPT_TYPES}
     assert exempt == {"network.delete", "member.delete", "alarm.raise", "alarm.clear", "cluster.init",
-                      "cluster.certificate", "cluster.revoke", "restore.abort", "noop"}
+                      "cluster.certificate", "cluster.revoke", "restore.abort", "noop",
+                      # the planet's bookkeeping: replaced, not accumulated; refusing it would strand clients
+                      "planet.init", "zt.root", "planet.set"}
     assert C.command_type(C.encode(SAMPLES[2])) == "network.create" and C.command_type(b"garbage") is None
