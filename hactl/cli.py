@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_agent_commands(sub)
     from hactl.dev.cluster import add_dev_commands
     add_dev_commands(sub)
+    from hactl.zt_cli import add_zt_commands
+    add_zt_commands(sub)
     return ap
 
 

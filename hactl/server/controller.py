@@ -28,7 +28,8 @@ from hactl._fs import atomic_write
 from hactl.aio import cancel_and_wait
 from hactl.api.cluster import ClusterUnavailable
 from hactl.config import Config, parse_hostport
-from hactl.fsm.commands import build_cluster_certificate, build_cluster_init, new_controller_identity
+from hactl.fsm.commands import (build_cluster_certificate, build_cluster_init, new_controller_identity,
+                                new_planet_key, new_world_id)
 from hactl.fsm.machine import StateMachine
 from hactl.fsm.result import Result
 from hactl.raft import core as raft_core
@@ -333,7 +334,8 @@ class Controller:
             cmd = build_cluster_init(INIT_REQUEST_ID, self.now_ms(), cluster_id=uuid.uuid4().hex,
                                      timeline_id=uuid.uuid4().hex, address=f"{identity.address:010x}",
                                      signing_key=identity.to_bytes(include_private=True),
-                                     token_hash=token_hash(token))
+                                     token_hash=token_hash(token), planet_key=new_planet_key()[1],
+                                     world_id=new_world_id())  # (the cluster's own planet: issue 11)
             result = await self.submit(cmd, INIT_REQUEST_ID)
             if result.ok:
                 log.info("cluster initialised: controller address %s", (result.value or {}).get("address"))

@@ -133,6 +133,12 @@ def _decode_where(data: bytes) -> tuple[World | None, str | None]:
         return None, f"not decodable as a ZeroTier world at byte {r.pos} of {len(data)}: {e}"
 
 
+# Private address space (RFC 1918, shared CGNAT space, IPv6 ULA): reachable only inside some network. (Not
+# ipaddress's is_private, which also counts the documentation ranges tests and examples use.)
+_PRIVATE = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                                                   "100.64.0.0/10", "fc00::/7"))
+
+
 def _endpoint_notes(ep: InetAddress) -> tuple[str | None, str | None]:
     """(error, warning) about one stable endpoint."""
     if ep.ip is None:
@@ -146,7 +152,7 @@ def _endpoint_notes(ep: InetAddress) -> tuple[str | None, str | None]:
         return None, f"{ep} is a loopback address: only clients on that same machine reach it"
     if ip.is_link_local:
         return None, f"{ep} is link-local: clients cannot tell which interface to use"
-    if ip.is_private or (isinstance(ip, ipaddress.IPv4Address) and ip in ipaddress.ip_network("100.64.0.0/10")):
+    if any(ip in net for net in _PRIVATE if net.version == ip.version):
         return None, f"{ep} is a private address: only clients on that network reach it"
     return None, None
 
