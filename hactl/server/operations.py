@@ -215,7 +215,8 @@ class Operations:
                 yield from build_restore(backup.iter_networks(), backup.iter_all_members(), request_id=request_id,
                                          time=stamp, restore_id=restore_id, timeline_id=timeline_id,
                                          address=info["address"], signing_key=backup.signing_key() or b"",
-                                         token_hash=current.get("token_hash"))  # (the identity, private key too)
+                                         token_hash=current.get("token_hash"),  # (the identity, private key too)
+                                         **_backup_planet(backup))  # (a restore keeps the planet clients trust)
 
         deadline = loop.time() + timeout
         it = commands()
@@ -277,7 +278,7 @@ class Operations:
             # A dry run of the whole command stream validates every record before anything is proposed.
             for _ in build_restore(backup.iter_networks(), backup.iter_all_members(), request_id="dry-run",
                                    time=0, restore_id="dry-run", timeline_id="dry-run", address=info["address"],
-                                   signing_key=backup.signing_key() or b""):
+                                   signing_key=backup.signing_key() or b"", **_backup_planet(backup)):
                 pass
         except AgentError:
             raise
@@ -287,6 +288,12 @@ class Operations:
             backup.close()
         return {"networks": networks, "members": members, "address": info["address"],
                 "backup_applied_index": backup_index(p)}
+
+
+def _backup_planet(backup: StateMachine) -> dict[str, Any]:
+    """The backup's planet key, id and world for build_restore (nothing for a backup made before planets)."""
+    key = backup.planet_key()
+    return {} if key is None else {"planet_key": key[2], "world_id": key[0], "planet": backup.planet()}
 
 
 def backup_index(p: Path) -> int:

@@ -3,10 +3,12 @@
 - two fresh machines fed the same stream (batched differently) produce identical dumps and results;
 - a snapshot taken part-way, then the rest of the journal replayed over it, equals a full replay;
 - re-sending commands with their request ids equals sending them once;
+- (the planet's commands among them: zt.root records, planet.set with colliding timestamps and wrong signers);
 - the validator is idempotent and never fails with anything but a ValidationError.
 """
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,6 +25,10 @@ from hactl.fsm.result import Result
 from hactl.fsm.validate import validate_member_changes, validate_network_changes
 from hactl.snapshots.rebuild import rebuild_ctrl_db
 from hactl.snapshots.store import SnapshotStore
+from hactl.zt import crypto
+from hactl.zt.identity import Identity
+from hactl.zt.inetaddress import InetAddress
+from hactl.zt.world import Root, World, WorldType
 from tests.identities import bound_key
 
 CONTROLLER = "0a0b0c0d0e"
@@ -72,8 +78,21 @@ op = st.one_of(
     st.tuples(st.just("garbage"), st.binary(max_size=12)),
     st.tuples(st.just("invalid")),
     st.tuples(st.just("resend"), st.integers(0, 10_000)),
+    st.tuples(st.just("zt.root"), st.sampled_from(["n1", "n2", "n3"]), st.integers(1, 4), st.integers(0, 2)),
+    st.tuples(st.just("planet.set"), st.integers(0, 6), st.lists(st.integers(1, 5), min_size=1, max_size=4,
+                                                                 unique=True), st.booleans()),
 )
 ops = st.lists(op, min_size=20, max_size=80)
+
+
+WORLD_ID = 0xC1A55E7
+PLANET_PRIV, OTHER_PRIV = (hashlib.sha512(f"planet {k}".encode()).digest() for k in ("ours", "other"))
+PLANET_PUB = crypto.public_from_private(PLANET_PRIV)
+
+
+def _root(n: int) -> Root:
+    public = crypto.public_from_private(hashlib.sha512(f"root {n}".encode()).digest())
+    return Root(Identity(n, public), (InetAddress.from_str(f"192.0.2.{n}/9993"),))
 
 
 def nwid(n: int) -> str:
@@ -109,13 +128,21 @@ def to_entries(stream: list[tuple[Any, ...]]) -> list[Entry]:
             data = b""
         elif kind == "garbage":
             data = o[1]
+        elif kind == "zt.root":
+            data = C.build_zt_root(rid, t, o[1], _root(o[2]).identity.to_string(),
+                                   [f"192.0.2.{o[2]}/{9993 + o[3]}"] if o[3] < 2 else [])
+        elif kind == "planet.set":  # timestamps collide (refused unless newer); sometimes a wrong signer
+            world = World.make(WorldType.PLANET, WORLD_ID, o[1], PLANET_PUB, [_root(n) for n in o[2]],
+                               PLANET_PRIV if o[3] else OTHER_PRIV)
+            data = C.build_planet_set(rid, t, world.encode())
         elif kind == "invalid":  # a proposer that skipped validation
             data = C.encode(C.NetworkUpdate(request_id=rid, time=t, nwid=nwid(1), changes={"mtu": "x"}))
         else:
             data = sent[o[1] % len(sent)] if sent else b""
         sent.append(data)
     init = C.build_cluster_init("init", 1, cluster_id="c", timeline_id="t", address=CONTROLLER,
-                                signing_key=bound_key(CONTROLLER), token_hash="h")
+                                signing_key=bound_key(CONTROLLER), token_hash="h", planet_key=PLANET_PRIV,
+                                world_id=WORLD_ID)
     return [(i + 1, 1 + i // 25, d) for i, d in enumerate([init, *sent])]
 
 
@@ -136,7 +163,8 @@ def run(path: Path, entries: list[Entry], cuts: list[int]) -> tuple[list[Result 
 def state(m: StateMachine) -> tuple[Any, ...]:
     nets = m.list_networks()
     return (list(m.iter_model()), m.applied(), m.cluster_info(), m.network_count(),
-            [m.counts(n) for n in nets], [m.list_members(n) for n in nets])
+            [m.counts(n) for n in nets], [m.list_members(n) for n in nets], m.planet(), m.planet_key(),
+            m.root_records())
 
 
 # ------------------------------------------------------------------------------------------ properties
