@@ -276,5 +276,89 @@ def test_cli_usage(tmp_path: Path, capsys: Any) -> None:
     code, _, err = run(capsys, "--check", str(tmp_path / "missing"))
     assert code == 2 and "missing" in err
     code, _, err = run(capsys, str(tmp_path / "out"))
-    assert code == 2 and "not available yet" in err
+    assert code == 2 and "--api URL" in err
     assert planet_check(str(tmp_path / "missing"))[0] == 2
+
+
+class _Api:
+    """A stand-in for the cluster API's GET /planet: serves ``bodies[path]`` to requests with the token."""
+
+    def __init__(self, bodies: dict[str, tuple[int, str, bytes]]) -> None:
+        import http.server
+        import threading
+        api = self
+        self.bodies = bodies
+        self.seen: list[tuple[str, str | None]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                api.seen.append((self.path, self.headers.get("X-ZT1-Auth")))
+                if self.headers.get("X-ZT1-Auth") != "sekrit":
+                    status, ctype, body = 401, "text/plain", b"no"
+                else:
+                    status, ctype, body = api.bodies.get(self.path, (404, "text/plain", b"none"))
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def api() -> Any:
+    ours = World.make(WorldType.PLANET, WORLD_ID, 5, PUB, [root(1), root(2)], PRIV)
+    moon = World.make(WorldType.MOON, 1, 5, PUB, [root(1), root(2)], PRIV)
+    a = _Api({"/planet": (200, "application/octet-stream", ours.encode()),
+              "/planet?moon=1": (200, "application/json", ('{"world": "%s"}' % moon.encode().hex()).encode())})
+    a.ours, a.moon = ours, moon  # type: ignore[attr-defined]
+    yield a
+    a.close()
+
+
+def test_cli_writes_the_clusters_planet_and_moon(tmp_path: Path, capsys: Any, api: Any) -> None:
+    token = tmp_path / "api-token"
+    token.write_text("sekrit\n")
+    out_file = tmp_path / "planet.out"
+    code, out, err = run(capsys, str(out_file), "--api", api.url, "--token-file", str(token))
+    assert code == 0, err
+    assert out_file.read_bytes() == api.ours.encode() and f"planet {WORLD_ID}" in out and "written to" in out
+    assert api.seen[-1] == ("/planet", "sekrit")
+    code, out, err = run(capsys, str(tmp_path), "--moon", "--api", api.url + "/", "--token-file", str(token))
+    assert code == 0, err
+    assert (tmp_path / f"{1:016x}.moon").read_bytes() == api.moon.encode() and "moons.d" in out
+    assert api.seen[-1][0] == "/planet?moon=1"
+    assert run(capsys, "--check", str(tmp_path / f"{1:016x}.moon"), "--moon")[0] == 0
+
+
+def test_cli_fetch_failures_write_nothing(tmp_path: Path, capsys: Any, api: Any) -> None:
+    token = tmp_path / "api-token"
+    token.write_text("wrong")
+    target = tmp_path / "planet.out"
+    code, _, err = run(capsys, str(target), "--api", api.url, "--token-file", str(token))
+    assert code == 1 and "401" in err and not target.exists()
+    token.write_text("sekrit")
+    api.bodies["/planet"] = (404, "text/plain", b"")
+    code, _, err = run(capsys, str(target), "--api", api.url, "--token-file", str(token))
+    assert code == 1 and "no planet yet" in err and not target.exists()
+    api.bodies["/planet"] = (200, "application/octet-stream", five_roots())
+    code, _, err = run(capsys, str(target), "--api", api.url, "--token-file", str(token))
+    assert code == 1 and "more than 4 roots" in err and "nothing written" in err and not target.exists()
+    api.bodies["/planet"] = (200, "application/octet-stream", api.moon.encode())  # a moon where a planet is due
+    code, _, err = run(capsys, str(target), "--api", api.url, "--token-file", str(token))
+    assert code == 1 and "not a planet" in err and not target.exists()
+    code, _, err = run(capsys, str(target), "--api", "http://127.0.0.1:1", "--token-file", str(token))
+    assert code == 1 and not target.exists()
+    code, _, err = run(capsys, str(target), "--api", api.url, "--token-file", str(tmp_path / "none"))
+    assert code == 2
