@@ -1,0 +1,265 @@
+"""Our Root against REAL ZeroTier (libzt 1.8.4), in throw-away network namespaces:
+
+  10.203.N.100  our root (this file run as a subprocess, `--serve`: an Endpoint driving a Root), the ONLY root of
+                a planet we build and sign with hactl.zt.world; in its own namespace plugged into the harness
+                namespace's bridge (a separate host on the LAN; why: see test_libzt_node.py)
+  10.203.N.x    two libzt members, in the harness's namespace, using that planet
+
+The members come online through our root, join an ad-hoc network (`ff` + port, no controller needed), and
+exchange TCP data: first relayed by our root (WHOIS, MULTICAST_LIKE/GATHER for neighbour discovery, relaying),
+then directly once our RENDEZVOUS introduced them. Asserted from our root's stats: relayed datagrams, RENDEZVOUS
+sent, WHOIS answered, no internal error; and that after the introduction a bulk transfer is no longer relayed.
+Last, the root is given a newer planet (same id, later timestamp, same signing key): a member's next HELLO gets it
+in OK(HELLO) and libzt stores it in its storage dir as `roots`.
+Needs root (network namespaces), g++ and, the first time, PyPI; if libzt cannot be had the test fails (no skip).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+if __name__ == "__main__":  # run as a script inside the namespace: make `hactl` and `tests` importable
+    sys.path.insert(0, str(REPO))
+
+from hactl.zt.endpoint import Endpoint  # noqa: E402
+from hactl.zt.identity import Identity  # noqa: E402
+from hactl.zt.inetaddress import InetAddress  # noqa: E402
+from hactl.zt.root import Root  # noqa: E402
+from hactl.zt.world import Root as WorldRoot, World, WorldType  # noqa: E402
+from tests.zt import vectors as v  # noqa: E402
+
+ROOT_PORT, MEMBER_PORTS = 9993, (29994, 29995)
+ROOT_HOST = 100  # 10.203.N.100, as test_libzt_node.controller_host sets it up
+ECHO_PORT = 7001
+WORLD_ID = 0x5EED0001
+
+
+# --- the root process (runs inside its namespace) ----------------------------------------------------------------
+
+def serve(identity: Identity, planet: World, bind: tuple[str, int]) -> None:
+    """Print JSON lines {"event": "status", "stats": ...} every 500 ms. Stdin lines `planet <hex>` replace the
+    planet served (Root.set_planet); exit when stdin closes."""
+    def emit(msg: dict) -> None:
+        sys.stdout.write(json.dumps(msg) + "\n")
+        sys.stdout.flush()
+
+    async def main() -> None:
+        root = Root(identity, planet)
+        ep = Endpoint(root, bind, on_request=lambda r: None, tick_ms=250)
+        await ep.start()
+        emit({"event": "ready", "address": f"{identity.address:010x}", "bind": list(ep.local_address)})
+        loop = asyncio.get_running_loop()
+        closed = asyncio.Event()
+
+        def read_stdin() -> None:
+            for line in sys.stdin:
+                cmd, _, arg = line.strip().partition(" ")
+                if cmd == "planet":
+                    w = World.decode(bytes.fromhex(arg))
+                    loop.call_soon_threadsafe(root.set_planet, w)
+            loop.call_soon_threadsafe(closed.set)
+
+        threading.Thread(target=read_stdin, daemon=True).start()
+        while not closed.is_set():
+            emit({"event": "status", "stats": root.stats(), "planet_ts": root.planet.timestamp})
+            try:
+                await asyncio.wait_for(closed.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+        await ep.stop()
+
+    asyncio.run(main())
+
+
+# --- the test ----------------------------------------------------------------------------------------------------
+
+class RootProc:
+    def __init__(self, prefix: list[str], secret: str, planet_hex: str, bind: tuple[str, int], log: Path) -> None:
+        self._log = open(log, "wb")
+        self.log_path = log
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.proc = subprocess.Popen(
+            [*prefix, sys.executable, "-u", str(Path(__file__).resolve()), "--serve", "--identity", secret,
+             "--planet", planet_hex, "--bind", f"{bind[0]}:{bind[1]}"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1, env=env)
+        self.status: dict | None = None
+        self.ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if msg.get("event") == "status":
+                self.status = msg
+            elif msg.get("event") == "ready":
+                self.ready.set()
+
+    def log_tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_path.read_bytes()[-n:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.status["stats"]) if self.status else {}
+
+    def wait(self, what: str, cond, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"root exited {self.proc.returncode} waiting for {what}\n{self.log_tail()}")
+            if self.status is not None and cond(self.status):
+                return self.status
+            time.sleep(0.1)
+        raise AssertionError(f"root: no {what} within {timeout}s; last status {self.status}\n{self.log_tail()}")
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+                self.proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._log.close()
+
+
+def make_planet(root: Identity, host: str, ts: int) -> World:
+    # The planet's update key is the root's own key here (any C25519 key pair would do).
+    return World.make(WorldType.PLANET, WORLD_ID, ts, root.public_key,
+                      [WorldRoot(root.public_only(), (InetAddress(IPv4Address(host), ROOT_PORT),))],
+                      sign_with=root.private_key or b"")
+
+
+def test_libzt_members_through_our_root(libzt, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.zt.libzt.harness import rerun_on_crash
+    from tests.zt.libzt.netns import NetNS
+
+    def attempt(n: int) -> None:
+        with NetNS(3) as ns:
+            scenario(libzt, ns, tmp_path / f"attempt{n}")
+    rerun_on_crash(attempt, "libzt root test")
+
+
+def echo(member, addr: str, data: str) -> dict:  # type: ignore[no-untyped-def]
+    from tests.zt.libzt.harness import NodeCrashed
+    last: Exception | None = None
+    for _ in range(3):  # the first SYN can be lost while the members still learn each other
+        try:
+            return member.call("echo", wait=40, addr=addr, port=ECHO_PORT, data=data, timeout=30)
+        except NodeCrashed:
+            raise
+        except Exception as e:  # noqa: BLE001
+            last = e
+    raise AssertionError(f"echo failed: {last}")
+
+
+def scenario(libzt, ns, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.zt.libzt.harness import NodeProc
+    from tests.zt.test_libzt_node import controller_host
+    tmp_path.mkdir(parents=True)
+    t0 = time.monotonic()
+    ident = Identity.from_string(v.ROOT_SECRET)
+    host = f"10.203.{ns.subnet}.{ROOT_HOST}"
+    planet = make_planet(ident, host, ts=1000)
+    procs: list[Any] = []
+    rootns = controller_host(ns)
+    try:
+        root = RootProc(["ip", "netns", "exec", rootns], ident.to_string(True), planet.encode().hex(),
+                        (host, ROOT_PORT), tmp_path / "root.log")
+        procs.append(root)
+        assert root.ready.wait(20), root.log_tail()
+
+        members = []
+        for i, port in enumerate(MEMBER_PORTS):
+            m = NodeProc(f"m{i}", libzt, tmp_path / f"m{i}.log", prefix=ns.cmd([]))
+            procs.append(m)
+            m.call("start", storage=str(tmp_path / f"m{i}"), port=port, planet=planet.encode().hex())
+            members.append(m)
+        for m in members:
+            assert m.call("wait_online", wait=30, timeout=25)["online"], f"{m.name} never online"
+        t_online = time.monotonic() - t0
+        # "online" alone does not prove a path (appendix C 4): the root must have learned both members' paths,
+        # which takes their authenticated OK to our HELLO.
+        root.wait("members' paths learned", lambda s: s["stats"].get("peers_added", 0) >= 2, 20)
+
+        nwid = "ff" + f"{ECHO_PORT:04x}" * 2 + "000000"
+        for m in members:
+            m.call("join", nwid=nwid)
+        nets = [m.call("wait_network", wait=45, nwid=nwid, family="inet6", timeout=40)["net"] for m in members]
+        for net in nets:
+            assert net["status"] == "OK" and net["ipv6"], net
+        members[1].call("listen", port=ECHO_PORT, addr="::")
+
+        msg = "hello through our root " * 20
+        got = echo(members[0], nets[1]["ipv6"], msg)
+        assert got["data"] == msg
+        t_echo = time.monotonic() - t0
+        st = root.wait("relaying and RENDEZVOUS",
+                       lambda s: s["stats"].get("relayed", 0) >= 1 and s["stats"].get("rendezvous_sent", 0) >= 2, 10)
+        stats = st["stats"]
+        assert stats.get("whois_answered", 0) >= 1, stats
+        assert "dropped.internal_error" not in stats, stats
+
+        # Direct after RENDEZVOUS: give the members a few seconds to HELLO each other, then move ~100 KB.
+        time.sleep(6)
+        before = root.stats().get("relayed", 0)
+        bulk = "x" * 100_000
+        got = echo(members[0], nets[1]["ipv6"], bulk)
+        assert got["data"] == bulk
+        time.sleep(1)
+        relayed_bulk = root.stats().get("relayed", 0) - before
+        assert relayed_bulk < 20, f"{relayed_bulk} datagrams of a 100 KB transfer still relayed"
+
+        # A newer planet: pushed in OK(HELLO) to members that report the older one, stored by libzt as `roots`.
+        newer = make_planet(ident, host, ts=2000)
+        root.send("planet " + newer.encode().hex())
+        stored = [tmp_path / f"m{i}" / "roots" for i in range(len(members))]
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and not all(p.exists() and p.read_bytes() == newer.encode()
+                                                       for p in stored):
+            time.sleep(0.5)
+        st = root.wait("world pushed", lambda s: s["stats"].get("world_pushed", 0) >= 1, 5)
+        for p in stored:
+            assert p.exists() and World.decode(p.read_bytes()).timestamp == 2000, p
+        stats = st["stats"]
+        assert "dropped.internal_error" not in stats, stats
+        print(f"\nlibzt root: members online {t_online:.1f}s, first echo {t_echo:.1f}s, bulk relayed datagrams "
+              f"{relayed_bulk}; root stats {stats}")
+    finally:
+        for p in procs:
+            p.close()
+        subprocess.run(["ip", "netns", "del", rootns], capture_output=True, timeout=20)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--serve", action="store_true", required=True)
+    ap.add_argument("--identity", required=True, help="root identity secret string")
+    ap.add_argument("--planet", required=True, help="planet (hex)")
+    ap.add_argument("--bind", required=True, help="ip:port")
+    args = ap.parse_args()
+    import logging
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    host, _, port = args.bind.rpartition(":")
+    serve(Identity.from_string(args.identity), World.decode(bytes.fromhex(args.planet)), (host, int(port)))
