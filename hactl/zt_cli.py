@@ -9,7 +9,7 @@
         Fetch the running cluster's planet (--moon: the same roots as a moon) from its management API and write it
         to PATH (a directory: PATH/planet, or PATH/<16-hex id>.moon as moons.d wants), after the same checks as
         --check: nothing is written unless clients can use it. The API contract this assumes (the server side
-        adds it): GET URL/planet (URL/planet?moon=1 for the moon) with the API token, answering the serialized
+        adds it): GET URL/planet (URL/planet?form=moon for the moon) with the API token, answering the serialized
         world as application/octet-stream (a JSON body {"world": "<hex>"} is accepted too); 404: no planet yet.
 """
 from __future__ import annotations
@@ -70,7 +70,7 @@ def fetch_world(api: str, token: str, *, moon: bool = False, cacert: str | None 
     import ssl
     import urllib.error
     import urllib.request
-    url = api.rstrip("/") + "/planet" + ("?moon=1" if moon else "")
+    url = api.rstrip("/") + "/planet" + ("?form=moon" if moon else "")
     req = urllib.request.Request(url, headers={"X-ZT1-Auth": token, "Accept": "application/octet-stream"})
     ctx = ssl.create_default_context(cafile=cacert) if url.startswith("https:") else None
     try:

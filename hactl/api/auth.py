@@ -2,8 +2,9 @@
 
 ``X-ZT1-Auth: TOKEN``, ``?auth=TOKEN`` or ``Authorization: Bearer TOKEN`` (the scheme word in any case). The
 comparison itself is the cluster's (``Cluster.check_token``, constant time against the hash in ctrl.db).
-Anything else is 401 with the body ``{}``. Only ``/health`` is open: load balancers and compose healthchecks
-probe it without a secret.
+Anything else is 401 with the body ``{}``. Only ``/health`` and ``/planet`` are open: load balancers and compose
+healthchecks probe the first without a secret, and ZeroTier clients fetch the second (public keys and addresses
+only) before they have anything else.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from aiohttp import web
 from hactl.api.context import context
 from hactl.api.errors import Handler, unauthorized
 
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/planet"})  # the routes declared with auth=False (a test checks)
 TOKEN_HEADER = "X-ZT1-Auth"
 TOKEN_QUERY = "auth"
 MAX_TOKEN_CHARS = 1024  # a token longer than this is not ours: do not even hash it

@@ -78,7 +78,7 @@ def _operation(r: Route) -> dict[str, Any]:
         "summary": r.summary,
         "tags": list(r.tags),
         "parameters": params,
-        "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": r.ok}}},
+        "responses": {"200": {"description": "OK", "content": {r.content_type: {"schema": r.ok}}},
                       **{str(s): _error_response(s) for s in sorted(statuses)}},
     }
     if r.description:

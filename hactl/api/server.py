@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from hactl.api import openapi, routes_member, routes_network, routes_status
+from hactl.api import openapi, routes_member, routes_network, routes_planet, routes_status
 from hactl.api.auth import auth_middleware
 from hactl.api.cluster import Cluster
 from hactl.api.context import CONTEXT, ApiContext
@@ -25,7 +25,8 @@ access_log = logging.getLogger("hactl.api.access")
 
 def all_routes() -> list[Route]:
     # Order matters where templates overlap: {ctrl}______ is declared before {nwid} in routes_network.
-    return [*routes_status.ROUTES, *routes_network.ROUTES, *routes_member.ROUTES, *openapi.ROUTES]
+    return [*routes_status.ROUTES, *routes_network.ROUTES, *routes_member.ROUTES, *routes_planet.ROUTES,
+            *openapi.ROUTES]
 
 
 def build_app(cluster: Cluster, *, max_body_bytes: int = 1 << 20, version: str) -> web.Application:

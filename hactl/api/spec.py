@@ -36,6 +36,7 @@ class Route:
     auth: bool = True
     tags: tuple[str, ...] = field(default=())
     description: str = ""
+    content_type: str = "application/json"  # of the 200 response
 
 
 def post_and_put(route: Route) -> list[Route]:

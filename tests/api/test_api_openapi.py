@@ -6,6 +6,7 @@ from typing import Any
 
 from api_helpers import VERSION, ApiEnv
 
+from hactl.api.auth import OPEN_PATHS
 from hactl.api.openapi import openapi_path
 from hactl.api.server import build_app
 
@@ -50,6 +51,11 @@ async def test_every_route_is_documented_and_nothing_else(env: ApiEnv) -> None:
         assert (method, path) in in_doc, (method, path)
 
 
+def test_open_paths_are_the_routes_declared_without_auth() -> None:
+    from hactl.api.server import all_routes
+    assert OPEN_PATHS == {r.path for r in all_routes() if not r.auth}
+
+
 async def test_document_content(env: ApiEnv) -> None:
     doc = await env.ok("GET", "/openapi.json")
     assert doc["openapi"].startswith("3.1") and doc["info"]["version"] == VERSION
@@ -77,8 +83,10 @@ async def test_document_content(env: ApiEnv) -> None:
             assert {n for i, n in names if i == "path"} == template_params, (method, path)
             assert "200" in op["responses"] and "500" in op["responses"]
             for status, resp in op["responses"].items():
-                assert "application/json" in resp["content"], (method, path, status)
-            if path == "/health":
+                binary = path == "/planet" and status == "200"  # the serialized world ZeroTier clients store
+                assert ("application/octet-stream" if binary else "application/json") in resp["content"], \
+                    (method, path, status)
+            if path in OPEN_PATHS:
                 assert op["security"] == [] and "401" not in op["responses"]
             else:
                 assert "security" not in op and "401" in op["responses"]  # the global security applies

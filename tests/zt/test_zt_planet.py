@@ -321,7 +321,7 @@ def api() -> Any:
     ours = World.make(WorldType.PLANET, WORLD_ID, 5, PUB, [root(1), root(2)], PRIV)
     moon = World.make(WorldType.MOON, 1, 5, PUB, [root(1), root(2)], PRIV)
     a = _Api({"/planet": (200, "application/octet-stream", ours.encode()),
-              "/planet?moon=1": (200, "application/json", ('{"world": "%s"}' % moon.encode().hex()).encode())})
+              "/planet?form=moon": (200, "application/json", ('{"world": "%s"}' % moon.encode().hex()).encode())})
     a.ours, a.moon = ours, moon  # type: ignore[attr-defined]
     yield a
     a.close()
@@ -338,7 +338,7 @@ def test_cli_writes_the_clusters_planet_and_moon(tmp_path: Path, capsys: Any, ap
     code, out, err = run(capsys, str(tmp_path), "--moon", "--api", api.url + "/", "--token-file", str(token))
     assert code == 0, err
     assert (tmp_path / f"{1:016x}.moon").read_bytes() == api.moon.encode() and "moons.d" in out
-    assert api.seen[-1][0] == "/planet?moon=1"
+    assert api.seen[-1][0] == "/planet?form=moon"
     assert run(capsys, "--check", str(tmp_path / f"{1:016x}.moon"), "--moon")[0] == 0
 
 
