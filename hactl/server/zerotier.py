@@ -38,7 +38,9 @@ import msgpack
 from hactl._fs import atomic_write
 from hactl.api.cluster import ClusterUnavailable, OutcomeUnknown, Overloaded
 from hactl.config import ZeroTierConfig, parse_hostport
-from hactl.fsm.commands import CommandError, build_member_request, decode
+from hactl.fsm.coerce import ValidationError
+from hactl.fsm.commands import (CommandError, build_member_request, build_planet_init, build_planet_set,
+                                build_zt_root, decode, new_planet_key, new_world_id)
 from hactl.fsm.ipassign import V4Plan, has_routed_v4
 from hactl.fsm.model import format_address, format_nwid
 from hactl.fsm.result import Result
@@ -50,6 +52,7 @@ from hactl.zt.identity import Identity
 from hactl.zt.netconf import CTMD_DEFAULT, build_netconf, new_update_id, sign_chunks
 from hactl.zt.node import ConfigRequest, Node
 from hactl.zt.packet import ErrorCode
+from hactl.zt.planet import desired_roots, next_world
 from hactl.zt.revocation import Revocation, network_credentials_payload
 from hactl.zt.verbs import ConfigChunk
 from hactl.zt.world import World, zerotier_planet
@@ -65,6 +68,7 @@ MAX_HANDLERS = 4096  # requests waiting for an answer; more are dropped ("busy")
 MAX_WRITERS = 512  # of which waiting for their Raft write
 BARRIER_TIMEOUT_S = 2.0
 PUSH_DEBOUNCE_S = 0.2
+PLANET_CHECK_S = 2.0  # how often a node checks its root record and, on the leader, the planet
 WRITE_RATE = 20.0  # writes per second per source (an IP, or a member address when relayed)...
 WRITE_BURST = 40.0  # ...with this burst: one source cannot fill the Raft log
 MAX_WRITE_SOURCES = 100_000
@@ -342,6 +346,70 @@ class ZeroTierService:
             log.info("zerotier: %d members online before the restart get pushes of the current state", loaded)
             self._dirty_event.set()
 
+    # -------------------------------------------------------------- the cluster's own planet
+
+    async def _planet_loop(self) -> None:
+        """Keeps the replicated planet following the cluster: every node records its own root identity and
+        endpoints; the leader makes sure there is a planet key, and commits a newer planet (same id, signed with
+        the key the current one names) whenever the roots it should list differ from the ones it lists."""
+        refused: str | None = None  # this node's record, as last refused (an invalid config: said once)
+        while True:
+            await asyncio.sleep(PLANET_CHECK_S)
+            try:
+                machine = self.ctl.machine()
+                refused = await self._record_root(machine, refused)
+                if self.ctl.node.is_leader:
+                    await self._lead_planet(machine)
+            except (ClusterUnavailable, Overloaded, OutcomeUnknown) as e:
+                log.debug("zerotier: planet upkeep deferred: %s", e)
+
+    async def _record_root(self, machine: Any, refused: str | None) -> str | None:
+        want = {"identity": str(self.root_identity.public_only()), "endpoints": self.root_endpoints}
+        have = machine.root_records().get(self.ctl.node_id)
+        if have is not None and have.get("identity") == want["identity"] and \
+                sorted(have.get("endpoints", [])) == sorted(want["endpoints"]):
+            return None
+        key = repr(want)
+        if key == refused:
+            return refused
+        rid = f"zt-root-{uuid.uuid4().hex}"
+        try:
+            cmd = build_zt_root(rid, self.ctl.now_ms(), self.ctl.node_id, want["identity"], want["endpoints"])
+        except ValidationError as e:
+            log.error("zerotier: this node cannot be a root of the cluster's planet: %s", e)
+            return key
+        result = await self.ctl.submit(cmd, rid)
+        if not result.ok:
+            log.error("zerotier: this node's root record was refused: %s %s", result.error, result.message)
+            return key
+        if result.value and result.value.get("changed") is not False:
+            log.info("zerotier: root %010x of the cluster's planet at %s", self.root_identity.address,
+                     ", ".join(want["endpoints"]) or "(no endpoints: not listed)")
+        return None
+
+    async def _lead_planet(self, machine: Any) -> None:
+        key = machine.planet_key()
+        if key is None:  # a cluster initialised before planets: the first leader that sees it makes the key
+            pub, priv = new_planet_key()
+            rid = "planet-init"  # one fixed id: however many leaders try, it is made once
+            await self.ctl.submit(build_planet_init(rid, self.ctl.now_ms(), priv, new_world_id()), rid)
+            return
+        world_id, pub, priv = key
+        raw = machine.planet()
+        current = World.decode(raw) if raw is not None else None
+        voters = self.ctl.model.membership.voters
+        roots = desired_roots(machine.root_records(), voters, current=current)
+        world = next_world(current, roots, world_id, pub, priv, self.ctl.now_ms())
+        if world is None:
+            return
+        rid = f"planet-{world.timestamp}"
+        result = await self.ctl.submit(build_planet_set(rid, self.ctl.now_ms(), world.encode()), rid)
+        if result.ok:
+            log.info("zerotier: the cluster's planet %016x is now at %d with roots %s", world_id, world.timestamp,
+                     ", ".join(f"{r.identity.address:010x}" for r in world.roots))
+        else:
+            log.warning("zerotier: planet update refused: %s %s", result.error, result.message)
+
     async def _save_loop(self) -> None:
         while True:
             await asyncio.sleep(30)
@@ -379,6 +447,7 @@ class ZeroTierService:
                  self.identity.address)
         self._load_registry()
         self._tasks.append(asyncio.create_task(self._save_loop(), name="zerotier-registry"))
+        self._tasks.append(asyncio.create_task(self._planet_loop(), name="zerotier-planet"))
         await self._push_loop()
 
     def _info(self) -> dict[str, Any] | None:

@@ -380,3 +380,43 @@ async def pushes_after_restart(tmp_path: Path) -> None:
         await api.session.close()
         if c is not None:
             await c.stop()
+
+
+def test_the_planet_follows_the_nodes_root_records(tmp_path: Path) -> None:
+    run(planet_follows, tmp_path)
+
+
+async def planet_follows(tmp_path: Path) -> None:
+    """Each node records its root identity and endpoints; the leader commits a planet listing them, and a newer
+    one (same id, signed with the key the previous one names) when a node moves."""
+    cfg = make_configs(tmp_path, ("n1",))[0]
+    cfg.zerotier.bind = f"{LOCAL}:{free_udp_port()}"
+    cfg.zerotier.planet = str(local_planet(tmp_path / "planet"))
+    cfg.zerotier.endpoints = ["203.0.113.7/9993"]
+    c: Controller | None = await start_initialised(cfg)
+    try:
+        machine = c.model.machine
+        await until(lambda: machine.planet() is not None, "the first planet", timeout=30)
+        first = World.decode(machine.planet())
+        world_id, pub, _ = machine.planet_key()
+        root = c.zerotier.root_identity
+        assert first.type == WorldType.PLANET and first.id == world_id and first.verify(pub)
+        assert [(r.identity, [str(e) for e in r.stable_endpoints]) for r in first.roots] == \
+            [(root.public_only(), ["203.0.113.7/9993"])]
+        await c.stop()
+        c = None
+
+        cfg.zerotier.endpoints = ["203.0.113.8/9993"]  # the node moved
+        c = await start_initialised(cfg)
+        machine = c.model.machine
+        assert c.zerotier.root_identity == root  # its identity stays with its data directory
+
+        def moved() -> World | None:
+            w = World.decode(machine.planet())
+            return w if [str(e) for e in w.roots[0].stable_endpoints] == ["203.0.113.8/9993"] else None
+        second = await until(moved, "a planet with the new address", timeout=30)
+        assert second.id == first.id and second.timestamp > first.timestamp
+        assert first.should_be_replaced_by(second)  # what a client holding the first one checks
+    finally:
+        if c is not None:
+            await c.stop()
