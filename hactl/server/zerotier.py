@@ -55,7 +55,9 @@ from hactl.zt.packet import ErrorCode
 from hactl.zt.planet import desired_roots, next_world
 from hactl.zt.revocation import Revocation, network_credentials_payload
 from hactl.zt.verbs import ConfigChunk
-from hactl.zt.world import World, zerotier_planet
+from hactl.zt.root import Root
+from hactl.zt.switch import Switch
+from hactl.zt.world import World, WorldType, zerotier_planet
 
 if TYPE_CHECKING:
     from hactl.server.controller import Controller
@@ -136,6 +138,21 @@ def root_endpoints(cfg: ZeroTierConfig) -> list[str]:
     except ValueError:
         return []
     return [] if unspecified else [f"{host}/{port}"]
+
+
+def _no_planet() -> World:
+    """What a root serves before the cluster has committed its planet: a world with no roots (pushed to nobody:
+    no client holds its id, 0)."""
+    pub, priv = new_planet_key()
+    return World.make(WorldType.PLANET, 0, 0, pub, [], sign_with=priv)
+
+
+def _sockaddrs(endpoints: list[str]) -> list[tuple[str, int]]:
+    out = []
+    for ep in endpoints:
+        host, _, port = ep.rpartition("/")
+        out.append((host, int(port)))
+    return out
 
 
 def check_bindable(bind: str) -> tuple[str, int]:
@@ -265,6 +282,8 @@ class ZeroTierService:
         self.root_identity = load_or_create_root_identity(Path(controller.data) / "zt")
         self.root_endpoints = root_endpoints(cfg)
         self.identity: Identity | None = None
+        self.node: Node | None = None  # the controller identity's node (the switch's other one is the root)
+        self.switch: Switch | None = None
         self.endpoint: Endpoint | None = None
         self.problem: str | None = None  # why there is no endpoint yet, for /status
         self._tasks: list[asyncio.Task] = []
@@ -306,7 +325,7 @@ class ZeroTierService:
         if ep is None:
             return
         rows = [[nwid, address, str(o.identity), o.rules_engine, o.seen,
-                 [list(p) for p in ep.node.peer_paths(address)]] for (nwid, address), o in self._online.items()]
+                 [list(p) for p in self.node.peer_paths(address)]] for (nwid, address), o in self._online.items()]
         try:
             self._registry_path.parent.mkdir(mode=0o700, exist_ok=True)
             atomic_write(self._registry_path, msgpack.packb({"v": 1, "members": rows}), 0o600)
@@ -336,7 +355,7 @@ class ZeroTierService:
                 ident = Identity.from_string(ident_s)
                 if ident.address != address or now - int(seen) > ONLINE_MS:
                     continue
-                ep.node.remember(ident, [(str(h), int(p)) for h, p in paths], mono)
+                self.node.remember(ident, [(str(h), int(p)) for h, p in paths], mono)
             except (ValueError, TypeError, ProtocolError):
                 continue  # one bad row costs that member its push, not the others
             self._online[(int(nwid), int(address))] = Online(ident.public_only(), bool(rules_engine), int(seen))
@@ -431,10 +450,15 @@ class ZeroTierService:
                             "this cluster's controller address is not a ZeroTier identity (initialised by an "
                             "older hactl): restore its backup into a new cluster to serve ZeroTier nodes")
             await asyncio.sleep(0.5)
-        node = Node(self.identity, self.planet)
+        # One socket, two identities: the cluster's controller (upstreams: the configured planet) and this node's
+        # root of the cluster's own planet (served once the cluster has committed one).
+        self.node = Node(self.identity, self.planet)
+        root = Root(self.root_identity, self._cluster_planet() or _no_planet())
+        self.switch = Switch(root, self.node, self_endpoints={self.bind, *_sockaddrs(self.root_endpoints)})
         # Two validation threads: the native hash releases the GIL. Ticks every 250 ms keep WHOIS retries at the
         # 500 ms cadence ZeroTier nodes use.
-        self.endpoint = Endpoint(node, self.bind, on_request=self._on_request, validation_workers=2, tick_ms=250)
+        self.endpoint = Endpoint(self.switch, self.bind, on_request=self._on_request, validation_workers=2,
+                                 tick_ms=250)
         try:
             await self.endpoint.start()
         except OSError as e:
@@ -450,6 +474,13 @@ class ZeroTierService:
         self._tasks.append(asyncio.create_task(self._planet_loop(), name="zerotier-planet"))
         await self._push_loop()
 
+    def _cluster_planet(self) -> World | None:
+        try:
+            raw = self.ctl.machine().planet()
+        except ClusterUnavailable:
+            return None
+        return World.decode(raw) if raw is not None else None
+
     def _info(self) -> dict[str, Any] | None:
         try:
             return self.ctl.machine().cluster_info()
@@ -463,8 +494,9 @@ class ZeroTierService:
                                "root": {"address": f"{self.root_identity.address:010x}",
                                         "endpoints": self.root_endpoints}}
         if ep is not None:
-            st = ep.node.status(ep.now())
-            out.update(online=bool(st.get("online")), roots=st.get("roots", []), stats=ep.node.stats(),
+            st = self.node.status(ep.now())
+            out.update(online=bool(st.get("online")), roots=st.get("roots", []), stats=self.node.stats(),
+                       root_stats=self.switch.root.stats(),
                        members_online=len(self._online))
         return out
 
@@ -476,7 +508,7 @@ class ZeroTierService:
         write get a task of their own."""
         if len(self._pending) + self._writers >= MAX_HANDLERS:
             assert self.endpoint is not None
-            self.endpoint.node.count("busy")
+            self.node.count("busy")
             return
         self._pending.append(req)
         if len(self._pending) == 1:
@@ -523,14 +555,14 @@ class ZeroTierService:
                     network = r.get_network(n)
                     self._answer(req, fresh, network, r.get_member(n, a) if network is not None else None)
         except ClusterUnavailable:
-            ep.node.count("unavailable")
+            self.node.count("unavailable")
         ep.flush()
 
     def _answer(self, req: ConfigRequest, fresh: bool, network: dict[str, Any] | None,
                 member: dict[str, Any] | None) -> None:
         ep = self.endpoint
         assert ep is not None
-        node = ep.node
+        node = self.node
         nwid, address = req.request.network_id, req.source
         if network is None:
             if fresh:
@@ -578,19 +610,19 @@ class ZeroTierService:
         entry = self._remember(req, versions)
         if not member.get("authorized"):
             if fresh:
-                ep.node.answer_error(req, ErrorCode.NETWORK_ACCESS_DENIED, ep.now())
+                self.node.answer_error(req, ErrorCode.NETWORK_ACCESS_DENIED, ep.now())
             return
         rev = config_revision(network, member)
         if not fresh and req.request.revision and rev < req.request.revision:
-            ep.node.count("stale_without_leader")  # an answer now could be older than what it holds
+            self.node.count("stale_without_leader")  # an answer now could be older than what it holds
             return
         chunks = signed_config(network, member, req.identity, ident, self.ctl.now_ms(), versions.rules_engine > 0)
-        ep.node.answer_config(req, chunks, ep.now())
+        self.node.answer_config(req, chunks, ep.now())
         entry.sent = rev
 
     def _reply_error(self, req: ConfigRequest, code: ErrorCode) -> None:
         assert self.endpoint is not None
-        self.endpoint.node.answer_error(req, code, self.endpoint.now())
+        self.node.answer_error(req, code, self.endpoint.now())
         self.endpoint.flush()
 
     def _write_allowed(self, req: ConfigRequest) -> bool:
@@ -613,7 +645,7 @@ class ZeroTierService:
     async def _write(self, req: ConfigRequest, network: dict[str, Any], member: dict[str, Any] | None,
                      identity_str: str, v: Versions) -> dict[str, Any] | None:
         assert self.endpoint is not None
-        node = self.endpoint.node
+        node = self.node
         if not self._write_allowed(req):
             node.count("write_rate")
             return None
@@ -688,6 +720,10 @@ class ZeroTierService:
                     self._revoked.add(key)
             elif kind == "restore.commit":
                 self._dirty_networks.update(n for n, _ in self._online)
+            elif kind == "planet.set" and self.switch is not None:
+                world = self._cluster_planet()
+                if world is not None:
+                    self.switch.set_planet(world)
         if self._dirty_networks or self._dirty_members or self._revoked:
             self._dirty_event.set()
 
@@ -733,7 +769,7 @@ class ZeroTierService:
                 if rev == entry.sent:
                     continue  # it has this one already (typically: the answer to the request that admitted it)
                 chunks = signed_config(network, member, entry.identity, ident, now_ms, entry.rules_engine)
-                if ep.node.push_config(address, chunks, ep.now()):
+                if self.node.push_config(address, chunks, ep.now()):
                     entry.sent = rev
                     pushed += 1
         revocations = 0
@@ -743,7 +779,7 @@ class ZeroTierService:
                 continue
             rev = Revocation(int.from_bytes(os.urandom(4), "big"), nwid, target, now_ms).sign(ident)
             payload = network_credentials_payload([rev])
-            revocations += sum(ep.node.push_credentials(a, payload, ep.now()) for a in others)
+            revocations += sum(self.node.push_credentials(a, payload, ep.now()) for a in others)
         ep.flush()
         if pushed or revocations:
             log.info("zerotier: pushed %d configs and %d revocations to members online here", pushed, revocations)
