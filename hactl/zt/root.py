@@ -61,6 +61,7 @@ class Root(Node):
         self._path_owner: OrderedDict[SockAddr, int] = OrderedDict()
         self._known: OrderedDict[int, Identity] = OrderedDict()
         self.peer_roots: set[int] = set(self._roots)
+        self.introduce = True  # send RENDEZVOUS when relaying (False: everything stays relayed)
 
     # --- the glue's calls ---------------------------------------------------------------------------------------
     def set_planet(self, world: World) -> None:
@@ -201,7 +202,7 @@ class Root(Node):
             path.last_send = now
             self._inc("relayed")
             self._inc("sent")
-            if header is not None and header.hops == 0 and not from_root and target is not None:
+            if self.introduce and header is not None and header.hops == 0 and not from_root and target is not None:
                 self._maybe_unite(sender, src, target, path.address, now)
             return
         if from_root:
