@@ -180,17 +180,7 @@ class Node:
                                              self.limits.multicast_max_groups_per_member)
         self._reassembler = Reassembler()
         self._online = False
-        for root in planet.roots:
-            ident = root.identity
-            if ident.address == self.address:
-                continue  # we are this root (a later issue): nobody to HELLO
-            # Root identities are trusted by configuration (the planet): no validation.
-            peer = Peer(ident, identity.agree(ident), created=0, replay_window=self.limits.replay_window,
-                        is_root=True)
-            self._roots[ident.address] = peer
-            self._peers[ident.address] = peer
-            self._root_endpoints[ident.address] = [(str(ep.ip), ep.port) for ep in root.stable_endpoints
-                                                   if ep.ip is not None]
+        self.set_planet(planet)
 
     # --- outputs ------------------------------------------------------------------------------------------------
     def take_datagrams(self) -> list[tuple[bytes, tuple[str, int]]]:
@@ -231,6 +221,32 @@ class Node:
     def peer_paths(self, address: int) -> list[tuple[str, int]]:
         peer = self._peers.get(address)
         return [p.address for p in peer.paths] if peer is not None else []
+
+    def set_planet(self, world: World) -> None:
+        """A new planet (the cluster committed one): its roots, ourselves aside, become our upstreams (HELLOed on a
+        cadence, asked WHOIS); roots no longer listed stay as ordinary peers."""
+        self.planet = world
+        listed: set[int] = set()
+        for root in world.roots:
+            ident = root.identity
+            if ident.address == self.address:
+                continue  # we are this root (root.py): nobody to HELLO
+            listed.add(ident.address)
+            # Root identities are trusted by configuration (the planet): no validation.
+            peer = self._peers.get(ident.address)
+            if peer is None or peer.identity.public_key != ident.public_key:
+                peer = Peer(ident, self.identity.agree(ident), created=0, replay_window=self.limits.replay_window)
+                self._peers[ident.address] = peer
+            peer.is_root = True
+            self._roots[ident.address] = peer
+            self._root_endpoints[ident.address] = [(str(ep.ip), ep.port) for ep in root.stable_endpoints
+                                                   if ep.ip is not None]
+        for addr in list(self._roots):
+            if addr not in listed:  # no longer a root: an ordinary peer from now on
+                self._roots.pop(addr).is_root = False
+                self._root_endpoints.pop(addr, None)
+                self._root_hello_at.pop(addr, None)
+                self._root_answered.pop(addr, None)
 
     def _root_online(self, addr: int, now: int) -> bool:
         at = self._root_answered.get(addr)

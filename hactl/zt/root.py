@@ -66,29 +66,9 @@ class Root(Node):
     # --- the glue's calls ---------------------------------------------------------------------------------------
     def set_planet(self, world: World) -> None:
         """Serve `world` from now on (pushed in OK(HELLO) to nodes with an older one of the same id). Its other
-        roots become our upstreams and peer_roots: HELLOed on a cadence, forwarded to when we lack a path."""
-        self.planet = world
-        listed: set[int] = set()
-        for root in world.roots:
-            ident = root.identity
-            if ident.address == self.address:
-                continue
-            listed.add(ident.address)
-            peer = self._peers.get(ident.address)
-            if peer is None or peer.identity.public_key != ident.public_key:
-                peer = Peer(ident, self.identity.agree(ident), created=0, replay_window=self.limits.replay_window)
-                self._peers[ident.address] = peer
-            peer.is_root = True
-            self._roots[ident.address] = peer
-            self._root_endpoints[ident.address] = [(str(ep.ip), ep.port) for ep in root.stable_endpoints
-                                                   if ep.ip is not None]
-        for addr in list(self._roots):
-            if addr not in listed:  # no longer a root: an ordinary peer from now on
-                self._roots.pop(addr).is_root = False
-                self._root_endpoints.pop(addr, None)
-                self._root_hello_at.pop(addr, None)
-                self._root_answered.pop(addr, None)
-        self.peer_roots = listed
+        roots become our upstreams (Node.set_planet) and peer_roots: forwarded to when we lack a path."""
+        super().set_planet(world)
+        self.peer_roots = set(self._roots)
 
     def know(self, identity: Identity) -> None:
         """An identity to answer WHOIS for though it never talked to us (the controller's, other roots')."""

@@ -130,9 +130,10 @@ class Switch:
 
     # --- for the glue -------------------------------------------------------------------------------------------
     def set_planet(self, world: World) -> None:
-        """A new planet committed by the cluster: the root serves it (the controller keeps the roots it was built
-        with; the service rebuilds it for a new root set)."""
+        """A new planet committed by the cluster: the root serves it, the controller HELLOs its roots."""
         self.root.set_planet(world)
+        if self.controller is not None:
+            self.controller.set_planet(world)
         self._note_planet(world)
 
     def _note_planet(self, world: World) -> None:

@@ -147,3 +147,19 @@ async def _endpoint_scenario() -> None:
 
 def test_endpoint_drives_a_switch() -> None:
     asyncio.run(_endpoint_scenario())
+
+
+def test_set_planet_gives_the_controller_the_new_roots() -> None:
+    sw = new_switch()
+    other = Identity.from_string("3a46f1bf30:0:76e66fab33e28549a62ee2064d1843273c2c300ba45c3f20bef02dbad225723bb59a9bb4b"
+                                 "13535730961aeecf5a163ace477cceb0727025b99ac14a5166a09a3")
+    w = World.make(WorldType.PLANET, 0xC0FFEE, 30, R.public_key,
+                   [WorldRoot(ROOT.public_only(), (InetAddress(IPv4Address(SELF_EP[0]), SELF_EP[1]),)),
+                    WorldRoot(other, (InetAddress(IPv4Address("10.0.0.5"), 9993),))],
+                   sign_with=R.private_key or b"")
+    sw.set_planet(w)
+    assert sw.controller is not None
+    assert [r["address"] for r in sw.controller.status(T0)["roots"]] == [f"{ROOT.address:010x}", "3a46f1bf30"]
+    assert sw.root.peer_roots == {other.address}
+    sw.tick(T0)
+    assert ("10.0.0.5", 9993) in [dest for _, dest in sw.take_datagrams()]  # both HELLO the new root
