@@ -130,10 +130,9 @@ class Switch:
 
     # --- for the glue -------------------------------------------------------------------------------------------
     def set_planet(self, world: World) -> None:
-        """A new planet committed by the cluster: the root serves it, the controller HELLOs its roots."""
+        """A new planet committed by the cluster: the root serves it. The controller keeps its own upstreams (the
+        planet it was built with may be another one); Node.set_planet changes them if the glue wants to."""
         self.root.set_planet(world)
-        if self.controller is not None:
-            self.controller.set_planet(world)
         self._note_planet(world)
 
     def _note_planet(self, world: World) -> None:

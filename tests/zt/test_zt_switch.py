@@ -149,7 +149,7 @@ def test_endpoint_drives_a_switch() -> None:
     asyncio.run(_endpoint_scenario())
 
 
-def test_set_planet_gives_the_controller_the_new_roots() -> None:
+def test_node_set_planet_gives_the_controller_new_roots() -> None:
     sw = new_switch()
     other = Identity.from_string("3a46f1bf30:0:76e66fab33e28549a62ee2064d1843273c2c300ba45c3f20bef02dbad225723bb59a9bb4b"
                                  "13535730961aeecf5a163ace477cceb0727025b99ac14a5166a09a3")
@@ -159,6 +159,8 @@ def test_set_planet_gives_the_controller_the_new_roots() -> None:
                    sign_with=R.private_key or b"")
     sw.set_planet(w)
     assert sw.controller is not None
+    assert len(sw.controller.status(T0)["roots"]) == 1  # the switch leaves the controller's upstreams alone
+    sw.controller.set_planet(w)
     assert [r["address"] for r in sw.controller.status(T0)["roots"]] == [f"{ROOT.address:010x}", "3a46f1bf30"]
     assert sw.root.peer_roots == {other.address}
     sw.tick(T0)
