@@ -22,11 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import queue
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +40,7 @@ from hactl.zt.netconf import CTMD_DEFAULT, build_netconf, new_update_id, sign_ch
 from hactl.zt.node import ConfigRequest, Node  # noqa: E402
 from hactl.zt.world import World  # noqa: E402
 from tests.zt import vectors as v  # noqa: E402
+from tests.zt.libzt.harness import ServeProc  # noqa: E402
 
 ROOT_PORT, CONTROLLER_PORT, MEMBER_PORT = 29993, 9993, 29994
 MEMBER_IP = "10.147.17.10"
@@ -95,63 +93,10 @@ def serve(identity: Identity, planet: World, bind: tuple[str, int]) -> None:
 
 # --- the test ----------------------------------------------------------------------------------------------------
 
-class ControllerProc:
-    """The `--serve` subprocess; keeps the latest status line and every request line."""
-
-    def __init__(self, prefix: list[str], secret: str, planet_hex: str, bind: tuple[str, int], log: Path) -> None:
-        self._log = open(log, "wb")
-        self.log_path = log
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.proc = subprocess.Popen(
-            [*prefix, sys.executable, "-u", str(Path(__file__).resolve()), "--serve", "--identity", secret,
-             "--planet", planet_hex, "--bind", f"{bind[0]}:{bind[1]}"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1, env=env)
-        self.lines: queue.Queue[dict] = queue.Queue()
-        self.status: dict | None = None
-        self.requests: list[dict] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
-            if msg.get("event") == "status":
-                self.status = msg
-            elif msg.get("event") == "request":
-                self.requests.append(msg)
-            self.lines.put(msg)
-
-    def log_tail(self, n: int = 3000) -> str:
-        try:
-            return self.log_path.read_bytes()[-n:].decode(errors="replace")
-        except OSError:
-            return ""
-
-    def wait(self, what: str, cond, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"controller exited {self.proc.returncode} waiting for {what}\n"
-                                     f"{self.log_tail()}")
-            if self.status is not None and cond(self.status):
-                return self.status
-            time.sleep(0.1)
-        raise AssertionError(f"controller: no {what} within {timeout}s; last status {self.status}\n"
-                             f"{self.log_tail()}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                assert self.proc.stdin is not None
-                self.proc.stdin.close()
-                self.proc.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self._log.close()
+def controller_proc(prefix: list[str], secret: str, planet_hex: str, bind: tuple[str, int],
+                    log: Path) -> ServeProc:
+    """This file's `--serve` process."""
+    return ServeProc("controller", Path(__file__).resolve(), prefix, secret, planet_hex, bind, log, REPO)
 
 
 def test_libzt_member_gets_its_config_from_our_node(libzt, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -180,7 +125,7 @@ def scenario(libzt, ns, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
         root.call("start", storage=str(tmp_path / "root"), port=ROOT_PORT, planet=planet)
 
         host = f"10.203.{ns.subnet}.{CONTROLLER_HOST}"
-        ctl = ControllerProc(["ip", "netns", "exec", hostns], controller.to_string(True), planet,
+        ctl = controller_proc(["ip", "netns", "exec", hostns], controller.to_string(True), planet,
                              (host, CONTROLLER_PORT), tmp_path / "controller.log")
         procs.append(ctl)
         st = ctl.wait("online", lambda s: s["status"]["online"], 30)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -41,6 +40,7 @@ from hactl.zt.inetaddress import InetAddress  # noqa: E402
 from hactl.zt.root import Root  # noqa: E402
 from hactl.zt.world import Root as WorldRoot, World, WorldType  # noqa: E402
 from tests.zt import vectors as v  # noqa: E402
+from tests.zt.libzt.harness import ServeProc  # noqa: E402
 
 ROOT_PORT, MEMBER_PORTS = 9993, (29994, 29995)
 ROOT_HOST = 100  # 10.203.N.100, where test_libzt_node.controller_host puts its namespace
@@ -88,65 +88,10 @@ def serve(identity: Identity, planet: World, bind: tuple[str, int]) -> None:
 
 # --- the test ----------------------------------------------------------------------------------------------------
 
-class RootProc:
-    def __init__(self, prefix: list[str], secret: str, planet_hex: str, bind: tuple[str, int], log: Path) -> None:
-        self._log = open(log, "wb")
-        self.log_path = log
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.proc = subprocess.Popen(
-            [*prefix, sys.executable, "-u", str(Path(__file__).resolve()), "--serve", "--identity", secret,
-             "--planet", planet_hex, "--bind", f"{bind[0]}:{bind[1]}"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1, env=env)
-        self.status: dict | None = None
-        self.ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
-            if msg.get("event") == "status":
-                self.status = msg
-            elif msg.get("event") == "ready":
-                self.ready.set()
-
-    def log_tail(self, n: int = 3000) -> str:
-        try:
-            return self.log_path.read_bytes()[-n:].decode(errors="replace")
-        except OSError:
-            return ""
-
-    def stats(self) -> dict[str, int]:
-        return dict(self.status["stats"]) if self.status else {}
-
-    def wait(self, what: str, cond, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"root exited {self.proc.returncode} waiting for {what}\n{self.log_tail()}")
-            if self.status is not None and cond(self.status):
-                return self.status
-            time.sleep(0.1)
-        raise AssertionError(f"root: no {what} within {timeout}s; last status {self.status}\n{self.log_tail()}")
-
-    def send(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                assert self.proc.stdin is not None
-                self.proc.stdin.close()
-                self.proc.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self._log.close()
+def root_proc(prefix: list[str], secret: str, planet_hex: str, bind: tuple[str, int],
+              log: Path) -> ServeProc:
+    """This file's `--serve` process."""
+    return ServeProc("root", Path(__file__).resolve(), prefix, secret, planet_hex, bind, log, REPO)
 
 
 def make_planet(root: Identity, host: str, ts: int) -> World:
@@ -163,7 +108,9 @@ def test_libzt_members_through_our_root(libzt, tmp_path: Path) -> None:  # type:
     def attempt(n: int) -> None:
         with NetNS(3) as ns:
             scenario(libzt, ns, tmp_path / f"attempt{n}")
-    rerun_on_crash(attempt, "libzt root test")
+    # Here libzt 1.8.4 segfaults around the members' TCP connect in about half the attempts (more than in the
+    # smoke test: it coincides with the path change RENDEZVOUS brings, see the docstring), so it gets more tries.
+    rerun_on_crash(attempt, "libzt root test", tries=6)
 
 
 def echo(member, addr: str, data: str) -> dict:  # type: ignore[no-untyped-def]
@@ -192,7 +139,7 @@ def scenario(libzt, ns, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     try:
         rootns = controller_host(ns)  # 10.203.N.100 on the bridge, arp_ignore in the harness namespace
         hosts.append(rootns)
-        root = RootProc(["ip", "netns", "exec", rootns], ident.to_string(True), planet.encode().hex(),
+        root = root_proc(["ip", "netns", "exec", rootns], ident.to_string(True), planet.encode().hex(),
                         (host, ROOT_PORT), tmp_path / "root.log")
         procs.append(root)
         assert root.ready.wait(20), root.log_tail()

@@ -123,3 +123,77 @@ def rerun_on_crash(attempt: Callable[[int], None], what: str, tries: int = 3) ->
         raise AssertionError(f"{what}: libzt crashed in every attempt:\n" + "\n".join(crashes))
     if crashes:
         print(f"\n{what}: passed after libzt crashes: {crashes}")
+
+
+class ServeProc:
+    """A test script run again as `SCRIPT --serve --identity SECRET --planet HEX --bind HOST:PORT` (our own node or
+    root, in a namespace), printing JSON lines: the latest "status" line is kept, "ready" sets `ready`, "request"
+    lines are collected; stdin closed means stop."""
+
+    def __init__(self, name: str, script: Path, prefix: list[str], secret: str, planet_hex: str,
+                 bind: tuple[str, int], log: Path, repo: Path) -> None:
+        import os
+        self.name = name
+        self._log = open(log, "wb")
+        self.log_path = log
+        env = {**os.environ, "PYTHONPATH": str(repo)}
+        self.proc = subprocess.Popen(
+            [*prefix, sys.executable, "-u", str(script), "--serve", "--identity", secret, "--planet", planet_hex,
+             "--bind", f"{bind[0]}:{bind[1]}"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1, env=env)
+        self.status: dict | None = None
+        self.requests: list[dict] = []
+        self.ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            event = msg.get("event")
+            if event == "status":
+                self.status = msg
+            elif event == "ready":
+                self.ready.set()
+            elif event == "request":
+                self.requests.append(msg)
+
+    def log_tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_path.read_bytes()[-n:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.status["stats"]) if self.status else {}
+
+    def wait(self, what: str, cond: Callable[[dict], Any], timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited {self.proc.returncode} waiting for {what}\n"
+                                     f"{self.log_tail()}")
+            if self.status is not None and cond(self.status):
+                return self.status
+            time.sleep(0.1)
+        raise AssertionError(f"{self.name}: no {what} within {timeout}s; last status {self.status}\n"
+                             f"{self.log_tail()}")
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+                self.proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._log.close()
