@@ -757,10 +757,13 @@ class ZeroTierService:
         targets = [k for k in self._online if k[0] in networks or k in members]
         pushed = 0
         machine = self.ctl.machine()
+        networks_read: dict[int, dict[str, Any] | None] = {}  # one read per network, not one per member
         with machine.reader() as r:
             for nwid, address in targets:
                 entry = self._online[(nwid, address)]
-                network = r.get_network(format_nwid(nwid))
+                if nwid not in networks_read:
+                    networks_read[nwid] = r.get_network(format_nwid(nwid))
+                network = networks_read[nwid]
                 member = r.get_member(format_nwid(nwid), format_address(address)) if network else None
                 if network is None or member is None or not member.get("authorized") \
                         or member.get("identity") != str(entry.identity):

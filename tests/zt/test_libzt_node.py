@@ -19,7 +19,6 @@ answer ARP for it, so each datagram arrives on the interface the libzt socket is
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import subprocess
@@ -40,7 +39,7 @@ from hactl.zt.netconf import CTMD_DEFAULT, build_netconf, new_update_id, sign_ch
 from hactl.zt.node import ConfigRequest, Node  # noqa: E402
 from hactl.zt.world import World  # noqa: E402
 from tests.zt import vectors as v  # noqa: E402
-from tests.zt.libzt.harness import ServeProc  # noqa: E402
+from tests.zt.libzt.harness import ServeProc, serve_main  # noqa: E402
 
 ROOT_PORT, CONTROLLER_PORT, MEMBER_PORT = 29993, 9993, 29994
 MEMBER_IP = "10.147.17.10"
@@ -184,13 +183,4 @@ def controller_host(ns) -> str:  # type: ignore[no-untyped-def]
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--serve", action="store_true", required=True)
-    ap.add_argument("--identity", required=True, help="controller identity secret string")
-    ap.add_argument("--planet", required=True, help="planet (hex)")
-    ap.add_argument("--bind", required=True, help="ip:port")
-    args = ap.parse_args()
-    import logging
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    host, _, port = args.bind.rpartition(":")
-    serve(Identity.from_string(args.identity), World.decode(bytes.fromhex(args.planet)), (host, int(port)))
+    serve_main(serve, "controller")

@@ -19,7 +19,6 @@ Needs root (network namespaces), g++ and, the first time, PyPI; if libzt cannot 
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import subprocess
@@ -40,7 +39,7 @@ from hactl.zt.inetaddress import InetAddress  # noqa: E402
 from hactl.zt.root import Root  # noqa: E402
 from hactl.zt.world import Root as WorldRoot, World, WorldType  # noqa: E402
 from tests.zt import vectors as v  # noqa: E402
-from tests.zt.libzt.harness import ServeProc  # noqa: E402
+from tests.zt.libzt.harness import ServeProc, serve_main  # noqa: E402
 
 ROOT_PORT, MEMBER_PORTS = 9993, (29994, 29995)
 ROOT_HOST = 100  # 10.203.N.100, where test_libzt_node.controller_host puts its namespace
@@ -197,13 +196,4 @@ def scenario(libzt, ns, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--serve", action="store_true", required=True)
-    ap.add_argument("--identity", required=True, help="root identity secret string")
-    ap.add_argument("--planet", required=True, help="planet (hex)")
-    ap.add_argument("--bind", required=True, help="ip:port")
-    args = ap.parse_args()
-    import logging
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    host, _, port = args.bind.rpartition(":")
-    serve(Identity.from_string(args.identity), World.decode(bytes.fromhex(args.planet)), (host, int(port)))
+    serve_main(serve, "root")

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from tests.zt.libzt.fetch import Libzt
 
@@ -44,11 +44,7 @@ class NodeProc:
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
+        for msg in json_lines(self.proc.stdout):
             with self._lock:
                 q = self._answers.get(msg.get("id"))
             if q is not None:
@@ -108,6 +104,35 @@ class NodeProc:
         self._log.close()
 
 
+def json_lines(stream: Iterable[str]) -> Iterator[dict]:
+    """The JSON objects among a child's output lines (anything else it prints is skipped)."""
+    for line in stream:
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(msg, dict):
+            yield msg
+
+
+def serve_main(serve: Callable[[Any, Any, tuple[str, int]], None], what: str) -> None:
+    """The `--serve` entry point of a test script run by ServeProc: parses its arguments, logs to stderr."""
+    import argparse
+    import logging
+
+    from hactl.zt.identity import Identity
+    from hactl.zt.world import World
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--serve", action="store_true", required=True)
+    ap.add_argument("--identity", required=True, help=f"{what} identity secret string")
+    ap.add_argument("--planet", required=True, help="planet (hex)")
+    ap.add_argument("--bind", required=True, help="ip:port")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    host, _, port = args.bind.rpartition(":")
+    serve(Identity.from_string(args.identity), World.decode(bytes.fromhex(args.planet)), (host, int(port)))
+
+
 def rerun_on_crash(attempt: Callable[[int], None], what: str, tries: int = 3) -> None:
     """Run attempt(0), attempt(1), ... until one returns. libzt 1.8.4 segfaults now and then on its own (seen
     around the first TCP connect): such a run says nothing about what is tested, so it is redone from scratch, at
@@ -148,11 +173,7 @@ class ServeProc:
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
+        for msg in json_lines(self.proc.stdout):
             event = msg.get("event")
             if event == "status":
                 self.status = msg
