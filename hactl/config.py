@@ -19,7 +19,8 @@ import yaml
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MIN_STORAGE_BYTES = 1 << 20
-MAX_ROOT_ENDPOINTS = 32  # stable endpoints per root in a ZeroTier world  # smaller maps hold next to nothing; a smaller free-space floor warns too late
+PLANET_OWN, PLANET_ZEROTIER = "own", "zerotier"  # zerotier.planet's keywords (anything else is a file)
+MAX_ROOT_ENDPOINTS = 32  # stable endpoints per root in a ZeroTier world
 
 
 class ConfigError(Exception):
@@ -101,9 +102,10 @@ class ZeroTierConfig:
     # works; ZeroTier members get no configs from this node). ZeroTier never uses loopback paths, so a
     # 127.x address here is refused.
     bind: str = "0.0.0.0:9993"
-    # A planet file (a serialized World, as zerotier-one keeps in /var/lib/zerotier-one/planet): the roots this
-    # node HELLOs so members can find it. Empty: ZeroTier's built-in planet, as a stock controller uses.
-    planet: str = ""
+    # The roots this node HELLOs as the controller, so members can find it: "own" (the cluster's own planet, whose
+    # roots are the cluster's nodes), "zerotier" (ZeroTier's built-in public planet, as a stock controller uses),
+    # or a planet file (a serialized World, as zerotier-one keeps in /var/lib/zerotier-one/planet).
+    planet: str = PLANET_OWN
     # Where members reach this node as a root of the cluster's own planet, in ZeroTier's "IP/port" notation (at
     # most 32). Empty: the bind address, when it is not a wildcard.
     endpoints: list[str] = field(default_factory=list)
@@ -230,7 +232,10 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
     cfg.pki.ca, cfg.pki.cert, cfg.pki.key = res(cfg.pki.ca), res(cfg.pki.cert), res(cfg.pki.key)
     cfg.agent.socket = res(cfg.agent.socket)
     cfg.api.tls_cert, cfg.api.tls_key = res(cfg.api.tls_cert), res(cfg.api.tls_key)
-    cfg.zerotier.planet = res(cfg.zerotier.planet)
+    if cfg.zerotier.planet in ("", PLANET_OWN, PLANET_ZEROTIER):
+        cfg.zerotier.planet = cfg.zerotier.planet or PLANET_OWN
+    else:
+        cfg.zerotier.planet = res(cfg.zerotier.planet)
 
 
 def parse_hostport(value: str, src: str, key: str) -> tuple[str, int]:

@@ -117,3 +117,46 @@ def test_dev_zt_host_binds_each_node_and_records_its_endpoint(tmp_path: Path) ->
                    {"zt_planet": str(planet)}):
         with pytest.raises(DevInitError):
             init_cluster(data, 3, base_port=base, **kwargs)
+
+
+def test_dev_up_zt_hosts_makes_the_nodes_the_roots_of_the_planet_it_writes(tmp_path: Path) -> None:
+    """`hactl dev up --zt-hosts A,B,C` (inside a throw-away network namespace holding those addresses): each node
+    binds its own address, and once the cluster has committed its planet, <data>/planet holds it (three roots,
+    one per node at its address), named by dev-cluster.json for members to be given."""
+    from hactl.zt.world import World, WorldType
+    from tests.zt.libzt.netns import NetNS
+
+    data = tmp_path / "data"
+    base = free_port_block(6)
+    with NetNS(3) as ns:
+        cmd = ns.cmd([sys.executable, "-m", "hactl.cli", "dev", "up", "--data", str(data), "--base-port", str(base),
+                      "--zt-hosts", ",".join(ns.addrs)])
+        log = open(tmp_path / "dev-up.log", "wb")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            state_file = data / "dev-cluster.json"
+            planet_file = data / "planet"
+            want = sorted(f"{a}/{base + 2 * i}" for i, a in enumerate(ns.addrs))
+
+            def planet() -> World | None:
+                w = World.decode(planet_file.read_bytes())
+                return w if sorted(str(e) for r in w.roots for e in r.stable_endpoints) == want else None
+            world = wait(planet, 60, f"{planet_file} listing the three nodes' endpoints")
+            assert world.type == WorldType.PLANET and len(world.roots) == 3
+            state = wait(lambda: json.loads(state_file.read_text()) if json.loads(state_file.read_text())["planet"]
+                         else None, 10, "dev-cluster.json naming the planet")
+            assert state["planet"] == str(planet_file)
+            assert [n["zt_endpoint"] for n in state["nodes"]] == [f"{a}/{base + 2 * i}" for i, a in enumerate(ns.addrs)]
+            identities = {Path(n["data_dir"], "zt", "identity.public").read_text().strip() for n in state["nodes"]}
+            assert {str(r.identity) for r in world.roots} == identities
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(60)
+            log.close()
+        assert code == 0, (tmp_path / "dev-up.log").read_text()[-3000:]
+    import pytest
+    from hactl.dev.cluster import DevInitError, init_cluster
+    with pytest.raises(DevInitError, match="2 addresses for 3 nodes"):
+        init_cluster(tmp_path / "d1", 3, zt_hosts=["10.203.77.1", "10.203.77.2"])
+    with pytest.raises(DevInitError, match="not both"):
+        init_cluster(tmp_path / "d1", 3, zt_host="10.203.77.1", zt_hosts=["10.203.77.1"] * 3)

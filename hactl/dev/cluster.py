@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from hactl._fs import atomic_write
+from hactl.config import PLANET_OWN
 from hactl.server.controller import EXIT_RESTART
 from hactl.server.tokens import TokenError, read_or_create_token
 from hactl.transport.pki import CA_CERT, CA_KEY, NODE_CERT, NODE_KEY, PkiError, init_ca, issue, load_identity
@@ -81,7 +82,7 @@ def ports(i: int, base_port: int | None) -> tuple[int, int]:
 def init_cluster(data: Path, nodes: int, *, base_port: int | None = None, compose: bool = False,
                  log_level: str = "info", ca_dir: Path | None = None,
                  node_dirs: Path | None = None, zt_host: str | None = None,
-                 zt_planet: str | None = None) -> list[NodeSpec]:
+                 zt_planet: str | None = None, zt_hosts: list[str] | None = None) -> list[NodeSpec]:
     """Create (or reuse) the CA, node certificates, token and per-node configs. Idempotent: an existing
     cluster's files are kept, so running again resumes the same cluster.
 
@@ -92,10 +93,15 @@ def init_cluster(data: Path, nodes: int, *, base_port: int | None = None, compos
                             node_dirs if node_dirs is not None else Path(data) / "nodes", nodes, log_level=log_level)
     if ca_dir is not None or node_dirs is not None:
         raise DevInitError("--ca-dir and --node-dirs only apply with --compose")
-    if zt_planet and not zt_host:
-        raise DevInitError("--zt-planet needs --zt-host (the address the ZeroTier endpoints bind)")
-    if zt_host is not None:
-        _check_zt_host(zt_host)
+    if zt_host and zt_hosts:
+        raise DevInitError("give --zt-host or --zt-hosts, not both")
+    if zt_hosts is not None and len(zt_hosts) != nodes:
+        raise DevInitError(f"--zt-hosts lists {len(zt_hosts)} addresses for {nodes} nodes (one each)")
+    hosts = zt_hosts or ([zt_host] * nodes if zt_host else [])
+    if zt_planet and not hosts:
+        raise DevInitError("--zt-planet needs --zt-host or --zt-hosts (the addresses the ZeroTier endpoints bind)")
+    for h in dict.fromkeys(hosts):
+        _check_zt_host(h)
     if zt_planet:
         from hactl.server.zerotier import ZeroTierStartupError, load_planet
         try:
@@ -127,9 +133,10 @@ def init_cluster(data: Path, nodes: int, *, base_port: int | None = None, compos
                 api_listen=f"127.0.0.1:{api_port}", token_file="../api-token",
                 pki_dir=f"../pki/{nid}", log_level=log_level), encoding="utf-8")
         # The ZeroTier endpoint follows this run's flags (the rest of the file is kept as the user left it): UDP
-        # on the node's API port number, on --zt-host; none without it.
-        _set_zerotier(cfg_path, f"{zt_host}:{api_port}" if zt_host else "",
-                      str(Path(zt_planet).resolve()) if zt_planet else "")
+        # on the node's API port number, on its --zt-hosts address (or --zt-host); none without them. The
+        # controller's planet: --zt-planet's file, else the cluster's own.
+        _set_zerotier(cfg_path, f"{hosts[i]}:{api_port}" if hosts else "",
+                      str(Path(zt_planet).resolve()) if zt_planet else PLANET_OWN)
         from hactl.config import load
         cfg = load(cfg_path)
         host, _, port = cfg.api.listen.rpartition(":")
@@ -145,9 +152,9 @@ def _check_zt_host(host: str) -> None:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        raise DevInitError(f"--zt-host {host!r} is not an IP address") from None
+        raise DevInitError(f"--zt-host(s) {host!r} is not an IP address") from None
     if ip.is_loopback or ip.is_unspecified:
-        raise DevInitError(f"--zt-host {host}: ZeroTier nodes never use loopback paths and must be told one "
+        raise DevInitError(f"--zt-host(s) {host}: ZeroTier nodes never use loopback paths and must be told one "
                            "address to reach; give a LAN or private address of this machine (e.g. a dummy "
                            "interface's 10.x address)")
 
@@ -269,7 +276,7 @@ def init_compose(ca_dir: Path, node_dirs: Path, nodes: int, *, log_level: str = 
 
 def render_config(nid: str, *, data_dir: str, initial_cluster: dict[str, str], control_listen: str,
                   control_advertise: str, api_listen: str, token_file: str, pki_dir: str, log_level: str,
-                  zt_bind: str = "", zt_planet: str = "") -> str:
+                  zt_bind: str = "", zt_planet: str = PLANET_OWN) -> str:
     doc: dict[str, Any] = {
         "id": nid,
         "data_dir": data_dir,
@@ -290,7 +297,9 @@ class Supervisor:
 
     def __init__(self, data: Path, specs: list[NodeSpec], planet: str = ""):
         self.data = data
-        self.planet = planet  # the planet file the endpoints use ("" = ZeroTier's built-in one)
+        # The planet file members use: --zt-planet's, or (""): the cluster's own, kept in <data>/planet
+        self.planet = planet
+        self.own_planet = not planet
         self.specs = specs
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.stopping = False
@@ -329,12 +338,31 @@ class Supervisor:
                  "token_file": str(self.data / "api-token"), "planet": self.planet}
         atomic_write(self.data / "dev-cluster.json", json.dumps(state, indent=2) + "\n", 0o600)
 
+    async def _keep_planet(self) -> None:
+        """<data>/planet follows the cluster's planet (GET /planet from any node), for members to be given."""
+        path = self.data / "planet"
+        while not self.stopping:
+            for spec in self.specs:
+                data = await asyncio.to_thread(_get_planet, spec.api_url)
+                if data is None:
+                    continue
+                if not path.exists() or path.read_bytes() != data:
+                    atomic_write(path, data, 0o644)
+                    log.info("the cluster's planet is in %s (give it to the members as their planet)", path)
+                if self.planet != str(path):
+                    self.planet = str(path)
+                    self.write_state()
+                break
+            await asyncio.sleep(2.0)
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         keepers = [asyncio.create_task(self._keep(s)) for s in self.specs]
+        if self.own_planet and any(s.zt_endpoint for s in self.specs):
+            keepers.append(asyncio.create_task(self._keep_planet()))
         await stop.wait()
         self.stopping = True
         for proc in self.procs.values():
@@ -352,15 +380,30 @@ class Supervisor:
         return 0
 
 
+def _get_planet(api_url: str) -> bytes | None:
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"{api_url}/planet", timeout=2) as r:  # noqa: S310 - our own node's URL
+            return r.read() if r.status == 200 else None
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def _zt_hosts(value: str | None) -> list[str] | None:
+    return [h.strip() for h in value.split(",")] if value else None
+
+
 def _dev_init(args: argparse.Namespace) -> int:
     ca_dir = Path(args.ca_dir) if args.ca_dir else None
     node_dirs = Path(args.node_dirs) if args.node_dirs else None
     try:
-        if args.compose and (args.zt_host or args.zt_planet):
-            raise DevInitError("--zt-host/--zt-planet do not apply with --compose (each container binds "
+        if args.compose and (args.zt_host or args.zt_hosts or args.zt_planet):
+            raise DevInitError("--zt-host(s)/--zt-planet do not apply with --compose (each container binds "
                                f"0.0.0.0:{DEFAULT_ZT_PORT}; set zerotier.planet in its config.yaml)")
         specs = init_cluster(Path(args.data), args.nodes, base_port=args.base_port, compose=args.compose,
-                             ca_dir=ca_dir, node_dirs=node_dirs, zt_host=args.zt_host, zt_planet=args.zt_planet)
+                             ca_dir=ca_dir, node_dirs=node_dirs, zt_host=args.zt_host, zt_planet=args.zt_planet,
+                             zt_hosts=_zt_hosts(args.zt_hosts))
     except (DevInitError, PkiError, TokenError) as e:
         print(f"hactl dev init: {e}", file=sys.stderr)
         return 2
@@ -387,7 +430,7 @@ def _dev_up(args: argparse.Namespace) -> int:
     data = Path(args.data).resolve()
     try:
         specs = init_cluster(data, args.nodes, base_port=args.base_port, zt_host=args.zt_host,
-                             zt_planet=args.zt_planet)
+                             zt_planet=args.zt_planet, zt_hosts=_zt_hosts(args.zt_hosts))
     except (DevInitError, PkiError, TokenError) as e:
         print(f"hactl dev up: {e}", file=sys.stderr)
         return 2
@@ -396,8 +439,12 @@ def _dev_up(args: argparse.Namespace) -> int:
     for s in specs:
         zt = f"  zerotier {s.zt_endpoint}" if s.zt_endpoint else ""
         print(f"  {s.id}: API {s.api_url}  control {s.ctrl_addr}  agent {s.agent_socket}{zt}")
-    if not args.zt_host:
-        print("  No ZeroTier endpoints (give --zt-host ADDR, a non-loopback address, for members to join)")
+    if not any(s.zt_endpoint for s in specs):
+        print("  No ZeroTier endpoints (give --zt-host ADDR or --zt-hosts A,B,C, non-loopback addresses, for "
+              "members to join)")
+    elif not args.zt_planet:
+        print(f"  The nodes are the roots of the cluster's own planet; its file will be {data / 'planet'} (give "
+              "it to members as their planet, or `hactl zt planet --moon`)")
     print(f"  API token: {data / 'api-token'}   (curl -H \"X-ZT1-Auth: $(cat {data / 'api-token'})\" "
           f"{specs[0].api_url}/status)")
     print("  Ctrl-C stops the cluster; `hactl dev up` again resumes it with its data.", flush=True)
@@ -416,8 +463,11 @@ def add_dev_commands(sub: Any) -> None:
         p.add_argument("--zt-host", default=None, metavar="ADDR",
                        help="bind each node's ZeroTier UDP endpoint on ADDR (a non-loopback address of this "
                             "machine), port = the node's API port; default: no endpoints")
+        p.add_argument("--zt-hosts", default=None, metavar="A,B,C",
+                       help="like --zt-host, one address per node (each its own root address)")
         p.add_argument("--zt-planet", default=None, metavar="FILE",
-                       help="the planet (roots) the endpoints use (default: ZeroTier's built-in planet)")
+                       help="the planet (roots) the controller says HELLO to (default: the cluster's own, whose "
+                            "roots are the nodes; written to <data>/planet)")
         if name == "init":
             p.add_argument("--compose", action="store_true",
                            help="hosts are the compose service names; listen on 0.0.0.0; the CA and one bundle "

@@ -37,7 +37,7 @@ import msgpack
 
 from hactl._fs import atomic_write
 from hactl.api.cluster import ClusterUnavailable, OutcomeUnknown, Overloaded
-from hactl.config import ZeroTierConfig, parse_hostport
+from hactl.config import PLANET_OWN, PLANET_ZEROTIER, ZeroTierConfig, parse_hostport
 from hactl.fsm.coerce import ValidationError
 from hactl.fsm.commands import (CommandError, build_member_request, build_planet_init, build_planet_set,
                                 build_zt_root, decode, new_planet_key, new_world_id)
@@ -80,8 +80,11 @@ class ZeroTierStartupError(Exception):
     """The endpoint cannot be set up as configured (bad planet file, address not bindable)."""
 
 
-def load_planet(path: str) -> World:
-    if not path:
+def load_planet(path: str) -> World | None:
+    """The planet zerotier.planet names: None for the cluster's own (it follows the replicated one)."""
+    if path in ("", PLANET_OWN):
+        return None
+    if path == PLANET_ZEROTIER:
         return zerotier_planet()
     try:
         data = Path(path).read_bytes()
@@ -277,7 +280,7 @@ class ZeroTierService:
     def __init__(self, controller: "Controller", cfg: ZeroTierConfig) -> None:
         self.ctl = controller
         self.cfg = cfg
-        self.planet = load_planet(cfg.planet)
+        self.planet = load_planet(cfg.planet)  # the controller's upstreams; None: the cluster's own planet
         self.bind = check_bindable(cfg.bind)
         self.root_identity = load_or_create_root_identity(Path(controller.data) / "zt")
         self.root_endpoints = root_endpoints(cfg)
@@ -450,10 +453,11 @@ class ZeroTierService:
                             "this cluster's controller address is not a ZeroTier identity (initialised by an "
                             "older hactl): restore its backup into a new cluster to serve ZeroTier nodes")
             await asyncio.sleep(0.5)
-        # One socket, two identities: the cluster's controller (upstreams: the configured planet) and this node's
-        # root of the cluster's own planet (served once the cluster has committed one).
-        self.node = Node(self.identity, self.planet)
-        root = Root(self.root_identity, self._cluster_planet() or _no_planet())
+        # One socket, two identities: the cluster's controller (upstreams: the configured planet, by default the
+        # cluster's own) and this node's root of the cluster's own planet (served once the cluster has one).
+        own = self._cluster_planet() or _no_planet()
+        self.node = Node(self.identity, self.planet or own)
+        root = Root(self.root_identity, own)
         self.switch = Switch(root, self.node, self_endpoints={self.bind, *_sockaddrs(self.root_endpoints)})
         # Two validation threads: the native hash releases the GIL. Ticks every 250 ms keep WHOIS retries at the
         # 500 ms cadence ZeroTier nodes use.
@@ -724,6 +728,8 @@ class ZeroTierService:
                 world = self._cluster_planet()
                 if world is not None:
                     self.switch.set_planet(world)
+                    if self.planet is None:  # zerotier.planet: own
+                        self.node.set_planet(world)
         if self._dirty_networks or self._dirty_members or self._revoked:
             self._dirty_event.set()
 

@@ -420,3 +420,33 @@ async def planet_follows(tmp_path: Path) -> None:
     finally:
         if c is not None:
             await c.stop()
+
+
+def test_by_default_the_controller_finds_its_members_through_the_clusters_own_roots(tmp_path: Path) -> None:
+    run(own_planet_upstreams, tmp_path)
+
+
+async def own_planet_upstreams(tmp_path: Path) -> None:
+    """zerotier.planet: own (the default): once the cluster has its planet, the controller identity says HELLO to
+    the roots it lists (here the node's own root, over the same socket) and is online through them: they are its
+    only upstreams (ZeroTier's public roots are not among them)."""
+    cfg = make_configs(tmp_path, ("n1",))[0]
+    port = free_udp_port()
+    cfg.zerotier.bind = f"{LOCAL}:{port}"
+    # A root endpoint must be one clients can reach (no loopback); the switch delivers the controller's HELLOs
+    # to it internally (an address of this node), so nothing goes to this documentation address.
+    cfg.zerotier.endpoints = ["203.0.113.7/9993"]
+    assert cfg.zerotier.planet == "own"
+    c = await start_initialised(cfg)
+    try:
+        zt = c.zerotier
+        root = f"{zt.root_identity.address:010x}"
+
+        def online() -> dict | None:
+            st = zt.status()
+            return st if st["online"] and [r["address"] for r in st.get("roots", [])] == [root] else None
+        st = await until(online, "the controller online through the cluster's own root", timeout=30)
+        assert st["roots"][0]["endpoints"] == ["203.0.113.7/9993"], st
+        assert st["root_stats"].get("rx.hello", 0) >= 1, st  # the controller's HELLO reached the root
+    finally:
+        await c.stop()

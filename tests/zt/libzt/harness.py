@@ -33,7 +33,13 @@ class NodeProc:
         self.name = name
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        argv = [*(prefix or []), sys.executable, "-u", str(NODE_PY), "--shim", str(libzt.shim), "--lib",
+        import os
+        # HACTL_LIBZT_GDB=1: run each node under gdb, which writes every thread's backtrace to <log>.gdb if libzt
+        # crashes (how the lwIP poll crash in node.py's _connect was found).
+        gdb = ["gdb", "-q", "-batch", "-ex", "set pagination off", "-ex", f"set logging file {log_path}.gdb",
+               "-ex", "set logging enabled on", "-ex", "run", "-ex", "thread apply all bt 25", "--args"] \
+            if os.environ.get("HACTL_LIBZT_GDB") else []
+        argv = [*(prefix or []), *gdb, sys.executable, "-u", str(NODE_PY), "--shim", str(libzt.shim), "--lib",
                 str(libzt.lib), "--role", role]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
                                      text=True, bufsize=1)

@@ -22,7 +22,8 @@ Commands:
 
 libzt 1.8.4 quirks handled here: zts_tcp_client/zts_tcp_server overwrite their fd with zts_connect's/zts_bind's
 0 return (they only work for socket 0), so sockets are made with zts_bsd_socket + a non-blocking zts_bsd_connect
-(zts_connect ignores its timeout on a blocking socket) / zts_bind + zts_bsd_listen + zts_accept; zts_accept
+asked again until connected (zts_connect ignores its timeout on a blocking socket, and lwIP's poll crashes
+libzt: see _connect) / zts_bind + zts_bsd_listen + zts_accept; zts_accept
 insists on an address buffer length of exactly 46. The library's stdout is redirected to stderr so that nothing
 it prints can corrupt the JSON channel.
 """
@@ -41,13 +42,8 @@ AF_INET, AF_INET6, SOCK_STREAM = 0x02, 0x0A, 0x01
 ADDRSTRLEN = 46  # ZTS_INET6_ADDRSTRLEN; zts_accept rejects any other length
 NAME_LEN = 127  # ZTS_MAX_NETWORK_SHORT_NAME_LENGTH; zts_net_get_name rejects any other length
 EISCONN, EALREADY, EINPROGRESS = 106, 114, 115
-SOL_SOCKET, SO_ERROR, POLLOUT, POLLERR, POLLHUP = 0x0FFF, 0x1007, 0x002, 0x004, 0x200
 NET_STATUS = {0: "REQUESTING_CONFIGURATION", 1: "OK", 2: "ACCESS_DENIED", 3: "NOT_FOUND", 4: "PORT_ERROR",
               5: "CLIENT_TOO_OLD"}
-
-
-class PollFd(C.Structure):  # struct zts_pollfd
-    _fields_ = [("fd", C.c_int), ("events", C.c_short), ("revents", C.c_short)]
 
 
 class RootSet(C.Structure):  # zts_root_set_t: ZTS_MAX_NUM_ROOTS=16, ZTS_MAX_ENDPOINTS_PER_ROOT=32
@@ -90,8 +86,6 @@ def load(shim: str, lib: str) -> C.CDLL:
         "zts_util_ipstr_to_saddr": (C.c_int, [C.c_char_p, C.c_ushort, C.c_void_p, C.POINTER(C.c_uint32)]),
         "zts_set_blocking": (C.c_int, [C.c_int, C.c_int]),
         "zts_bsd_connect": (C.c_int, [C.c_int, C.c_void_p, C.c_uint32]),
-        "zts_bsd_poll": (C.c_int, [C.c_void_p, C.c_uint, C.c_int]),
-        "zts_bsd_getsockopt": (C.c_int, [C.c_int, C.c_int, C.c_int, C.c_void_p, C.POINTER(C.c_uint32)]),
         "zts_bsd_socket": (C.c_int, [C.c_int, C.c_int, C.c_int]),
         "zts_bind": (C.c_int, [C.c_int, C.c_char_p, C.c_ushort]),
         "zts_bsd_listen": (C.c_int, [C.c_int, C.c_int]),
@@ -283,44 +277,38 @@ class Node:
         finally:
             self.z.zts_close(fd)
 
-    def _connect(self, fd: int, addr: str, port: int, timeout: float) -> None:
-        """Connect within `timeout` seconds. zts_connect ignores its timeout on a blocking socket (it waits as
-        long as lwIP retries SYNs), so: non-blocking zts_bsd_connect, poll for writability, SO_ERROR, blocking
-        again. An immediate failure (e.g. EHOSTUNREACH while the neighbour is not resolved yet) is retried every
-        250 ms until the time is up, as zts_connect does."""
+    def _connect(self, family: int, addr: str, port: int, timeout: float) -> int:
+        """A connected socket within `timeout` seconds. zts_connect ignores its timeout on a blocking socket (it
+        waits as long as lwIP retries SYNs), and lwIP's poll crashes libzt 1.8.4 (a poll waiter left on its
+        select list is walked when the SYN-ACK arrives: SIGSEGV in select_check_waiters), so: a non-blocking
+        zts_bsd_connect asked again every 50 ms until it says EISCONN. A failed attempt (e.g. EHOSTUNREACH while
+        the neighbour is not resolved yet, or a reset) starts over with a new socket, as zts_connect retries."""
         z = self.z
         ss, n = C.create_string_buffer(128), C.c_uint32(128)
         self._check("zts_util_ipstr_to_saddr", z.zts_util_ipstr_to_saddr(addr.encode(), port, ss, C.byref(n)))
-        self._check("zts_set_blocking", z.zts_set_blocking(fd, 0))
         deadline = time.monotonic() + timeout
-        while True:
-            if z.zts_bsd_connect(fd, ss, n) == 0 or self.errno.value == EISCONN:
-                break
-            if self.errno.value in (EINPROGRESS, EALREADY):
-                pfd = PollFd(fd, POLLOUT, 0)
-                left = max(1, int((deadline - time.monotonic()) * 1000))
-                if self._check("zts_bsd_poll", z.zts_bsd_poll(C.byref(pfd), 1, left)) == 0:
-                    raise TimeoutError(f"connect to {addr}/{port}: not connected within {timeout}s")
-                err, n_err = C.c_int(0), C.c_uint32(4)
-                self._check("zts_bsd_getsockopt", z.zts_bsd_getsockopt(fd, SOL_SOCKET, SO_ERROR, C.byref(err),
-                                                                       C.byref(n_err)))
-                if not err.value and not pfd.revents & (POLLERR | POLLHUP):
+        why = "no attempt"
+        while time.monotonic() < deadline:
+            fd = self._check("zts_bsd_socket", z.zts_bsd_socket(family, SOCK_STREAM, 0))
+            self._check("zts_set_blocking", z.zts_set_blocking(fd, 0))
+            while time.monotonic() < deadline:
+                if z.zts_bsd_connect(fd, ss, n) == 0 or self.errno.value == EISCONN:
+                    self._check("zts_set_blocking", z.zts_set_blocking(fd, 1))
+                    return fd
+                if self.errno.value not in (EINPROGRESS, EALREADY):
+                    why = f"zts_errno {self.errno.value}"
                     break
-                why = f"error {err.value}, revents {pfd.revents:#x}"
-            else:
-                why = f"zts_errno {self.errno.value}"
-            if time.monotonic() + 0.25 > deadline:
-                raise TimeoutError(f"connect to {addr}/{port}: not connected within {timeout}s (last: {why})")
+                time.sleep(0.05)
+            z.zts_close(fd)
             time.sleep(0.25)
-        self._check("zts_set_blocking", z.zts_set_blocking(fd, 1))
+        raise TimeoutError(f"connect to {addr}/{port}: not connected within {timeout}s (last: {why})")
 
     def echo(self, addr: str, port: int, data: str, timeout: float = 30) -> dict:
         z = self.z
         family = AF_INET6 if ":" in addr else AF_INET
-        fd = self._check("zts_bsd_socket", z.zts_bsd_socket(family, SOCK_STREAM, 0))
+        t0 = time.monotonic()
+        fd = self._connect(family, addr, port, timeout)
         try:
-            t0 = time.monotonic()
-            self._connect(fd, addr, port, timeout)
             t_conn = time.monotonic() - t0
             z.zts_set_recv_timeout(fd, max(1, int(timeout)), 0)
             z.zts_set_send_timeout(fd, max(1, int(timeout)), 0)
