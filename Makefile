@@ -49,6 +49,7 @@ bench: $(STAMP) zt-libs zt-native
 	$(PY) bench/fsm.py --members 100000
 	$(PY) bench/failover.py
 	$(PY) bench/netconf.py
+	$(PY) bench/roots.py
 
 # A local three-node cluster in the foreground (Ctrl-C stops it; running it again resumes it).
 run: $(STAMP) zt-libs zt-native
