@@ -6,6 +6,8 @@ with the duties of a root on top:
     the planet we serve (`set_planet` replaces it);
   * WHOIS -> OK(WHOIS) for peers we know and identities we were told about (`know`); silence otherwise;
   * MULTICAST_LIKE recorded from anyone (a root is amUpstream), MULTICAST_GATHER answered;
+  * WHOIS for an identity we lack is asked of the other roots (a member HELLOs only the roots it reaches), so the
+    asker's next retry is answered;
   * packets and fragments for someone else are relayed with one more hop (hop limit 3, packet.increment_hops) to
     the destination's best path; when it has none, to the other roots of the cluster (`peer_roots`), which may
     have it. RENDEZVOUS goes to both ends when a direct packet was relayed between two direct paths, at most
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from hactl.zt.errors import ProtocolError
 from hactl.zt.identity import Identity
 from hactl.zt.multicast import MulticastGather, OkGather
-from hactl.zt.node import Limits, Node, _family, _inet
+from hactl.zt.node import Limits, Node, _Expect, _Waiting, _family, _inet
 from hactl.zt.packet import Header, Packet, Verb, hops_of, increment_hops, RELAY_MAX_HOPS
 from hactl.zt.peer import Peer, SockAddr, TokenBuckets
 from hactl.zt.verbs import Hello, MulticastLike, OkWhois, Rendezvous, Whois
@@ -45,6 +47,7 @@ class RootLimits(Limits):
     relay_burst: int = 4_000
     max_unite_pairs: int = 65_536  # (peer, peer) -> last RENDEZVOUS, remembered
     max_known: int = 1_024  # identities told by the glue (`know`), answered in WHOIS
+    max_lookups: int = 1_024  # identities being asked of the other roots at once
 
 
 class Root(Node):
@@ -120,11 +123,36 @@ class Root(Node):
             ident = self.identity_of(addr)
             if ident is None:
                 self._inc("whois_unknown")
+                if peer.address not in self.peer_roots:
+                    self._look_up(addr, src, now)
             else:
                 found.append(ident.public_only())
         if found:
             self._inc("whois_answered")
             self._reply(peer, Verb.OK, OkWhois(packet.packet_id, tuple(found)).encode(), packet.hops, src, now)
+
+    def _look_up(self, addr: int, src: SockAddr, now: int) -> None:
+        """Ask the other roots for a member's identity we do not have (it HELLOs another root only): the member
+        asking retries its WHOIS every 500 ms, and the retry after their answer (validated like any other) finds
+        it. Never for a root's own WHOIS (no loops), one lookup per address at a time, bounded in total and, per
+        source IP, by the same budget as identity validations."""
+        if not self.peer_roots or addr == self.address or addr in self._waiting:
+            return
+        if len(self._waiting) >= self._rlimits.max_lookups or not self._take_token(src[0], now):
+            self._drop("lookup_rate")
+            return
+        self._waiting[addr] = _Waiting()
+        self._start_whois(addr, now)
+        self._inc("lookups")
+
+    def _send_whois(self, addr: int, waiting: _Waiting, now: int) -> None:
+        # Every other root may be the one that knows it (a member HELLOs the roots it reaches): ask them all.
+        waiting.whois_last = now
+        for root in self._roots.values():
+            pid = self._send(root, Verb.WHOIS, Whois((addr,)).encode(), now)
+            if pid is not None:
+                self._inc("whois_sent")
+                self._expect_reply(pid, _Expect(Verb.WHOIS, root.address, now, None, asked=addr))
 
     def _on_ok(self, peer: Peer, packet: Packet, src: SockAddr, now: int) -> bool:
         learned = super()._on_ok(peer, packet, src, now)
@@ -148,22 +176,39 @@ class Root(Node):
             return None
         return peer
 
+    def _root_at(self, src: SockAddr, now: int) -> Peer | None:
+        for addr in self.peer_roots:
+            root = self._peers.get(addr)
+            path = root.path(src) if root is not None else None
+            if path is not None and not path.expired(now):
+                return root
+        return None
+
     # --- relaying -----------------------------------------------------------------------------------------------
     def _not_for_us(self, datagram: bytes, destination: int, header: Header | None, src: SockAddr,
                     now: int) -> None:
         if hops_of(datagram) >= RELAY_MAX_HOPS:
             self._drop("relay_hops")
             return
-        sender = self._owner(src, now)
-        if sender is None:
-            self._drop("relay_unknown_source")
-            return
-        from_root = sender.address in self.peer_roots
-        if header is not None and header.source != sender.address and not from_root:
-            # A member relays only its own packets through us (it is the source); anything else is a forgery or
-            # someone using a member's address as a reflector.
-            self._drop("relay_spoofed_source")
-            return
+        # Who sent it: another root of the cluster forwarding (checked first: one socket may host several
+        # identities, e.g. a node's root and the cluster's controller, so a path can be learned for both), else
+        # the packet's claimed source on one of its learned paths (a member relays only its own packets through
+        # us; anything else is a forgery or someone using a member's address as a reflector). A fragment has no
+        # source: the path's owner vouches for it.
+        sender = self._root_at(src, now)
+        from_root = sender is not None
+        if sender is None and header is not None:
+            claimed = self._peers.get(header.source)
+            path = claimed.path(src) if claimed is not None else None
+            if path is None or path.expired(now):
+                self._drop("relay_spoofed_source" if self._owner(src, now) is not None else "relay_unknown_source")
+                return
+            sender = claimed
+        elif sender is None:
+            sender = self._owner(src, now)
+            if sender is None:
+                self._drop("relay_unknown_source")
+                return
         if destination == self.address or (header is not None and header.source == destination):
             self._drop("relay_loop")
             return

@@ -24,7 +24,7 @@ import ipaddress
 import signal
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
@@ -50,9 +50,11 @@ PUSH_LIMIT_S = 15   # "well before the 60 s refresh"
 CUTOFF_LIMIT_S = 10  # a deauthorized member is unreachable within this long
 
 
-def run_scenario(libzt: fetch.Libzt, tmp_path: Path, members: int, scenario: Callable[["E2E"], None]) -> None:
+def run_scenario(libzt: fetch.Libzt, tmp_path: Path, members: int, scenario: Callable[["E2E"], None],
+                 **scene: Any) -> None:
+    """scenario(E2E) in a fresh ZtScene (`scene`: its options), run again if libzt crashes."""
     def attempt(n: int) -> None:
-        with ZtScene(libzt, tmp_path / f"attempt{n}", members=members) as z:
+        with ZtScene(libzt, tmp_path / f"attempt{n}", members=members, **scene) as z:
             e2e = E2E(z)
             try:
                 scenario(e2e)
@@ -123,17 +125,16 @@ class E2E:
         z.start()
         self.mark("started")
         self.ctrl = self.c.wait_ready(timeout=30)
-        for n in [z.root, *z.members]:
-            assert n is not None
+        for n in [n for n in [z.root, *z.members] if n is not None]:  # (no libzt root: the cluster's own planet)
             if not n.call("wait_online", wait=ONLINE_S + 5, timeout=ONLINE_S)["online"]:
-                self.fail(f"libzt {n.name} never came online at the libzt root")
+                self.fail(f"libzt {n.name} never came online at its roots")
             self.log(f"libzt {n.name} online")
         self.mark("libzt online")
 
         def all_online() -> bool:
             sts = [z.zt_status(n) for n in self.c.ids]
             return all(st and st.get("online") for st in sts)
-        self.poll(all_online, ONLINE_S, "every hactl node's ZeroTier endpoint online at the libzt root "
+        self.poll(all_online, ONLINE_S, "every hactl node's ZeroTier endpoint online at its roots "
                                         "(/status zerotier.online)")
         for nid in self.c.ids:
             st = z.zt_status(nid)

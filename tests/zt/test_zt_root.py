@@ -259,6 +259,53 @@ def test_unknown_destination_goes_to_the_other_roots_but_never_back() -> None:
     assert root.peer_roots == set()
 
 
+def linked_to_peer_root() -> Root:
+    """Our root with the cluster's other root (ROOT) on a learned path."""
+    root = new_root(world(with_peer_root=True))
+    root.tick(T0)
+    (h, dest), = [(p, dest) for p, dest in to(root, ROOT) if p.verb == Verb.HELLO]
+    root.receive(pkt(ROOT, Verb.OK, OkHello(h.packet_id, 0, 11, 1, 8, 4).encode()), PEER_ROOT_EP, T0 + 1)
+    return root
+
+
+def test_whois_for_a_member_of_another_root_is_asked_of_the_other_roots() -> None:
+    """NODE is attached here, M2 only to the other root: NODE's WHOIS for M2 makes us ask the other root; its
+    answer is validated like any identity, and NODE's retry (members retry every 500 ms) is answered."""
+    root = linked_to_peer_root()
+    attach(root, NODE, A_EP, T0 + 2)
+    root.receive(pkt(NODE, Verb.WHOIS, Whois((M2.address,)).encode()), A_EP, T0 + 10)
+    out = root.take_datagrams()
+    assert [dest for _, dest in out] == [PEER_ROOT_EP], out
+    asked = dearmor(out[0][0], key_of(ROOT))
+    assert asked.verb == Verb.WHOIS and Whois.decode(asked.payload).addresses == (M2.address,)
+    # a retry meanwhile starts no second lookup
+    root.receive(pkt(NODE, Verb.WHOIS, Whois((M2.address,)).encode()), A_EP, T0 + 20)
+    assert root.take_datagrams() == [] and root.stats()["lookups"] == 1
+    root.receive(pkt(ROOT, Verb.OK, OkWhois(asked.packet_id, (M2.public_only(),)).encode()), PEER_ROOT_EP, T0 + 30)
+    (ident,) = root.take_validations()
+    assert ident.address == M2.address
+    root.validated(ident, True, T0 + 31)
+    w = pkt(NODE, Verb.WHOIS, Whois((M2.address,)).encode())
+    root.receive(w, A_EP, T0 + 510)
+    (reply, dest), = to(root, NODE)
+    assert dest == A_EP and OkWhois.decode(reply.payload).identities == (M2.public_only(),)
+    # the other root's own WHOIS for someone we lack is not passed on (no loops among roots)
+    root.receive(pkt(ROOT, Verb.WHOIS, Whois((NODE2.address,)).encode()), PEER_ROOT_EP, T0 + 600)
+    assert root.take_datagrams() == [] and root.stats()["lookups"] == 1
+
+
+def test_lookups_are_bounded_per_source_and_in_total() -> None:
+    root = linked_to_peer_root()
+    attach(root, NODE, A_EP, T0 + 2)
+    for i in range(100):  # a member asking for 100 addresses nobody has, at once
+        root.receive(pkt(NODE, Verb.WHOIS, Whois((0x1000000000 + i,)).encode()), A_EP, T0 + 10)
+    lookups = root.stats()["lookups"]
+    assert 0 < lookups <= 20 and dropped(root, "lookup_rate") == 100 - lookups
+    root.take_datagrams()
+    root.tick(T0 + 10 + 6_000)  # unanswered lookups end with the WHOIS timeout
+    assert not root._waiting
+
+
 # --- multicast --------------------------------------------------------------------------------------------------
 
 def test_multicast_like_from_anyone_and_gather() -> None:

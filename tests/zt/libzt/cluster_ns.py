@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from hactl.dev.cluster import node_ids
+from hactl.zt.world import World
 from tests.proc_cluster import ProcCluster, poll
 from tests.zt.libzt.fetch import Libzt
 from tests.zt.libzt.harness import NodeProc
@@ -94,12 +95,15 @@ class ZtScene:
     happened. `zt_bind=False` starts the controllers without a ZeroTier endpoint (to check the harness alone)."""
 
     def __init__(self, libzt: Libzt, tmp: Path, members: int, zt_bind: bool = True,
-                 config: dict[str, Any] | None = None) -> None:
+                 config: dict[str, Any] | None = None, own_planet: bool = False,
+                 before_members: Callable[["ZtScene"], None] | None = None) -> None:
         self.libzt = libzt
         self.tmp = tmp
         self.n_members = members
         self.zt_bind = zt_bind
         self.extra_config = config or {}
+        self.own_planet = own_planet  # no libzt root: the cluster's nodes are the roots (zerotier.planet: own)
+        self.before_members = before_members  # e.g. firewall rules, run once the namespace exists
         self.ns = NetNS(n_addrs=1 + N_CTRL + members)
         self.in_ns: InNetNS | None = None
         self.root: NodeProc | None = None
@@ -126,6 +130,11 @@ class ZtScene:
         self.ns.create()
         _ns_sysctls(self.ns)
         self.in_ns = InNetNS(self.ns.name)
+        if self.before_members is not None:
+            self.before_members(self)
+        if self.own_planet:
+            self._start_own_planet()
+            return
         # The root first: its planet is every other node's.
         self.root = NodeProc("root", self.libzt, self.tmp / "root.log", prefix=self.ns.cmd([]), role="root")
         made = self.root.call("make_root", storage=str(self.tmp / "root"), endpoints=[self.root_endpoint])
@@ -141,6 +150,48 @@ class ZtScene:
                                    prefix=self.ns.cmd([]), call=self.in_ns)
         assert self.cluster.ids == ids, self.cluster.ids
         self.cluster.start_all()
+        self._start_members()
+
+    def _start_own_planet(self) -> None:
+        """The cluster first, with its own planet (the default); members get GET /planet as theirs once it
+        lists every node, as a user hands it out."""
+        ids = node_ids(N_CTRL)
+        node_config = {nid: {"zerotier": {"bind": f"{self.ctrl_addr(i)}:{CTRL_ZT_PORT}"}} for i, nid in enumerate(ids)}
+        self.cluster = ProcCluster(self.tmp / "cluster", N_CTRL, config=self.extra_config, node_config=node_config,
+                                   prefix=self.ns.cmd([]), call=self.in_ns)
+        assert self.cluster.ids == ids, self.cluster.ids
+        self.cluster.start_all()
+        world = self.poll(lambda: self.planet_with(N_CTRL), 60, f"GET /planet listing the {N_CTRL} nodes as roots")
+        self.planet_hex = world.encode().hex()
+        self.planet_file.write_bytes(world.encode())
+        self._start_members()
+
+    def planet(self, nid: str | None = None) -> "World | None":
+        """The cluster's planet as GET /planet serves it (from nid, or the first node that answers)."""
+        assert self.cluster is not None
+        for n in [nid] if nid else list(self.cluster.procs):
+            try:
+                code, body, _ = self.cluster.request(n, "GET", "/planet", auth=False, timeout=5)
+            except OSError:
+                continue
+            if code == 200 and isinstance(body, (bytes, bytearray)):
+                return World.decode(bytes(body))
+        return None
+
+    def planet_with(self, n_roots: int) -> "World | None":
+        w = self.planet()
+        return w if w is not None and len(w.roots) == n_roots else None
+
+    def move(self, nid: str, addr: str) -> None:
+        """Give node nid another ZeroTier address (its config; takes effect when it is started again)."""
+        import yaml
+        assert self.cluster is not None
+        path = self.cluster.specs[nid].config
+        doc = yaml.safe_load(path.read_text())
+        doc["zerotier"]["bind"] = f"{addr}:{CTRL_ZT_PORT}"
+        path.write_text(yaml.safe_dump(doc))
+
+    def _start_members(self) -> None:
         for i in range(self.n_members):
             m = NodeProc(f"m{i}", self.libzt, self.tmp / f"m{i}.log", prefix=self.ns.cmd([]))
             self.members.append(m)

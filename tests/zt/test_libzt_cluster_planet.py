@@ -1,0 +1,152 @@
+"""End to end against real ZeroTier with no other root: the hactl cluster is its own private planet.
+
+Inside one throw-away network namespace (tests/zt/libzt/cluster_ns.py, `own_planet=True`): three `hactl
+controller run` processes with the default `zerotier.planet: own`, each a root of the cluster's planet at its own
+address, and libzt 1.8.4 members whose planet is what GET /planet serves (as a user hands it out). No libzt root
+exists: the members go online, find the controller, get their configs and reach each other through hactl only.
+
+- Members attached to different roots (a firewall rule in the namespace lets m0 reach only ctrl1's endpoint and
+  m1 only ctrl2's): both join, get IPv4 addresses and exchange TCP data, which needs ctrl1 to ask ctrl2 for m1's
+  identity (WHOIS) and the roots to forward to each other.
+- A root killed: the members stay online through the other two, a new member joins and gets its address; the
+  killed node comes back at another address (its zerotier.bind changed): the cluster commits a newer planet, the
+  members receive it in-band from the roots that did not move (libzt stores it as `roots` in its storage
+  directory: compared byte for byte with GET /planet) and say HELLO to the moved node at its new address.
+Needs root (network namespaces, iptables), g++ and, the first time, PyPI (libzt's wheel); fails, never skips.
+"""
+from __future__ import annotations
+
+
+import subprocess
+import time
+from pathlib import Path
+
+from hactl.zt.world import World
+from tests.zt.libzt import fetch
+from tests.zt.libzt.cluster_ns import CTRL_ZT_PORT, MEMBER_BASE_PORT, N_CTRL, ZtScene
+from tests.zt.test_libzt_controller import FAILOVER_CONFIG_S, E2E, run_scenario
+
+# A member sends each root a full HELLO (answered with the newer planet) every 60 s; the members were online
+# before the move, so two periods bound it.
+PLANET_PUSH_S = 130
+LIBZT_ONLINE_AFTER_KILL_S = 40  # libzt counts itself online while a root answered within the last 30 s
+
+
+def iptables(z: ZtScene, *rule: str) -> str:
+    p = subprocess.run(z.ns.cmd(["iptables", *rule]), capture_output=True, text=True, timeout=20)
+    assert p.returncode == 0, f"iptables {' '.join(rule)}: {p.stderr}"
+    return p.stdout
+
+
+def pin(member: int, ctrl: int):  # type: ignore[no-untyped-def]
+    """A before_members hook: member `member` (its UDP port) can reach no ZeroTier endpoint but ctrl `ctrl`'s."""
+    def hook(z: ZtScene) -> None:
+        for c in range(N_CTRL):
+            if c != ctrl:
+                iptables(z, "-A", "OUTPUT", "-p", "udp", "--sport", str(MEMBER_BASE_PORT + member),
+                         "-d", z.ctrl_addr(c), "--dport", str(CTRL_ZT_PORT), "-j", "DROP")
+    return hook
+
+
+def both(*hooks):  # type: ignore[no-untyped-def]
+    def hook(z: ZtScene) -> None:
+        for h in hooks:
+            h(z)
+    return hook
+
+
+def root_stats(t: E2E) -> dict[str, dict[str, int]]:
+    return {nid: (t.z.zt_status(nid) or {}).get("root_stats") or {} for nid in t.live()}
+
+
+def across_roots(t: E2E) -> None:
+    t.start()
+    assert t.z.root is None and len(World.decode(bytes.fromhex(t.z.planet_hex)).roots) == N_CTRL
+    t.join([0, 1])
+    t.wait_records([0, 1])
+    t.authorize([0, 1])
+    t.wait_addresses([0, 1])
+    t.listen([0, 1])
+    t.echo(0, 1)
+    t.echo(1, 0)
+    t.mark("m0 (on ctrl1) and m1 (on ctrl2) talk")
+    stats = root_stats(t)
+    print(f"\nroot stats: {stats}")
+    dropped = iptables(t.z, "-L", "OUTPUT", "-v", "-n", "-x")
+    # The pinning held (the members did try the other roots, and were dropped) ...
+    assert sum(int(line.split()[0]) for line in dropped.splitlines() if " DROP " in f" {line} ") > 0, dropped
+    # ... and it took the roots working together: each pinned root learned the other member's identity from the
+    # other roots (WHOIS: asked for by its member, or for a packet forwarded to it) and forwarded packets to them.
+    for nid in t.c.ids[:2]:
+        assert stats[nid].get("whois_sent", 0) >= 1 and stats[nid].get("relayed.to_root", 0) >= 1, (nid, stats)
+
+
+def test_members_attached_to_different_roots_reach_each_other(libzt: fetch.Libzt, tmp_path: Path) -> None:
+    run_scenario(libzt, tmp_path, 2, across_roots, own_planet=True, before_members=both(pin(0, 0), pin(1, 1)))
+
+
+def roots_file(t: E2E, i: int) -> bytes | None:
+    p = t.z.tmp / f"m{i}" / "roots"
+    return p.read_bytes() if p.exists() else None
+
+
+def kill_and_move(t: E2E) -> None:
+    t.start()
+    first = World.decode(bytes.fromhex(t.z.planet_hex))
+    t.join([0, 1])
+    t.wait_records([0, 1])
+    t.authorize([0, 1])
+    t.wait_addresses([0, 1])
+    t.listen([0, 1, 2])
+    t.echo(0, 1)
+    t.mark("m0,m1 talk")
+
+    # kill -9 a root (and controller): the members stay online through the other roots; a new member joins.
+    victim = t.c.ids[0]
+    t.c.kill(victim)
+    t.mark(f"killed {victim}")
+    t.join([2])
+    t.wait_records([2])
+    t.authorize([2])
+    t.wait_addresses([2], timeout=FAILOVER_CONFIG_S)
+    t.echo(2, 0)
+    t.mark("m2 joined without the killed root")
+    time.sleep(max(0.0, LIBZT_ONLINE_AFTER_KILL_S - (t.z.elapsed() - dict(t.marks)[f"killed {victim}"])))
+    for i in range(3):
+        st = t.member(i).call("status")
+        assert st.get("online"), (i, st)
+    t.echo(0, 1)
+    t.mark("members online well after the kill")
+
+    # It comes back at another address: a newer planet, pushed in-band by the roots that did not move.
+    new_addr = t.z.ns.addrs[0]  # (unused without a libzt root)
+    t.z.move(victim, new_addr)
+    t.c.start(victim)
+    t.c.wait_caught_up(timeout=30)
+
+    def moved() -> World | None:
+        w = t.z.planet()
+        eps = {str(e) for r in (w.roots if w else ()) for e in r.stable_endpoints}
+        return w if f"{new_addr}/{CTRL_ZT_PORT}" in eps and f"{t.z.ctrl_addr(0)}/{CTRL_ZT_PORT}" not in eps else None
+    world = t.poll(moved, 30, f"GET /planet listing {victim} at {new_addr}")
+    t.mark("planet committed")
+    assert world.id == first.id and world.timestamp > first.timestamp and len(world.roots) == N_CTRL
+    assert first.should_be_replaced_by(world)
+    for nid in t.c.ids:  # every node serves the same bytes
+        assert t.z.planet(nid) == world, nid
+    t.poll(lambda: all(roots_file(t, i) == world.encode() for i in range(3)), PLANET_PUSH_S,
+           "every member storing the new planet (libzt's roots file == GET /planet)", interval=1.0)
+    t.mark("members hold the new planet")
+    # ... and the members now reach the moved node as their root, at its new address.
+    moved_root = f"{(t.z.zt_status(victim) or {}).get('root', {}).get('address')}"
+    assert moved_root in {f"{r.identity.address:010x}" for r in world.roots}
+    t.poll(lambda: (t.z.zt_status(victim) or {}).get("root_stats", {}).get("peers_added", 0) >= 3, PLANET_PUSH_S,
+           f"the moved {victim} learning the members' paths (their HELLOs at {new_addr})", interval=1.0)
+    st = t.z.zt_status(victim)
+    assert st["endpoint"] == f"{new_addr}/{CTRL_ZT_PORT}", st
+    t.echo(1, 2)
+    t.mark("done")
+
+
+def test_members_survive_a_root_killed_and_follow_it_to_a_new_address(libzt: fetch.Libzt, tmp_path: Path) -> None:
+    run_scenario(libzt, tmp_path, 3, kill_and_move, own_planet=True)
