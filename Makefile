@@ -50,6 +50,7 @@ bench: $(STAMP) zt-libs zt-native
 	$(PY) bench/failover.py
 	$(PY) bench/netconf.py
 	$(PY) bench/roots.py
+	$(PY) bench/planet_move.py
 
 # A local three-node cluster in the foreground (Ctrl-C stops it; running it again resumes it).
 run: $(STAMP) zt-libs zt-native
