@@ -109,6 +109,9 @@ class ZeroTierConfig:
     # Where members reach this node as a root of the cluster's own planet, in ZeroTier's "IP/port" notation (at
     # most 32). Empty: the bind address, when it is not a wildcard.
     endpoints: list[str] = field(default_factory=list)
+    # Hand members over to less busy nodes (PUSH_DIRECT_PATHS, cluster redirect) when this node serves more than
+    # its share of them. Members otherwise stay with the node of the root they reached first.
+    balance: bool = True
 
 
 @dataclass

@@ -74,6 +74,12 @@ PLANET_CHECK_S = 2.0  # how often a node checks its root record and, on the lead
 WRITE_RATE = 20.0  # writes per second per source (an IP, or a member address when relayed)...
 WRITE_BURST = 40.0  # ...with this burst: one source cannot fill the Raft log
 MAX_WRITE_SOURCES = 100_000
+SERVED_MS = 90_000  # a member is "served here" while its requests (every 60 s) come here
+BALANCE_CHECK_S = 10.0  # how often a node compares its load with the other nodes'
+BALANCE_SLACK = 1  # members above the fair share before any is handed over (no ping-pong over one member)
+MAX_REDIRECTS = 32  # per round
+REDIRECT_COOLDOWN_MS = 600_000  # a member handed over is left alone this long
+LOAD_METHOD = "zt.load"
 
 
 class ZeroTierStartupError(Exception):
@@ -301,6 +307,8 @@ class ZeroTierService:
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._futile: dict[tuple[int, int], int] = {}  # write attempts that changed nothing, by config revision
         self._registry_dirty = False
+        self._redirected: dict[int, tuple[int, str]] = {}  # member -> (when, ms; node) it was handed over
+        controller.mesh.register(LOAD_METHOD, self._serve_load)
 
     # -------------------------------------------------------------- lifecycle
 
@@ -432,6 +440,92 @@ class ZeroTierService:
         else:
             log.warning("zerotier: planet update refused: %s %s", result.error, result.message)
 
+    # -------------------------------------------------------------- handing members over to other nodes
+
+    def _served(self, now_ms: int) -> set[int]:
+        """Members whose requests come to this node (they ask every 60 s) and that it has not handed over: the
+        load that balancing moves."""
+        return {address for (_, address), o in self._online.items()
+                if now_ms - o.seen <= SERVED_MS and address not in self._redirected}
+
+    async def _serve_load(self, peer: str, body: Any) -> dict[str, Any]:
+        return {"served": len(self._served(self.ctl.now_ms())) if self.endpoint is not None else None}
+
+    async def _loads(self) -> dict[str, int]:
+        """Members served by each other node that serves ZeroTier (asked over the control plane)."""
+        mesh = self.ctl.mesh
+        peers = list(mesh.connected())
+
+        async def ask(peer: str) -> int | None:
+            try:
+                reply = await mesh.call(peer, LOAD_METHOD, {}, timeout=1.0)
+            except Exception:  # down, no such method (no ZeroTier endpoint), slow: not a candidate
+                return None
+            served = reply.get("served") if isinstance(reply, dict) else None
+            return served if isinstance(served, int) and served >= 0 else None
+        answers = await asyncio.gather(*(ask(p) for p in peers))
+        return {p: n for p, n in zip(peers, answers) if n is not None}
+
+    async def _balance_loop(self) -> None:
+        """The recipient decides, as in ZeroTier's clustered roots: a node serving more than its share of the
+        members hands the surplus to the least busy nodes' endpoints (PUSH_DIRECT_PATHS, cluster redirect).
+        Every node answers for the same controller identity, so the member simply goes on at the other one."""
+        while True:
+            await asyncio.sleep(BALANCE_CHECK_S)
+            try:
+                await self._balance()
+            except ClusterUnavailable:
+                continue
+
+    async def _balance(self) -> None:
+        now = self.ctl.now_ms()
+        for address, (at, _) in list(self._redirected.items()):
+            if now - at > REDIRECT_COOLDOWN_MS:
+                del self._redirected[address]
+                self.switch.handoff.pop(address, None)
+        # Members handed over lately are no longer ours, and count at their new node until it has seen them
+        # (their next request, within a minute): counted twice at worst, which only makes us hand over less.
+        served = self._served(now)
+        if len(served) <= BALANCE_SLACK and not self._redirected:
+            return
+        loads = await self._loads()
+        for address, (_, peer) in list(self._redirected.items()):
+            if peer not in loads:  # its node is gone or does not answer: we serve it again
+                del self._redirected[address]
+                self.switch.handoff.pop(address, None)
+        if len(served) <= BALANCE_SLACK:
+            return
+        for at, peer in self._redirected.values():
+            if peer in loads and now - at <= SERVED_MS:
+                loads[peer] += 1
+        records = self.ctl.machine().root_records()
+        targets: dict[str, tuple[str, int]] = {}
+        for peer in loads:
+            eps = [ep for ep in _sockaddrs((records.get(peer) or {}).get("endpoints") or [])
+                   if (6 if ":" in ep[0] else 4) in self.node.families]
+            if eps:
+                targets[peer] = eps[0]
+        if not targets:
+            return
+        total = len(served) + sum(loads[p] for p in targets)
+        fair = -(-total // (len(targets) + 1))
+        surplus = len(served) - fair - BALANCE_SLACK
+        if surplus <= 0:
+            return
+        assert self.endpoint is not None
+        mono = self.endpoint.now()
+        moved: dict[str, int] = {}
+        for address in sorted(served)[:min(surplus, MAX_REDIRECTS)]:
+            peer = min(targets, key=lambda p: (loads[p] + moved.get(p, 0), p))
+            if self.node.redirect(address, targets[peer], mono):
+                self._redirected[address] = (now, peer)
+                self.switch.handoff[address] = targets[peer]
+                moved[peer] = moved.get(peer, 0) + 1
+        self.endpoint.flush()
+        if moved:
+            log.info("zerotier: serving %d members, fair share %d: handed %s", len(served), fair,
+                     ", ".join(f"{n} to {p}" for p, n in sorted(moved.items())))
+
     async def _save_loop(self) -> None:
         while True:
             await asyncio.sleep(30)
@@ -476,6 +570,8 @@ class ZeroTierService:
         self._load_registry()
         self._tasks.append(asyncio.create_task(self._save_loop(), name="zerotier-registry"))
         self._tasks.append(asyncio.create_task(self._planet_loop(), name="zerotier-planet"))
+        if self.cfg.balance:
+            self._tasks.append(asyncio.create_task(self._balance_loop(), name="zerotier-balance"))
         await self._push_loop()
 
     def _cluster_planet(self) -> World | None:
@@ -501,7 +597,7 @@ class ZeroTierService:
             st = self.node.status(ep.now())
             out.update(online=bool(st.get("online")), roots=st.get("roots", []), stats=self.node.stats(),
                        root_stats=self.switch.root.stats(),
-                       members_online=len(self._online))
+                       members_online=len(self._online), members_served=len(self._served(self.ctl.now_ms())))
         return out
 
     # -------------------------------------------------------------- requests

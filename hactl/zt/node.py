@@ -38,8 +38,9 @@ from hactl.zt.inetaddress import NIL, InetAddress
 from hactl.zt.multicast import MulticastDirectory, MulticastGather, OkGather
 from hactl.zt.packet import Cipher, ErrorCode, Header, Packet, Verb, armor, dearmor, new_packet_id
 from hactl.zt.peer import Peer, SockAddr, TokenBuckets
-from hactl.zt.verbs import (ConfigChunk, Echo, Error, Hello, MulticastLike, NetworkConfigRequest, Ok, OkHello,
-                            OkNetworkConfig, OkWhois, Rendezvous, Whois, hello_identity)
+from hactl.zt.verbs import (PUSH_CLUSTER_REDIRECT, ConfigChunk, Echo, Error, Hello, MulticastLike,
+                            NetworkConfigRequest, Ok, OkHello, OkNetworkConfig, OkWhois, PushDirectPaths, Rendezvous,
+                            Whois, hello_identity)
 from hactl.zt.world import World
 
 log = logging.getLogger(__name__)
@@ -734,6 +735,23 @@ class Node:
             self._drop("no_path")
             return False
         return self._send(peer, Verb.NETWORK_CREDENTIALS, payload, now, to=dest) is not None
+
+    def redirect(self, address: int, endpoint: tuple[str, int], now: int) -> bool:
+        """Hand a member over to another endpoint of this same identity (another node of the cluster):
+        PUSH_DIRECT_PATHS with the cluster-redirect flag, which makes it say HELLO there and use that path from
+        then on."""
+        peer = self._peers.get(address)
+        if peer is None:
+            return False
+        dest = self._route(peer, now)
+        if dest is None or not self._usable(endpoint):
+            self._drop("no_path")
+            return False
+        payload = PushDirectPaths(((PUSH_CLUSTER_REDIRECT, _inet(endpoint)),)).encode()
+        if self._send(peer, Verb.PUSH_DIRECT_PATHS, payload, now, to=dest) is None:
+            return False
+        self._inc("redirected")
+        return True
 
     # --- sending ------------------------------------------------------------------------------------------------
     def _usable(self, addr: SockAddr) -> bool:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 from hactl.zt.fragment import is_fragment
 from hactl.zt.identity import Identity
+from hactl.zt.errors import ProtocolError
 from hactl.zt.node import ConfigRequest, Node
+from hactl.zt.packet import hops_of, increment_hops
 from hactl.zt.peer import SockAddr
 from hactl.zt.root import Root
 from hactl.zt.world import World
@@ -44,6 +46,11 @@ class Switch:
         self._planet_endpoints: set[SockAddr] = set()
         self._now = 0
         self._handed: set[tuple[int, bytes]] = set()  # validations handed out, not yet answered
+        # Members handed over to another node (the glue's balancing): their packets for the controller that still
+        # reach us go on to that node's endpoint, so only it answers them (a member moves for good only once
+        # nothing from us refreshes its old path to the controller).
+        self.handoff: dict[int, SockAddr] = {}
+        self._forwarded: list[tuple[bytes, SockAddr]] = []
         if controller is not None:
             root.know(controller.identity)
             # Our own identity needs no memory-hard check when it HELLOs our root.
@@ -71,10 +78,28 @@ class Switch:
         self._now = now
         dest = destination_of(datagram)
         if self.controller is not None and dest == self.controller.address:
+            if self.handoff and self._hand_on(datagram, src):
+                return
             self.controller.receive(datagram, src, now)
         else:
             # The root's own packets, relays, and garbage (the Root counts and drops it).
             self.root.receive(datagram, src, now)
+
+    def _hand_on(self, datagram: bytes, src: SockAddr) -> bool:
+        """Forward a handed-over member's packet (whole, sent by it: hops 0) to its node; True if done."""
+        if len(datagram) < 28 or is_fragment(datagram):
+            return False
+        target = self.handoff.get(int.from_bytes(datagram[13:18], "big"))
+        if target is None or target == src:
+            return False
+        try:
+            if hops_of(datagram) != 0:
+                return False
+            self._forwarded.append((increment_hops(datagram), target))
+        except ProtocolError:
+            return False
+        self.root._inc("handed_on")
+        return True
 
     def tick(self, now: int) -> None:
         self._now = now
@@ -83,7 +108,8 @@ class Switch:
             self.controller.tick(now)
 
     def take_datagrams(self) -> list[tuple[bytes, tuple[str, int]]]:
-        out: list[tuple[bytes, tuple[str, int]]] = []
+        out: list[tuple[bytes, tuple[str, int]]] = self._forwarded
+        self._forwarded = []
         local = self.self_endpoints | self._planet_endpoints
         for _ in range(LOOPBACK_ROUNDS):
             batch = self.root.take_datagrams()

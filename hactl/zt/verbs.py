@@ -300,6 +300,41 @@ class Rendezvous:
         return cls(peer, ep, flags)
 
 
+PUSH_FORGET_PATH, PUSH_CLUSTER_REDIRECT = 0x01, 0x02  # PUSH_DIRECT_PATHS flags
+
+
+@dataclass(frozen=True)
+class PushDirectPaths:
+    """PUSH_DIRECT_PATHS: [2] count | per path: [1] flags | [2] extension length (skipped) | [1] type 4/6 |
+    [1] length 6/18 | IP | [2] port. With PUSH_CLUSTER_REDIRECT the receiver moves to the path at once (it is
+    inserted above the path the push came on, whose lower-priority paths are dropped)."""
+    paths: tuple[tuple[int, InetAddress], ...]  # (flags, address)
+
+    def encode(self) -> bytes:
+        out = [_u(len(self.paths), 2)]
+        for flags, ep in self.paths:
+            if ep.ip is None:
+                raise ValueError("PUSH_DIRECT_PATHS needs real addresses")
+            ip = ep.ip.packed
+            out.append(bytes([flags]) + _u(0, 2) + bytes([4 if len(ip) == 4 else 6, len(ip) + 2]) + ip
+                       + _u(ep.port, 2))
+        return b"".join(out)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> PushDirectPaths:
+        r = Reader(payload)
+        paths = []
+        for _ in range(r.u16("count")):
+            flags = r.u8("flags")
+            r.take(r.u16("extension length"), "extension")
+            kind, n = r.u8("address type"), r.u8("address length")
+            raw = r.take(n, "address")
+            if (kind, n) not in ((4, 6), (6, 18)):
+                continue  # a type this side does not know: skipped, as the reference does
+            paths.append((flags, InetAddress.decode(bytes([kind]) + raw)))
+        return cls(tuple(paths))
+
+
 @dataclass(frozen=True)
 class MulticastSubscription:
     network_id: int

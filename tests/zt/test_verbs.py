@@ -262,3 +262,21 @@ def test_fuzz_bit_flips(which: int, pos: int, bit: int) -> None:
     data = bytearray(_REAL[which])
     data[pos % len(data)] ^= 1 << bit
     _decode_all(bytes(data))
+
+
+def test_push_direct_paths_cluster_redirect_layout() -> None:
+    """The record ZeroTierOne's cluster code built (Peer.cpp, 1.2's clustering): count, then flags 0x02, no
+    extensions, type 4, length 6, IP, port; IPv6 as type 6, length 18. Unknown types are skipped."""
+    from hactl.zt.verbs import PUSH_CLUSTER_REDIRECT, PushDirectPaths
+    v4 = InetAddress.from_str("10.0.0.2/9993")
+    v6 = InetAddress.from_str("fd00::7/9994")
+    raw = PushDirectPaths(((PUSH_CLUSTER_REDIRECT, v4), (0, v6))).encode()
+    assert raw.hex() == ("0002" + "02" + "0000" + "04" + "06" + "0a000002" + "2709"
+                         + "00" + "0000" + "06" + "12" + "fd000000000000000000000000000007" + "270a")
+    assert PushDirectPaths.decode(raw).paths == ((PUSH_CLUSTER_REDIRECT, v4), (0, v6))
+    # an extension is skipped; an address type we do not know is skipped, not an error
+    odd = bytes.fromhex("0002" + "00" + "0002abcd" + "04" + "06" + "0a000002" + "2709" + "00" + "0000" + "07" + "02"
+                        + "beef")
+    assert PushDirectPaths.decode(odd).paths == ((0, v4),)
+    with pytest.raises(ProtocolError):
+        PushDirectPaths.decode(bytes.fromhex("0001" + "02" + "0000" + "04" + "06" + "0a00"))

@@ -452,6 +452,21 @@ def test_path_learning_then_push_goes_to_the_learned_path() -> None:
     assert not node.push_config(M2.address, chunks, T0) and not node.push_credentials(M2.address, b"", T0)
 
 
+def test_redirect_hands_a_member_to_another_endpoint_of_the_same_identity() -> None:
+    from hactl.zt.verbs import PUSH_CLUSTER_REDIRECT, PushDirectPaths
+    node = new_node()
+    known(node, NODE)
+    assert node.redirect(NODE.address, ("10.0.0.9", 9995), T0 + 10)
+    (p, dest), = open_(node, NODE)
+    assert p.verb == Verb.PUSH_DIRECT_PATHS and dest == ROOT_EP  # (no learned path yet: through the root)
+    assert PushDirectPaths.decode(p.payload).paths == ((PUSH_CLUSTER_REDIRECT, InetAddress.from_str("10.0.0.9/9995")),)
+    assert node.stats()["redirected"] == 1
+    assert not node.redirect(M2.address, ("10.0.0.9", 9995), T0 + 11)  # unknown member: nothing sent
+    node.families = {4}  # the endpoint is bound to IPv4 only
+    assert not node.redirect(NODE.address, ("fd00::9", 9995), T0 + 12)
+    assert node.take_datagrams() == []
+
+
 def test_rendezvous_only_from_root_for_known_peers() -> None:
     node = new_node()
     known(node, NODE)

@@ -81,6 +81,28 @@ def test_dispatch_by_destination_and_one_validation_for_both() -> None:
     assert destination_of(b"short") is None
 
 
+def test_a_handed_over_members_packets_for_the_controller_go_on_to_its_node() -> None:
+    """After the glue hands NODE to another node (sw.handoff), NODE's own packets for the controller that still
+    arrive here are forwarded there with one more hop, untouched; anything else is handled as before."""
+    other = ("10.0.0.2", 9993)
+    sw = new_switch()
+    sw.handoff[NODE.address] = other
+    d = pkt(NODE, R, Verb.ECHO, b"ping")
+    sw.receive(d, A_EP, T0)
+    (out, dest), = sw.take_datagrams()
+    assert dest == other and Header.parse(out).hops == 1 and out[:18] == d[:18] and out[19:] == d[19:]
+    assert sw.root.stats()["handed_on"] == 1
+    # already forwarded once (hops 1), or coming from that node itself: ours to answer, never bounced
+    sw.receive(out, other, T0 + 1)
+    sw.receive(d, other, T0 + 2)
+    assert sw.root.stats()["handed_on"] == 1
+    # another member, and the member's packets for the root: handled here
+    sw.receive(pkt(NODE2, R, Verb.ECHO, b"ping"), B_EP, T0 + 3)
+    sw.receive(pkt(NODE, ROOT, Verb.ECHO, b"ping"), A_EP, T0 + 4)
+    assert sw.root.stats()["handed_on"] == 1
+    assert all(dest != other for _, dest in sw.take_datagrams())
+
+
 def test_root_answers_whois_for_the_controller() -> None:
     sw = new_switch()
     sw.receive(hello(NODE, ROOT), A_EP, T0)

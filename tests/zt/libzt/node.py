@@ -79,6 +79,8 @@ def load(shim: str, lib: str) -> C.CDLL:
         "zts_core_query_addr_count": (C.c_int, [C.c_uint64]),
         "zts_core_query_addr": (C.c_int, [C.c_uint64, C.c_uint, C.c_char_p, C.c_uint]),
         "zts_core_query_route_count": (C.c_int, [C.c_uint64]),
+        "zts_core_query_path_count": (C.c_int, [C.c_uint64]),
+        "zts_core_query_path": (C.c_int, [C.c_uint64, C.c_uint, C.c_char_p, C.c_uint]),
         "zts_core_query_route": (C.c_int, [C.c_uint64, C.c_uint, C.c_char_p, C.c_char_p, C.c_uint,
                                            C.POINTER(C.c_uint16), C.POINTER(C.c_uint16)]),
         "zts_net_get_name": (C.c_int, [C.c_uint64, C.c_char_p, C.c_uint]),
@@ -224,6 +226,21 @@ class Node:
             z.zts_core_lock_release()
         out["addresses"], out["routes"] = addrs, routes
         return {"net": out}
+
+    def paths(self, peer: str) -> dict:
+        """The physical paths this node has to a peer (10-hex address), as libzt reports them, best first is not
+        guaranteed: in its own order."""
+        z, n = self.z, int(peer, 16)
+        found = []
+        self._check("zts_core_lock_obtain", z.zts_core_lock_obtain())
+        try:
+            for i in range(max(0, z.zts_core_query_path_count(n))):
+                buf = C.create_string_buffer(64)
+                if z.zts_core_query_path(n, i, buf, 64) == 0:
+                    found.append(buf.value.decode())
+        finally:
+            z.zts_core_lock_release()
+        return {"paths": found}
 
     def status(self, nwid: str | None = None) -> dict:
         out = {"node_id": f"{self.z.zts_node_get_id():010x}", "online": self.z.zts_node_is_online() == 1}
