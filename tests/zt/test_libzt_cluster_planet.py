@@ -12,6 +12,10 @@ exists: the members go online, find the controller, get their configs and reach 
   killed node comes back at another address (its zerotier.bind changed): the cluster commits a newer planet, the
   members receive it in-band from the roots that did not move (libzt stores it as `roots` in its storage
   directory: compared byte for byte with GET /planet) and say HELLO to the moved node at its new address.
+- Balancing: six members that could reach only ctrl1 when they joined are all served by it; once the other nodes
+  are reachable ctrl1 hands its surplus over (PUSH_DIRECT_PATHS, cluster redirect) and they spread (without
+  balancing they stay 6/0/0: measured, not asserted here).
+- Five nodes: the planet lists four (ZeroTier ignores a planet with more), and a member uses it.
 Needs root (network namespaces, iptables), g++ and, the first time, PyPI (libzt's wheel); fails, never skips.
 """
 from __future__ import annotations
@@ -187,3 +191,30 @@ def spread(t: E2E) -> None:
 def test_a_node_serving_more_than_its_share_hands_members_over(libzt: fetch.Libzt, tmp_path: Path) -> None:
     run_scenario(libzt, tmp_path, 6, spread, own_planet=True,
                  before_members=both(*(pin(i, 0) for i in range(6))))
+
+
+def test_a_five_node_cluster_lists_four_roots_and_members_use_them(libzt: fetch.Libzt, tmp_path: Path) -> None:
+    """ZeroTier silently ignores a planet with more than 4 roots: five nodes, four listed (every node serving
+    GET /planet says the same, never five), and a libzt member comes online with that planet and stores it."""
+    from tests.zt.libzt.harness import rerun_on_crash
+
+    def attempt(n: int) -> None:
+        with ZtScene(libzt, tmp_path / f"attempt{n}", members=1, own_planet=True, n_ctrl=5) as z:
+            z.start()  # waits for a planet listing four of the five
+            m = z.members[0]
+            assert m.call("wait_online", wait=65, timeout=60)["online"], z.context()
+            world = World.decode(bytes.fromhex(z.planet_hex))
+            assert z.cluster is not None
+            identities = {Path(s.data_dir, "zt", "identity.public").read_text().strip()
+                          for s in z.cluster.specs.values()}
+            assert len(world.roots) == 4 and {str(r.identity) for r in world.roots} < identities
+            end = time.monotonic() + 10
+            while time.monotonic() < end:
+                for nid in z.cluster.ids:
+                    w = z.planet(nid)
+                    assert w is not None and len(w.roots) <= 4, (nid, w)
+                time.sleep(1)
+            z.poll(lambda: (z.tmp / "m0" / "roots").exists()
+                   and (z.tmp / "m0" / "roots").read_bytes() == z.planet().encode(), 30,
+                   "the member storing the four-root planet")
+    rerun_on_crash(attempt, "five-node planet test")

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from hactl.dev.cluster import node_ids
-from hactl.zt.world import World
+from hactl.zt.world import MAX_ROOTS, World
 from tests.proc_cluster import ProcCluster, poll
 from tests.zt.libzt.fetch import Libzt
 from tests.zt.libzt.harness import NodeProc
@@ -96,7 +96,7 @@ class ZtScene:
 
     def __init__(self, libzt: Libzt, tmp: Path, members: int, zt_bind: bool = True,
                  config: dict[str, Any] | None = None, own_planet: bool = False,
-                 before_members: Callable[["ZtScene"], None] | None = None) -> None:
+                 before_members: Callable[["ZtScene"], None] | None = None, n_ctrl: int = N_CTRL) -> None:
         self.libzt = libzt
         self.tmp = tmp
         self.n_members = members
@@ -104,7 +104,8 @@ class ZtScene:
         self.extra_config = config or {}
         self.own_planet = own_planet  # no libzt root: the cluster's nodes are the roots (zerotier.planet: own)
         self.before_members = before_members  # e.g. firewall rules, run once the namespace exists
-        self.ns = NetNS(n_addrs=1 + N_CTRL + members)
+        self.n_ctrl = n_ctrl
+        self.ns = NetNS(n_addrs=1 + n_ctrl + members)
         self.in_ns: InNetNS | None = None
         self.root: NodeProc | None = None
         self.cluster: ProcCluster | None = None
@@ -142,11 +143,11 @@ class ZtScene:
         self.planet_file.write_bytes(bytes.fromhex(self.planet_hex))
         self.root_id = made["node_id"]
         self.root.call("start", storage=str(self.tmp / "root"), port=ROOT_PORT, planet=self.planet_hex)
-        ids = node_ids(N_CTRL)
+        ids = node_ids(self.n_ctrl)
         node_config = {nid: {"zerotier": {"bind": f"{self.ctrl_addr(i)}:{CTRL_ZT_PORT}" if self.zt_bind else "",
                                           "planet": str(self.planet_file) if self.zt_bind else ""}}
                        for i, nid in enumerate(ids)}
-        self.cluster = ProcCluster(self.tmp / "cluster", N_CTRL, config=self.extra_config, node_config=node_config,
+        self.cluster = ProcCluster(self.tmp / "cluster", self.n_ctrl, config=self.extra_config, node_config=node_config,
                                    prefix=self.ns.cmd([]), call=self.in_ns)
         assert self.cluster.ids == ids, self.cluster.ids
         self.cluster.start_all()
@@ -155,13 +156,14 @@ class ZtScene:
     def _start_own_planet(self) -> None:
         """The cluster first, with its own planet (the default); members get GET /planet as theirs once it
         lists every node, as a user hands it out."""
-        ids = node_ids(N_CTRL)
+        ids = node_ids(self.n_ctrl)
         node_config = {nid: {"zerotier": {"bind": f"{self.ctrl_addr(i)}:{CTRL_ZT_PORT}"}} for i, nid in enumerate(ids)}
-        self.cluster = ProcCluster(self.tmp / "cluster", N_CTRL, config=self.extra_config, node_config=node_config,
+        self.cluster = ProcCluster(self.tmp / "cluster", self.n_ctrl, config=self.extra_config, node_config=node_config,
                                    prefix=self.ns.cmd([]), call=self.in_ns)
         assert self.cluster.ids == ids, self.cluster.ids
         self.cluster.start_all()
-        world = self.poll(lambda: self.planet_with(N_CTRL), 60, f"GET /planet listing the {N_CTRL} nodes as roots")
+        listed = min(self.n_ctrl, MAX_ROOTS)
+        world = self.poll(lambda: self.planet_with(listed), 60, f"GET /planet listing {listed} nodes as roots")
         self.planet_hex = world.encode().hex()
         self.planet_file.write_bytes(world.encode())
         self._start_members()
