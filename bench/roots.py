@@ -70,22 +70,14 @@ from hactl.zt.packet import Cipher, Packet, Verb, armor, dearmor  # noqa: E402
 from hactl.zt.verbs import Hello, OkHello  # noqa: E402
 from hactl.zt.world import World  # noqa: E402
 # The controller processes, the identity cache and the machine counters are bench/netconf.py's.
-from netconf import Cluster, identity_pool, machine_busy, pct, udp_drops, write_planet  # noqa: E402
+from netconf import (Cluster, bench, identity_pool, machine_busy, note, pct, udp_drops,  # noqa: E402
+                     write_planet)
 
 LOCAL = "127.0.0.1"
 BLOCK = 5  # members' source addresses: 127.5.x.y (netconf.py uses 127.2 and 127.3)
 OK, HELLO, FRAME, RENDEZVOUS = int(Verb.OK), int(Verb.HELLO), int(Verb.FRAME), int(Verb.RENDEZVOUS)
 GOAL_RELAY = 20_000  # relayed packets/s per node (issue), reported, never asserted
 U64 = struct.Struct(">Q")
-
-
-def bench(name: str, value: float, unit: str) -> None:
-    print(f"BENCH {name} {value:.6g} {unit}", flush=True)
-
-
-def note(text: str) -> None:
-    for line in text.splitlines():
-        print(f"# {line}", flush=True)
 
 
 def progress(text: str) -> None:
