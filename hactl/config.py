@@ -20,6 +20,7 @@ NODE_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MIN_STORAGE_BYTES = 1 << 20
 PLANET_OWN, PLANET_ZEROTIER = "own", "zerotier"  # zerotier.planet's keywords (anything else is a file)
+ENDPOINTS_AUTO = "auto"  # zerotier.endpoints: [auto]
 MAX_ROOT_ENDPOINTS = 32  # stable endpoints per root in a ZeroTier world
 
 
@@ -107,7 +108,8 @@ class ZeroTierConfig:
     # or a planet file (a serialized World, as zerotier-one keeps in /var/lib/zerotier-one/planet).
     planet: str = PLANET_OWN
     # Where members reach this node as a root of the cluster's own planet, in ZeroTier's "IP/port" notation (at
-    # most 32). Empty: the bind address, when it is not a wildcard.
+    # most 32). Empty: the bind address, when it is not a wildcard. [auto]: the address a majority of the other
+    # nodes see this one's control-plane connections come from, with the bind port (a dynamic address).
     endpoints: list[str] = field(default_factory=list)
     # Hand members over to less busy nodes (PUSH_DIRECT_PATHS, cluster redirect) when this node serves more than
     # its share of them. Members otherwise stay with the node of the root they reached first.
@@ -308,8 +310,11 @@ def validate(cfg: Config) -> None:
     if len(cfg.zerotier.endpoints) > MAX_ROOT_ENDPOINTS:
         raise ConfigError(src, "zerotier.endpoints", f"at most {MAX_ROOT_ENDPOINTS} endpoints (a planet's limit per "
                           f"root), got {len(cfg.zerotier.endpoints)}")
+    if ENDPOINTS_AUTO in cfg.zerotier.endpoints and cfg.zerotier.endpoints != [ENDPOINTS_AUTO]:
+        raise ConfigError(src, "zerotier.endpoints", f"{ENDPOINTS_AUTO!r} stands alone (the address the other nodes "
+                          "see this one at), not among explicit endpoints")
     for i, ep in enumerate(cfg.zerotier.endpoints):
-        problem = zt_endpoint_problem(ep)
+        problem = zt_endpoint_problem(ep) if ep != ENDPOINTS_AUTO else None
         if problem:
             raise ConfigError(src, f"zerotier.endpoints[{i}]", problem)
     if cfg.log.level not in LOG_LEVELS:

@@ -73,13 +73,18 @@ class ProcCluster:
     """``config``: sections merged into every node's YAML; ``node_config``: {node id: sections} merged on top for
     one node (e.g. its own ZeroTier bind address). ``prefix``: a command prefix for the controller processes (e.g.
     ``ip netns exec NS``; it must exec the command, so that the process's pid and signals are the controller's).
-    ``call``: runs each HTTP exchange, e.g. on a thread inside that namespace (default: in the calling thread)."""
+    ``call``: runs each HTTP exchange, e.g. on a thread inside that namespace (default: in the calling thread).
+    ``node_prefix`` and ``api_host``: per node, a prefix of its own (a namespace per node: separate hosts) and the
+    address its API is reached at (default 127.0.0.1)."""
 
     def __init__(self, root: Path, nodes: int = 3, config: dict[str, Any] | None = None, *,
                  node_config: dict[str, dict[str, Any]] | None = None, prefix: list[str] | None = None,
-                 call: Callable[[Callable[[], Any]], Any] | None = None):
+                 call: Callable[[Callable[[], Any]], Any] | None = None,
+                 node_prefix: dict[str, list[str]] | None = None, api_host: dict[str, str] | None = None):
         self.root = root
         self.prefix = list(prefix or [])
+        self.node_prefix = dict(node_prefix or {})
+        self.api_host = dict(api_host or {})
         self._call = call or (lambda fn: fn())
         self.specs = {s.id: s for s in init_cluster(root, nodes, base_port=free_port_block(2 * nodes))}
         self.ids = sorted(self.specs)
@@ -104,7 +109,8 @@ class ProcCluster:
         env = dict(os.environ, PYTHONUNBUFFERED="1", GRPC_VERBOSITY="NONE")
         with self._lock:
             self.procs[nid] = subprocess.Popen(
-                [*self.prefix, sys.executable, "-m", "hactl.cli", "controller", "run", "--config",
+                [*self.node_prefix.get(nid, self.prefix), sys.executable, "-m", "hactl.cli", "controller", "run",
+                 "--config",
                  str(self.specs[nid].config)],
                 stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
@@ -160,7 +166,7 @@ class ProcCluster:
 
     def _request(self, nid: str, method: str, path: str, body: Any, headers: dict[str, str] | None,
                  timeout: float, auth: bool) -> tuple[int, Any, dict[str, str]]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port(nid), timeout=timeout)
+        conn = http.client.HTTPConnection(self.api_host.get(nid, "127.0.0.1"), self.port(nid), timeout=timeout)
         hdrs = {"X-ZT1-Auth": self.token} if auth else {}
         hdrs.update(headers or {})
         data = None

@@ -73,6 +73,7 @@ def test_example_documents_every_key_with_its_default() -> None:
     ("id: a\nzerotier: {endpoints: ['10.0.0.1:9993']}\n", "zerotier.endpoints[0]", "IP/port"),
     ("id: a\nzerotier: {endpoints: ['10.0.0.1/9993', '127.0.0.1/9993']}\n", "zerotier.endpoints[1]", "loopback"),
     ("id: a\nzerotier: {endpoints: ['ctrl1/9993']}\n", "zerotier.endpoints[0]", "not an IP address"),
+    ("id: a\nzerotier: {endpoints: [auto, '10.0.0.1/9993']}\n", "zerotier.endpoints", "stands alone"),
     ("id: a\nzerotier: {endpoints: [" + ", ".join(f"'10.0.0.{i}/9993'" for i in range(1, 34)) + "]}\n",
      "zerotier.endpoints", "at most 32"),
 ])
@@ -90,6 +91,8 @@ def test_zerotier_endpoints_are_a_list_of_ip_port(tmp_path: Path) -> None:
     cfg = load(p)
     assert cfg.zerotier.endpoints == ["203.0.113.7/9993", "2001:db8::7/9993"]
     assert Config().zerotier.endpoints == [] and Config().zerotier.bind == "0.0.0.0:9993"
+    p.write_text("id: a\nzerotier: {endpoints: [auto]}\n")  # learned from the other nodes
+    assert load(p).zerotier.endpoints == ["auto"]
 
 
 def test_storage_defaults_are_the_map_sizes_and_alarm_levels(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ so it is cut off at once rather than when its certificate ages out.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import ipaddress
 import logging
@@ -37,7 +38,8 @@ import msgpack
 
 from hactl._fs import atomic_write
 from hactl.api.cluster import ClusterUnavailable, OutcomeUnknown, Overloaded
-from hactl.config import PLANET_OWN, PLANET_ZEROTIER, ZeroTierConfig, parse_hostport
+from hactl.config import (ENDPOINTS_AUTO, PLANET_OWN, PLANET_ZEROTIER, ZeroTierConfig, parse_hostport,
+                          zt_endpoint_problem)
 from hactl.fsm.coerce import ValidationError
 from hactl.fsm.commands import (CommandError, build_member_request, build_planet_init, build_planet_set,
                                 build_zt_root, decode, new_planet_key, new_world_id)
@@ -136,7 +138,10 @@ def load_or_create_root_identity(zt_dir: Path) -> Identity:
 
 
 def root_endpoints(cfg: ZeroTierConfig) -> list[str]:
-    """Where members reach this node as a root ("IP/port"): zerotier.endpoints, else a specific bind address."""
+    """Where members reach this node as a root ("IP/port"): zerotier.endpoints, else a specific bind address;
+    none yet with [auto] (learned from the other nodes, ZeroTierService._auto_endpoints)."""
+    if cfg.endpoints == [ENDPOINTS_AUTO]:
+        return []
     if cfg.endpoints:
         return list(cfg.endpoints)
     if not cfg.bind:
@@ -154,6 +159,22 @@ def _no_planet() -> World:
     no client holds its id, 0)."""
     pub, priv = new_planet_key()
     return World.make(WorldType.PLANET, 0, 0, pub, [], sign_with=priv)
+
+
+def auto_endpoint(votes: list[str], n_others: int, port: int) -> tuple[str | None, str | None]:
+    """(endpoint, None) when a majority of the other voters (n_others) see this node at one IP (votes: the IPs
+    those that answered reported), else (None, why not; None if there is simply no majority yet)."""
+    if not votes:
+        return None, None
+    ip, n = collections.Counter(votes).most_common(1)[0]
+    if n < n_others // 2 + 1:
+        return None, None
+    endpoint = f"{ip}/{port}"
+    problem = zt_endpoint_problem(endpoint)
+    if problem:
+        return None, (f"the other nodes see this one at {ip}, which members cannot use ({problem}): run the "
+                      "control plane over the members' network, or set zerotier.endpoints")
+    return endpoint, None
 
 
 def _sockaddrs(endpoints: list[str]) -> list[tuple[str, int]]:
@@ -307,6 +328,7 @@ class ZeroTierService:
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._futile: dict[tuple[int, int], int] = {}  # write attempts that changed nothing, by config revision
         self._registry_dirty = False
+        self._auto_problem: str | None = None  # why zerotier.endpoints: [auto] has no endpoint (said once)
         self._redirected: dict[int, tuple[int, str]] = {}  # member -> (when, ms; node) it was handed over
         controller.mesh.register(LOAD_METHOD, self._serve_load)
 
@@ -393,7 +415,30 @@ class ZeroTierService:
             except (ClusterUnavailable, Overloaded, OutcomeUnknown) as e:
                 log.debug("zerotier: planet upkeep deferred: %s", e)
 
+    async def _auto_endpoints(self) -> list[str]:
+        """zerotier.endpoints: [auto]: the IP a majority of the other voters see this node at, with the bind port,
+        as a distributed dynamic DNS (no outside service). Without such a majority, the endpoints stay as they
+        were."""
+        others = [v for v in self.ctl.model.membership.voters if v != self.ctl.node_id]
+        if not others:
+            return self.root_endpoints
+        votes = await self.ctl.mesh.seen_as(others)
+        endpoint, problem = auto_endpoint(votes, len(others), self.bind[1])
+        if endpoint is None:
+            if problem and problem != self._auto_problem:
+                log.warning("zerotier: endpoints auto: %s", problem)
+            self._auto_problem = problem
+            return self.root_endpoints
+        self._auto_problem = None
+        if [endpoint] != self.root_endpoints:
+            log.info("zerotier: endpoints auto: a majority of the other nodes see this one at %s: endpoint %s",
+                     endpoint.rpartition("/")[0], endpoint)
+        return [endpoint]
+
     async def _record_root(self, machine: Any, refused: str | None) -> str | None:
+        if self.cfg.endpoints == [ENDPOINTS_AUTO]:
+            self.root_endpoints = await self._auto_endpoints()
+            self.switch.self_endpoints.update(_sockaddrs(self.root_endpoints))
         want = {"identity": str(self.root_identity.public_only()), "endpoints": self.root_endpoints}
         have = machine.root_records().get(self.ctl.node_id)
         if have is not None and have.get("identity") == want["identity"] and \

@@ -12,10 +12,12 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import random
 import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -61,6 +63,7 @@ class PeerAuthorizer(Protocol):
 
 
 VOUCH_METHOD = "mesh.vouch"
+SEEN_METHOD = "mesh.seen"  # "which IP do you see me at?"
 
 
 @dataclass
@@ -145,6 +148,7 @@ class Mesh:
         self.authorizer = authorizer
         if authorizer is not None:
             self.rpc.register(VOUCH_METHOD, self._serve_vouch)
+        self.rpc.register(SEEN_METHOD, self._serve_seen)
         self._server: grpc.aio.Server | None = None
         self._pinger: asyncio.Task | None = None
         self._running = False
@@ -434,6 +438,24 @@ class Mesh:
                 return None
         return refusal.reason
 
+    async def _serve_seen(self, peer: str, body: Any) -> dict[str, Any]:
+        """The IP the asking peer's connection comes from (it dialed us), or the one we reach it at (we dialed):
+        where it is seen from here, for a node that learns its own public address from its peers."""
+        conn = self.connection(peer)
+        return {"ip": ip_of(conn.addr) if conn is not None else None}
+
+    async def seen_as(self, peers: list[str], timeout: float = 1.0) -> list[str]:
+        """The IPs the given connected peers see us at (those that answer in time)."""
+        async def ask(peer: str) -> str | None:
+            try:
+                reply = await self.call(peer, SEEN_METHOD, {}, timeout=timeout)
+            except (PeerUnavailable, RemoteError, asyncio.TimeoutError):
+                return None
+            ip = reply.get("ip") if isinstance(reply, dict) else None
+            return ip if isinstance(ip, str) else None
+        answers = await asyncio.gather(*(ask(p) for p in peers if self.connection(p) is not None))
+        return [ip for ip in answers if ip]
+
     async def _serve_vouch(self, peer: str, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict) or not isinstance(body.get("id"), str):
             raise RemoteError("bad_request", "expected {id, serial}")
@@ -695,3 +717,16 @@ def _dial_error(e: StreamClosed) -> HandshakeError:
         return HandshakeError(f"TLS handshake failed ({text}): is the peer's certificate issued by this cluster's "
                               "CA (and ours by its CA), and does it carry the expected SAN?")
     return HandshakeError(text)
+
+
+def ip_of(addr: str) -> str | None:
+    """The IP in a connection's peer address: gRPC's "ipv4:1.2.3.4:5" or "ipv6:[::1]:5" (maybe %-encoded), or a
+    dialed "host:port"; None for a name."""
+    addr = urllib.parse.unquote(addr)
+    for prefix in ("ipv4:", "ipv6:"):
+        addr = addr.removeprefix(prefix)
+    host = addr.rpartition(":")[0].strip("[]")
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None

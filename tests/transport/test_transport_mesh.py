@@ -252,3 +252,24 @@ def test_a_snapshot_message_on_the_message_lane_is_dropped(test_pki: PkiFixture)
         finally:
             await stop_all(*meshes.values())
     run(main())
+
+
+def test_peers_say_which_ip_they_see_us_at(test_pki: PkiFixture) -> None:
+    """mesh.seen over real connections: each peer answers with the IP our connection comes from (or the one it
+    dialed us at); an unknown or disconnected peer gives no answer."""
+    from hactl.transport.mesh import ip_of
+
+    async def main() -> None:
+        meshes = await start_cluster(test_pki, ["n1", "n2", "n3"])
+        try:
+            await _until(lambda: all(len(m.connected()) == 2 for m in meshes.values()))
+            for name, m in meshes.items():
+                others = [p for p in meshes if p != name]
+                assert await m.seen_as(others + ["n9"]) == ["127.0.0.1", "127.0.0.1"]
+        finally:
+            await stop_all(*meshes.values())
+    run(main())
+    assert ip_of("ipv4:203.0.113.7:41000") == "203.0.113.7"
+    assert ip_of("ipv6:[2001:db8::7]:41000") == ip_of("ipv6:%5B2001:db8::7%5D:41000") == "2001:db8::7"
+    assert ip_of("198.51.100.2:6262") == "198.51.100.2"
+    assert ip_of("ctrl2:6262") is None

@@ -85,3 +85,27 @@ def test_root_endpoints_default_to_a_specific_bind_address() -> None:
     assert root_endpoints(ZeroTierConfig(bind="0.0.0.0:9993")) == []
     assert root_endpoints(ZeroTierConfig(bind="")) == []
     assert root_endpoints(ZeroTierConfig(bind="0.0.0.0:9993", endpoints=["203.0.113.7/9993"])) == ["203.0.113.7/9993"]
+
+
+def test_auto_endpoint_needs_a_majority_of_the_other_nodes_and_a_usable_address() -> None:
+    from hactl.server.zerotier import auto_endpoint
+    assert auto_endpoint(["203.0.113.7", "203.0.113.7"], 2, 9993) == ("203.0.113.7/9993", None)
+    assert auto_endpoint(["203.0.113.7", "198.51.100.1"], 2, 9993) == (None, None)  # split: no majority of 2
+    assert auto_endpoint(["203.0.113.7", "203.0.113.7", "198.51.100.1"], 4, 9993) == (None, None)  # 2 of 4
+    assert auto_endpoint(["203.0.113.7"] * 3 + ["198.51.100.1"], 4, 9994) == ("203.0.113.7/9994", None)
+    assert auto_endpoint(["2001:db8::7"] * 2, 2, 9993) == ("2001:db8::7/9993", None)
+    assert auto_endpoint([], 2, 9993) == (None, None)
+    endpoint, problem = auto_endpoint(["127.0.0.1", "127.0.0.1"], 2, 9993)
+    assert endpoint is None and problem is not None and "127.0.0.1" in problem and "control plane" in problem
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["203.0.113.7", "198.51.100.1", "192.0.2.9"]), max_size=6),
+       st.integers(min_value=1, max_value=6))
+def test_auto_endpoint_is_only_ever_what_a_majority_reported(votes: list[str], n_others: int) -> None:
+    from collections import Counter
+
+    from hactl.server.zerotier import auto_endpoint
+    endpoint, _ = auto_endpoint(votes, n_others, 9993)
+    if endpoint is not None:
+        assert Counter(votes)[endpoint.rpartition("/")[0]] > n_others // 2
