@@ -3,15 +3,15 @@
   10.203.N.100  our root (this file run as a subprocess, `--serve`: an Endpoint driving a Root), the ONLY root of
                 a planet we build and sign with hactl.zt.world; in its own namespace plugged into the harness
                 namespace's bridge (a separate host on the LAN; why: see test_libzt_node.py)
-  10.203.N.x    two libzt members in the harness's namespace, using that planet
+  10.203.N.2-3  two libzt members, each in a namespace of its own on the same bridge (separate hosts), using
+                that planet
 
 The members come online through our root, join an ad-hoc network (`ff` + port, no controller needed), and
 exchange TCP data through it: WHOIS answered, MULTICAST_LIKE/GATHER for neighbour discovery, the first packets
 relayed, RENDEZVOUS sent to both. The root is then given a newer planet (same id, later timestamp, same signing
 key): each member's next HELLO gets it in OK(HELLO) and libzt stores it in its storage dir as `roots`.
 
-After RENDEZVOUS the members talk directly: a second echo succeeds while the root relays none of it. (The harness
-namespace needs accept_local for that, as every multi-address namespace here: see cluster_ns.)
+After RENDEZVOUS the members talk directly: a second echo succeeds while the root relays none of it.
 Needs root (network namespaces), g++ and, the first time, PyPI; if libzt cannot be had the test fails (no skip).
 """
 from __future__ import annotations
@@ -133,8 +133,6 @@ def scenario(libzt, ns, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     procs: list[Any] = []
     hosts: list[str] = []
     try:
-        from tests.zt.libzt.cluster_ns import _ns_sysctls
-        _ns_sysctls(ns)
         rootns = controller_host(ns)  # 10.203.N.100 on the bridge, arp_ignore in the harness namespace
         hosts.append(rootns)
         root = root_proc(["ip", "netns", "exec", rootns], ident.to_string(True), planet.encode().hex(),
@@ -144,7 +142,8 @@ def scenario(libzt, ns, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
 
         members = []
         for i, port in enumerate(MEMBER_PORTS):
-            m = NodeProc(f"m{i}", libzt, tmp_path / f"m{i}.log", prefix=ns.cmd([]))
+            ns.separate_host(1 + i)
+            m = NodeProc(f"m{i}", libzt, tmp_path / f"m{i}.log", prefix=ns.host_cmd(1 + i, []))
             procs.append(m)
             m.call("start", storage=str(tmp_path / f"m{i}"), port=port, planet=planet.encode().hex())
             members.append(m)

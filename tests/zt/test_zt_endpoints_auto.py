@@ -10,7 +10,6 @@ Needs root (network namespaces).
 """
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import yaml
@@ -22,33 +21,13 @@ from tests.zt.libzt.cluster_ns import InNetNS
 from tests.zt.libzt.netns import NetNS
 
 
-def ip(*args: str) -> None:
-    p = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20)
-    assert p.returncode == 0, f"ip {' '.join(args)}: {p.stderr.strip()}"
-
-
-def host_namespaces(ns: NetNS, n: int) -> list[str]:
-    """Move veths v1..vn of the bridge namespace into namespaces of their own (separate hosts on one LAN)."""
-    names = []
-    for i in range(1, n + 1):
-        name = f"{ns.name}-h{i}"
-        ip("netns", "add", name)
-        names.append(name)
-        ip("-n", ns.name, "link", "set", f"v{i}", "netns", name)
-        ip("-n", name, "link", "set", "lo", "up")
-        ip("-n", name, "addr", "add", f"{ns.addrs[i]}/24", "dev", f"v{i}")
-        ip("-n", name, "link", "set", f"v{i}", "up")
-    return names
-
-
 def test_a_node_with_endpoints_auto_is_listed_where_the_others_see_it(tmp_path: Path) -> None:
     ids = node_ids(3)
-    hosts: list[str] = []
     cluster: ProcCluster | None = None
     client: InNetNS | None = None
     with NetNS(4) as ns:
         try:
-            hosts = host_namespaces(ns, 3)
+            hosts = [ns.separate_host(i) for i in (1, 2, 3)]
             addr = {nid: ns.addrs[1 + i] for i, nid in enumerate(ids)}
             zt = {nid: {"zerotier": {"bind": f"{addr[nid]}:9993"}} for nid in ids}
             zt["ctrl3"] = {"zerotier": {"bind": "0.0.0.0:9993", "endpoints": ["auto"]}}
@@ -86,5 +65,3 @@ def test_a_node_with_endpoints_auto_is_listed_where_the_others_see_it(tmp_path: 
                 cluster.close()
             if client is not None:
                 client.close()
-            for h in hosts:
-                subprocess.run(["ip", "netns", "del", h], capture_output=True, timeout=20)

@@ -29,6 +29,7 @@ class NetNS:
         self.subnet = subnet if subnet is not None else 1 + os.getpid() % 250
         self.addrs = [f"10.203.{self.subnet}.{i + 1}" for i in range(n_addrs)]
         self.created = False
+        self.hosts: dict[int, str] = {}  # veth index -> the namespace it was moved into (separate_host)
 
     def cmd(self, argv: list[str]) -> list[str]:
         """argv run inside the namespace."""
@@ -53,7 +54,25 @@ class NetNS:
             raise
         return self
 
+    def separate_host(self, i: int) -> str:
+        """Move veth v<i> and its address into a namespace of its own, still on the bridge: a separate host on
+        the LAN (its own loopback and routes: nothing of the others' addresses is local to it). Its name."""
+        name = f"{self.name}-h{i}"
+        _ip("netns", "add", name)
+        self.hosts[i] = name
+        _ip("-n", self.name, "link", "set", f"v{i}", "netns", name)
+        _ip("-n", name, "link", "set", "lo", "up")
+        _ip("-n", name, "addr", "add", f"{self.addrs[i]}/24", "dev", f"v{i}")
+        _ip("-n", name, "link", "set", f"v{i}", "up")
+        return name
+
+    def host_cmd(self, i: int, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.hosts[i], *argv]
+
     def destroy(self) -> None:
+        for name in self.hosts.values():
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20)
+        self.hosts.clear()
         if self.created:
             subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=20)
             self.created = False
