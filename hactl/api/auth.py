@@ -15,7 +15,7 @@ from aiohttp import web
 from hactl.api.context import context
 from hactl.api.errors import Handler, unauthorized
 
-OPEN_PATHS = frozenset({"/health", "/planet"})  # the routes declared with auth=False (a test checks)
+OPEN_PATHS = frozenset({"/health", "/livez", "/readyz", "/planet"})  # the routes declared with auth=False (a test checks)
 TOKEN_HEADER = "X-ZT1-Auth"
 TOKEN_QUERY = "auth"
 MAX_TOKEN_CHARS = 1024  # a token longer than this is not ours: do not even hash it

@@ -60,6 +60,12 @@ class Cluster(Protocol):
         """(healthy, details): healthy when a leader is known and this node has applied up to the leader's
         commit index as of the last contact."""
 
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        """(live, details): the process and its Raft loop respond; no leader needed (etcd's /livez)."""
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, details with reasons): a leader known, caught up, no alarm (etcd's /readyz)."""
+
     def check_token(self, token: str) -> bool:
         """Constant-time comparison against the cluster's API token (its hash is in ctrl.db). Raises
         ClusterUnavailable while the cluster is not initialised (there is no token to compare with yet)."""

@@ -30,6 +30,16 @@ def _version_numbers(version: str) -> dict[str, int]:
     return dict(zip(("versionMajor", "versionMinor", "versionRev", "versionBuild"), nums))
 
 
+async def get_livez(request: web.Request) -> web.Response:
+    live, details = context(request).cluster.liveness()
+    return json_response(details, 200 if live else 503)
+
+
+async def get_readyz(request: web.Request) -> web.Response:
+    ready, details = context(request).cluster.readiness()
+    return json_response(details, 200 if ready else 503)
+
+
 async def get_health(request: web.Request) -> web.Response:
     healthy, details = context(request).cluster.health()
     # 503 when unhealthy: that is what load balancers and compose healthchecks act on.
@@ -63,6 +73,13 @@ ROUTES: list[Route] = [
           auth=False, errors=(503,), tags=("status",),
           description="200 when a leader is known and this node has applied up to the leader's commit index "
                       "as of the last contact, else 503 (same body)."),
+    Route("GET", "/livez", get_livez, "getLivez", "Liveness of this node (no token needed)", ref("Livez"),
+          auth=False, errors=(503,), tags=("status",),
+          description="200 while the process and its Raft loop respond (no leader needed; restart it on 503)."),
+    Route("GET", "/readyz", get_readyz, "getReadyz", "Readiness of this node (no token needed)", ref("Readyz"),
+          auth=False, errors=(503,), tags=("status",),
+          description="200 when a leader is known, this node is caught up and no alarm is on; else 503 with "
+                      "`reasons`."),
     Route("GET", "/status", get_status, "getStatus", "Node status (ZeroTier fields plus `cluster`)",
           ref("Status"), tags=("status",)),
     Route("GET", "/controller", get_controller, "getController", "Controller status", ref("Controller"),

@@ -184,6 +184,12 @@ CONTROLLER = {"type": "object",
                              "databaseReady": {"type": "boolean"}}}
 HEALTH = {"type": "object", "required": ["healthy"], "properties": {"healthy": {"type": "boolean"}},
           "additionalProperties": True}
+LIVEZ = {"type": "object", "required": ["live"], "properties": {"live": {"type": "boolean"},
+                                                               "io_stalled_s": {"type": "number"}},
+         "additionalProperties": True}
+READYZ = {"type": "object", "required": ["ready", "reasons"],
+          "properties": {"ready": {"type": "boolean"}, "reasons": {"type": "array", "items": {"type": "string"}}},
+          "additionalProperties": True}
 NETWORK_IDS = {"type": "array", "items": HEX16}
 MEMBER_REVISIONS = {"type": "object", "description": "member address -> revision",
                     "propertyNames": HEX10, "additionalProperties": {"type": "integer"}}
@@ -209,7 +215,7 @@ COMPONENTS: dict[str, Schema] = {
     "Network": NETWORK, "NetworkInput": NETWORK_INPUT, "Member": MEMBER, "MemberInput": MEMBER_INPUT,
     "Error": ERROR, "Status": STATUS, "ClusterStatus": CLUSTER_STATUS, "ZeroTierStatus": ZEROTIER_STATUS,
     "Controller": CONTROLLER,
-    "Health": HEALTH, "NetworkIds": NETWORK_IDS, "MemberRevisions": MEMBER_REVISIONS,
+    "Health": HEALTH, "Livez": LIVEZ, "Readyz": READYZ, "NetworkIds": NETWORK_IDS, "MemberRevisions": MEMBER_REVISIONS,
     "UnstableNetworks": UNSTABLE_NETWORKS, "UnstableMembers": UNSTABLE_MEMBERS,
     "Rule": RULE, "Route": ROUTE, "IpAssignmentPool": POOL,
 }

@@ -12,6 +12,7 @@ exit (a supervisor restarts it) rather than serve a frozen model.
 from __future__ import annotations
 
 import asyncio
+import time
 import concurrent.futures
 import itertools
 import logging
@@ -90,6 +91,7 @@ class RaftNode:
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raft-io-{self.id}")
         self._snap_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"raft-snap-{self.id}")
         self._wake = asyncio.Event()
+        self._io_since: float | None = None  # when the I/O thread's current fsync/apply began
         self._early_scheduled = False
         self._tasks: list[asyncio.Task] = []
         self._proposals: dict[int, tuple[int, asyncio.Future]] = {}
@@ -170,6 +172,13 @@ class RaftNode:
     @property
     def snapshot_in_progress(self) -> bool:
         return self.driver.snapshotting
+
+    @property
+    def io_stalled_s(self) -> float:
+        """How long the fsync/apply in progress on the I/O thread has been running (0 when none is): a disk
+        that hangs shows here, while the event loop still answers."""
+        since = self._io_since
+        return 0.0 if since is None else time.monotonic() - since
 
     @property
     def running(self) -> bool:
@@ -338,7 +347,11 @@ class RaftNode:
                     self._send_all(d.persist(rd))
                     results = d.apply(rd)
                 else:
-                    results = await loop.run_in_executor(self._io, self._persist_and_apply_io, rd, loop)
+                    self._io_since = time.monotonic()
+                    try:
+                        results = await loop.run_in_executor(self._io, self._persist_and_apply_io, rd, loop)
+                    finally:
+                        self._io_since = None
                 if not self._running:
                     return
                 d.finish(rd)

@@ -390,6 +390,12 @@ class Controller:
     def health(self) -> tuple[bool, dict[str, Any]]:
         return self.health_.health()
 
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        return self.health_.liveness()
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        return self.health_.readiness()
+
     async def read_barrier(self) -> None:
         try:
             await self.node.read_barrier(timeout=self.cfg.raft.apply_timeout_s)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+LIVE_IO_STALL_S = 30.0  # an fsync/apply running longer than this: the node is not live (its disk hangs)
+
 from hactl.raft.node import RaftNode
 from hactl.raft.types import Role
 from hactl.transport.mesh import Mesh
@@ -47,3 +49,25 @@ class Health:
               and self.restart_reason is None)
         return ok, {"leader": st.leader, "applied": st.applied, "commit": st.commit, "role": st.role.name.lower(),
                     "alarms": [{"node": a["node"], "name": a["name"]} for a in self.alarms()]}
+
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        """Live: the process answers (this call ran on its event loop), Raft is running (not failed and on its way
+        out), and the I/O thread is not stuck in one fsync or apply. Needs no leader: a supervisor restarts a node
+        that is not live, and restarting nodes that only lost their quorum would not bring it back."""
+        stalled = self.node.io_stalled_s
+        ok = self.node.running and stalled < LIVE_IO_STALL_S
+        return ok, {"live": ok, "raft_running": self.node.running, "io_stalled_s": round(stalled, 3)}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready to serve writes and linearizable reads: healthy (a leader known, caught up, no restart pending)
+        and no alarm (while one is on, writes that add data are refused). Each reason not to be is listed."""
+        healthy, details = self.health()
+        reasons = []
+        if not self.node.running:
+            reasons.append("raft is not running")
+        elif details["leader"] is None:
+            reasons.append("no leader known (quorum lost or an election under way)")
+        elif not healthy:
+            reasons.append("restart pending" if self.restart_reason else "not caught up with the leader's commit")
+        reasons += [f"alarm {a['name']} on {a['node']}" for a in details["alarms"]]
+        return not reasons, {**details, "ready": not reasons, "reasons": reasons}

@@ -1,4 +1,4 @@
-"""Authentication: the three token forms, 401 `{}` for everything else, /health open."""
+"""Authentication: the three token forms, 401 `{}` for everything else, /health, /livez and /readyz open."""
 from __future__ import annotations
 
 from api_helpers import ApiEnv, initialised
@@ -71,6 +71,23 @@ async def test_health_is_503_without_a_leader(noleader_env: ApiEnv) -> None:
     r = await noleader_env.request("GET", "/health", auth=False)
     assert r.status == 503, r
     assert r.json["healthy"] is False
+
+
+async def test_livez_and_readyz_need_no_token(env: ApiEnv) -> None:
+    r = await env.request("GET", "/livez", auth=False)
+    assert r.status == 200 and r.json["live"] is True and r.json["io_stalled_s"] >= 0, r
+    r = await env.request("GET", "/readyz", auth=False)
+    assert r.status == 200 and r.json["ready"] is True and r.json["reasons"] == [], r
+
+
+async def test_quorum_lost_livez_stays_200_and_readyz_turns_503(quorum_lost_env: ApiEnv) -> None:
+    """etcd's split: a supervisor restarts on /livez (restarting would not bring the quorum back), a load balancer
+    routes on /readyz."""
+    r = await quorum_lost_env.request("GET", "/livez", auth=False)
+    assert r.status == 200 and r.json["live"] is True, r
+    r = await quorum_lost_env.request("GET", "/readyz", auth=False)
+    assert r.status == 503 and r.json["ready"] is False, r
+    assert any("no leader" in why for why in r.json["reasons"]), r.json
 
 
 async def test_non_utf8_token_bytes_are_401_not_500(env: ApiEnv) -> None:
