@@ -9,9 +9,9 @@ import sys
 from hactl import __version__
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(level: str, fmt: str = "text", node_id: str | None = None) -> None:
+    from hactl import logs
+    logs.setup(level, fmt, node_id)
 
 
 def _controller_run(args: argparse.Namespace) -> int:
@@ -24,7 +24,7 @@ def _controller_run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"hactl: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    _setup_logging(cfg.log.level)
+    _setup_logging(cfg.log.level, cfg.log.format, cfg.id)
     try:
         return asyncio.run(Controller(cfg).run())
     except (StartupError, StorageError, SnapshotError) as e:

@@ -18,6 +18,7 @@ import yaml
 
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 MIN_STORAGE_BYTES = 1 << 20
 PLANET_OWN, PLANET_ZEROTIER = "own", "zerotier"  # zerotier.planet's keywords (anything else is a file)
 ENDPOINTS_AUTO = "auto"  # zerotier.endpoints: [auto]
@@ -119,6 +120,7 @@ class ZeroTierConfig:
 @dataclass
 class LogConfig:
     level: str = "info"
+    format: str = "text"  # or "json": one object per line with ts, level, logger, msg, node and term
 
 
 @dataclass
@@ -319,6 +321,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(src, f"zerotier.endpoints[{i}]", problem)
     if cfg.log.level not in LOG_LEVELS:
         raise ConfigError(src, "log.level", f"expected one of {', '.join(LOG_LEVELS)}, got {cfg.log.level!r}")
+    if cfg.log.format not in LOG_FORMATS:
+        raise ConfigError(src, "log.format", f"expected one of {', '.join(LOG_FORMATS)}, got {cfg.log.format!r}")
     host, _ = parse_hostport(cfg.control.advertise, src, "control.advertise")
     try:
         if ipaddress.ip_address(host).is_unspecified:

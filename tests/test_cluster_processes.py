@@ -246,3 +246,17 @@ def test_bad_config_exits_nonzero_naming_file_and_key(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert str(bad) in out.stderr and "raft.tick_ms" in out.stderr and "expected an integer" in out.stderr
+
+
+def test_json_logs_carry_the_node_and_its_term(cluster) -> None:
+    """log.format: json: every line a JSON object a log shipper can take as is, naming the node and, once Raft
+    runs, its term."""
+    import json
+    c = cluster(log={"format": "json"})
+    c.wait_ready()
+    for nid in c.ids:
+        lines = [ln for ln in c.log(nid).splitlines() if ln.strip()]
+        records = [json.loads(ln) for ln in lines]  # (raises, failing the test, on any line that is not JSON)
+        assert records and all(r["node"] == nid and r["level"] in ("debug", "info", "warning", "error", "critical")
+                               and r["ts"].endswith("+00:00") for r in records), lines[:5]
+        assert any(r.get("term", 0) >= 1 for r in records), lines[-5:]

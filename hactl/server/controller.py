@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+from hactl import logs
 from hactl import __version__
 from hactl._fs import atomic_write
 from hactl.aio import cancel_and_wait
@@ -128,6 +129,7 @@ class Controller:
                                 snapshot_trailing=cfg.snapshots.trailing_entries),
             bootstrap=bootstrap, restored=restored,
             bootstrap_contexts={k: v.encode() for k, v in cfg.cluster.initial_cluster.items()})
+        logs.set_context(lambda: {"term": self.node.term} if self.node is not None else {})
         self.peers.node = self.node
         self.node.on_role_change = self._on_role_change
         self.node.on_conf_change = self._on_conf_change
