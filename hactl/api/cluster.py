@@ -60,6 +60,9 @@ class Cluster(Protocol):
         """(healthy, details): healthy when a leader is known and this node has applied up to the leader's
         commit index as of the last contact."""
 
+    def metrics_collector(self) -> Any:
+        """A prometheus_client Collector of this node's state, read at each scrape of GET /metrics."""
+
     def liveness(self) -> tuple[bool, dict[str, Any]]:
         """(live, details): the process and its Raft loop respond; no leader needed (etcd's /livez)."""
 

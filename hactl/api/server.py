@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from hactl.api import openapi, routes_member, routes_network, routes_planet, routes_status
+from hactl.api import metrics, openapi, routes_member, routes_network, routes_planet, routes_status
 from hactl.api.auth import auth_middleware
 from hactl.api.cluster import Cluster
 from hactl.api.context import CONTEXT, ApiContext
@@ -26,14 +26,19 @@ access_log = logging.getLogger("hactl.api.access")
 def all_routes() -> list[Route]:
     # Order matters where templates overlap: {ctrl}______ is declared before {nwid} in routes_network.
     return [*routes_status.ROUTES, *routes_network.ROUTES, *routes_member.ROUTES, *routes_planet.ROUTES,
-            *openapi.ROUTES]
+            *metrics.ROUTES, *openapi.ROUTES]
 
 
 def build_app(cluster: Cluster, *, max_body_bytes: int = 1 << 20, version: str) -> web.Application:
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be positive")
     # client_max_size backs up our own limit (inputs.read_body) should anything use aiohttp's body readers.
-    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=max_body_bytes)
+    app = web.Application(middlewares=[metrics.metrics_middleware, error_middleware, auth_middleware],
+                          client_max_size=max_body_bytes)
+    app[metrics.METRICS] = m = metrics.ApiMetrics()
+    collector = cluster.metrics_collector()
+    if collector is not None:
+        m.registry.register(collector)
     app[CONTEXT] = ApiContext(cluster=cluster, max_body_bytes=max_body_bytes, version=version)
     routes = all_routes()
     for r in routes:

@@ -87,6 +87,7 @@ class Controller:
         self.health_: Health | None = None
         self.storage_alarms: StorageMonitor | None = None
         self.zerotier: Any = None
+        self.raft_transport: RaftTransport | None = None
 
     # ------------------------------------------------------------------ start and stop
 
@@ -119,6 +120,7 @@ class Controller:
         transport = RaftTransport(self.mesh, snapshot_sink=store.receiver,
                                   on_snapshot_status=lambda to, ok: self.node and self.node.report_snapshot(to, ok),
                                   on_unreachable=lambda to: self.node and self.node.report_unreachable(to))
+        self.raft_transport = transport
         r = cfg.raft
         bootstrap = ConfState(tuple(cfg.cluster.initial_cluster)) if cfg.cluster.initial_cluster else None
         self.node = RaftNode(
@@ -394,6 +396,10 @@ class Controller:
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:
         return self.health_.liveness()
+
+    def metrics_collector(self) -> Any:
+        from hactl.server.metrics import ControllerCollector
+        return ControllerCollector(self)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         return self.health_.readiness()

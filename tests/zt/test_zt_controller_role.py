@@ -448,5 +448,10 @@ async def own_planet_upstreams(tmp_path: Path) -> None:
         st = await until(online, "the controller online through the cluster's own root", timeout=30)
         assert st["roots"][0]["endpoints"] == ["203.0.113.7/9993"], st
         assert st["root_stats"].get("rx.hello", 0) >= 1, st  # the controller's HELLO reached the root
+        # ... and what /metrics reports of it
+        samples = {(x.name, tuple(sorted(x.labels.items()))): x.value
+                   for fam in c.metrics_collector().collect() for x in fam.samples}
+        assert samples[("hactl_zerotier_online", ())] == 1
+        assert samples[("hactl_zerotier_events_total", (("event", "rx.hello"), ("identity", "root")))] >= 1
     finally:
         await c.stop()
