@@ -19,6 +19,7 @@ import yaml
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+EVENT_NAMESPACES = ("cluster", "entityChange", "zerotier")
 MIN_STORAGE_BYTES = 1 << 20
 PLANET_OWN, PLANET_ZEROTIER = "own", "zerotier"  # zerotier.planet's keywords (anything else is a file)
 ENDPOINTS_AUTO = "auto"  # zerotier.endpoints: [auto]
@@ -118,6 +119,15 @@ class ZeroTierConfig:
 
 
 @dataclass
+class EventSinkConfig:
+    type: str = "file"  # file (JSON lines, rotated) or stdout
+    namespaces: list[str] = field(default_factory=list)  # empty: every namespace
+    path: str = ""  # file: default <data_dir>/events.jsonl; relative to the config file
+    max_bytes: int = 16 << 20  # file: rotated beyond this
+    keep: int = 5  # file: rotated files kept (events.jsonl.1 ... .5)
+
+
+@dataclass
 class LogConfig:
     level: str = "info"
     format: str = "text"  # or "json": one object per line with ts, level, logger, msg, node and term
@@ -137,6 +147,7 @@ class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     zerotier: ZeroTierConfig = field(default_factory=ZeroTierConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    events: list[EventSinkConfig] = field(default_factory=list)
     source: str = field(default="<defaults>", compare=False)
 
     @property
@@ -206,6 +217,8 @@ def _coerce(value: Any, kind: Any, src: str, key: str) -> Any:
             raise ConfigError(src, key, f"expected a list, got {type(value).__name__}")
         (item,) = kind.__args__
         return [_coerce(v, item, src, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value if value is not None else {}, src, key + ".")
     if origin is dict:
         if value is None:
             return {}
@@ -239,6 +252,8 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
     cfg.pki.ca, cfg.pki.cert, cfg.pki.key = res(cfg.pki.ca), res(cfg.pki.cert), res(cfg.pki.key)
     cfg.agent.socket = res(cfg.agent.socket)
     cfg.api.tls_cert, cfg.api.tls_key = res(cfg.api.tls_cert), res(cfg.api.tls_key)
+    for sink in cfg.events:
+        sink.path = res(sink.path)
     if cfg.zerotier.planet in ("", PLANET_OWN, PLANET_ZEROTIER):
         cfg.zerotier.planet = cfg.zerotier.planet or PLANET_OWN
     else:
@@ -321,6 +336,18 @@ def validate(cfg: Config) -> None:
             raise ConfigError(src, f"zerotier.endpoints[{i}]", problem)
     if cfg.log.level not in LOG_LEVELS:
         raise ConfigError(src, "log.level", f"expected one of {', '.join(LOG_LEVELS)}, got {cfg.log.level!r}")
+    for i, sink in enumerate(cfg.events):
+        where = f"events[{i}]"
+        if sink.type not in ("file", "stdout"):
+            raise ConfigError(src, f"{where}.type", f"expected file or stdout, got {sink.type!r}")
+        for ns in sink.namespaces:
+            if ns not in EVENT_NAMESPACES:
+                raise ConfigError(src, f"{where}.namespaces", f"unknown namespace {ns!r} (known: "
+                                  f"{', '.join(EVENT_NAMESPACES)})")
+        if sink.max_bytes < 4096:
+            raise ConfigError(src, f"{where}.max_bytes", f"at least 4096, got {sink.max_bytes}")
+        if sink.keep < 0:
+            raise ConfigError(src, f"{where}.keep", f"must be >= 0, got {sink.keep}")
     if cfg.log.format not in LOG_FORMATS:
         raise ConfigError(src, "log.format", f"expected one of {', '.join(LOG_FORMATS)}, got {cfg.log.format!r}")
     host, _ = parse_hostport(cfg.control.advertise, src, "control.advertise")

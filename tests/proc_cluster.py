@@ -92,7 +92,10 @@ class ProcCluster:
             doc = yaml.safe_load(s.config.read_text())
             for sections in (config or {}, (node_config or {}).get(s.id, {})):
                 for section, values in sections.items():
-                    doc.setdefault(section, {}).update(values)
+                    if isinstance(values, dict):
+                        doc.setdefault(section, {}).update(values)
+                    else:  # a top-level list (events) replaces the section
+                        doc[section] = values
             s.config.write_text(yaml.safe_dump(doc))
         self.token = (root / "api-token").read_text().strip()
         self.procs: dict[str, subprocess.Popen] = {}

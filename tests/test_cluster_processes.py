@@ -260,3 +260,32 @@ def test_json_logs_carry_the_node_and_its_term(cluster) -> None:
         assert records and all(r["node"] == nid and r["level"] in ("debug", "info", "warning", "error", "critical")
                                and r["ts"].endswith("+00:00") for r in records), lines[:5]
         assert any(r.get("term", 0) >= 1 for r in records), lines[-5:]
+
+
+def test_killing_the_leader_is_told_by_the_survivors_events(cluster) -> None:
+    """Each node's event file (events: [{type: file}]) names it as event_src_id. After a kill -9 of the leader
+    the survivors report peer.disconnected for it, one reports leadership.gained, and both report
+    state.has_leader with the new leader, at a higher term."""
+    import json
+    c = cluster(events=[{"type": "file", "namespaces": ["cluster"]}])
+    c.wait_ready()
+    old = c.leader()
+    files = {nid: c.specs[nid].data_dir / "events.jsonl" for nid in c.ids}
+
+    def events(nid: str) -> list[dict]:
+        p = files[nid]
+        return [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
+    c.wait(lambda: any(e["eventType"] == "leadership.gained" for e in events(old)), 10, f"{old}'s leadership event")
+    old_term = next(e["term"] for e in events(old) if e["eventType"] == "leadership.gained")
+    c.kill(old)
+    survivors = [n for n in c.ids if n != old]
+    new = c.wait_new_leader(old)
+
+    def told(nid: str) -> bool:
+        evs = events(nid)
+        return any(e["eventType"] == "state.has_leader" and e["leaderId"] == new and e["term"] > old_term
+                   for e in evs) and any(e["eventType"] == "peer.disconnected" and e["peer"] == old for e in evs)
+    c.wait(lambda: all(told(n) for n in survivors), 20, f"both survivors to report {new} leading")
+    assert any(e["eventType"] == "leadership.gained" and e["term"] > old_term for e in events(new))
+    for nid in c.ids:
+        assert events(nid) and all(e["event_src_id"] == nid and e["namespace"] == "cluster" for e in events(nid))

@@ -23,12 +23,13 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from hactl import logs
-from hactl import __version__
+from hactl import __version__, logs
 from hactl._fs import atomic_write
 from hactl.aio import cancel_and_wait
 from hactl.api.cluster import ClusterUnavailable
 from hactl.config import Config, parse_hostport
+from hactl.events.bus import EventBus, Subscription
+from hactl.events.sinks import FileSink, StdoutSink
 from hactl.fsm.commands import (build_cluster_certificate, build_cluster_init, new_controller_identity,
                                 new_planet_key, new_world_id)
 from hactl.fsm.machine import StateMachine
@@ -87,6 +88,9 @@ class Controller:
         self.health_: Health | None = None
         self.storage_alarms: StorageMonitor | None = None
         self.zerotier: Any = None
+        self.events: EventBus | None = None
+        self._seen_role: Role | None = None
+        self._seen_leader: str | None = None
         self.raft_transport: RaftTransport | None = None
 
     # ------------------------------------------------------------------ start and stop
@@ -98,6 +102,7 @@ class Controller:
         os.chmod(self.data, 0o700)
         self._lock_data_dir()
         self._check_node_id()
+        self.events = self._event_bus()
         try:
             identity = load_identity(cfg.pki.cert, cfg.pki.key, cfg.pki.ca)
         except Exception as e:
@@ -117,6 +122,7 @@ class Controller:
         self.mesh = Mesh(self.node_id, mesh_id, cfg.cluster.trust_domain, identity, cfg.control.listen, peers,
                          options=MeshOptions(max_frame=cfg.control.max_frame_bytes), authorizer=self.peers)
         self.mesh.on_connect(self._on_peer_connected)
+        self.mesh.on_disconnect(self._on_peer_disconnected)
         transport = RaftTransport(self.mesh, snapshot_sink=store.receiver,
                                   on_snapshot_status=lambda to, ok: self.node and self.node.report_snapshot(to, ok),
                                   on_unreachable=lambda to: self.node and self.node.report_unreachable(to))
@@ -215,6 +221,8 @@ class Controller:
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
+        if self.events is not None:
+            await self.events.stop()
         if self.zerotier is not None:
             await self.zerotier.stop()
         if self.storage_alarms is not None:
@@ -275,16 +283,46 @@ class Controller:
 
     # ------------------------------------------------------------------ raft callbacks and housekeeping
 
+    def _event_bus(self) -> EventBus:
+        bus = EventBus(self.node_id, clock=self.now_ms)
+        for i, sink_cfg in enumerate(self.cfg.events):
+            sink: Any = StdoutSink() if sink_cfg.type == "stdout" else FileSink(
+                Path(sink_cfg.path or self.data / "events.jsonl"), sink_cfg.max_bytes, sink_cfg.keep)
+            bus.subscribe(Subscription(f"{sink_cfg.type}-{i}", set(sink_cfg.namespaces) or None, sink))
+        bus.start()
+        return bus
+
+    def _emit_role_events(self, role: Role, leader: str | None) -> None:
+        term = self.node.term if self.node else 0
+        was_leader, had = self._seen_role == Role.LEADER, self._seen_leader
+        self._seen_role, self._seen_leader = role, leader
+        if role == Role.LEADER and not was_leader:
+            self.events.emit("cluster", "leadership.gained", term=term)
+        elif was_leader and role != Role.LEADER:
+            self.events.emit("cluster", "leadership.lost", term=term, newRole=role.name.lower())
+        if leader != had:
+            if leader is None:
+                self.events.emit("cluster", "state.is_leaderless", term=term)
+            else:
+                self.events.emit("cluster", "state.has_leader", leaderId=leader, term=term)
+
     def _on_role_change(self, role: Role, leader: str | None) -> None:
         log.info("controller %s is now %s (leader: %s, term %d)", self.node_id, role.name.lower(), leader,
                  self.node.term if self.node else 0)
+        self._emit_role_events(role, leader)
         if role == Role.LEADER:
             self._tasks.append(asyncio.create_task(self._ensure_initialized()))
             for peer, serial in [(self.node_id, self._own_serial)] + [
                     (c.peer_id, c.serial) for c in map(self.mesh.connection, self.mesh.connected()) if c]:
                 self._record_certificate(peer, serial)
 
+    def _on_peer_disconnected(self, conn: Any) -> None:
+        if conn.kind == "controller" and self.mesh is not None and self.mesh.connection(conn.peer_id) is None:
+            self.events.emit("cluster", "peer.disconnected", peer=conn.peer_id, reason=conn.close_reason)
+
     def _on_peer_connected(self, conn: Any) -> None:
+        if conn.kind == "controller":
+            self.events.emit("cluster", "peer.connected", peer=conn.peer_id, address=conn.addr)
         if self.node is not None and self.node.is_leader:
             self._record_certificate(conn.peer_id, conn.serial)
 
