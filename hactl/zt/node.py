@@ -830,15 +830,9 @@ class Node:
         """A HELLO to a path we want to learn, at most once per PATH_HELLO_INTERVAL_MS per (peer, path)."""
         if not self._usable(dest):
             return
-        k = (peer.address, dest)
-        last = self._path_hello_at.get(k)
-        if last is not None and now - last < PATH_HELLO_INTERVAL_MS:
-            return
-        self._path_hello_at[k] = now
-        self._path_hello_at.move_to_end(k)
-        while len(self._path_hello_at) > self.limits.max_path_hellos:
-            self._path_hello_at.popitem(last=False)
-        self._send_hello(peer, dest, now)
+        if _once_per(self._path_hello_at, (peer.address, dest), now, PATH_HELLO_INTERVAL_MS,
+                     self.limits.max_path_hellos):
+            self._send_hello(peer, dest, now)
 
     # --- timers -------------------------------------------------------------------------------------------------
     def tick(self, now: int) -> None:
@@ -903,6 +897,19 @@ class Node:
                     self._waiting[addr].whois_first = None
             elif waiting.whois_last is None or now - waiting.whois_last >= lim.whois_retry_ms:
                 self._send_whois(addr, waiting, now)
+
+
+def _once_per(table: OrderedDict, key: object, now: int, interval: int, max_keys: int) -> bool:
+    """True (and noted) if `key` was not allowed within the last `interval`; the table, kept in time order for
+    _expire_ordered, remembers at most max_keys keys (the oldest forgotten first)."""
+    last = table.get(key)
+    if last is not None and now - last < interval:
+        return False
+    table[key] = now
+    table.move_to_end(key)
+    while len(table) > max_keys:
+        table.popitem(last=False)
+    return True
 
 
 def _expire_ordered(table: OrderedDict, now: int, ttl: int) -> None:

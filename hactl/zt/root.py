@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from hactl.zt.errors import ProtocolError
 from hactl.zt.identity import Identity
 from hactl.zt.multicast import MulticastGather, OkGather
-from hactl.zt.node import Limits, Node, _Expect, _Waiting, _family, _inet
+from hactl.zt.node import Limits, Node, _Expect, _Waiting, _expire_ordered, _family, _inet, _once_per
 from hactl.zt.packet import Header, Packet, Verb, hops_of, increment_hops, RELAY_MAX_HOPS
 from hactl.zt.peer import Peer, SockAddr, TokenBuckets
 from hactl.zt.verbs import Hello, MulticastLike, OkWhois, Rendezvous, Whois
@@ -251,24 +251,15 @@ class Root(Node):
         if _family(a_path) != _family(b_path):
             return  # the reference only introduces paths of one family
         pair = (min(a.address, b.address), max(a.address, b.address))
-        last = self._unite_at.get(pair)
-        if last is not None and now - last < UNITE_INTERVAL_MS:
+        if not _once_per(self._unite_at, pair, now, UNITE_INTERVAL_MS, self._rlimits.max_unite_pairs):
             return
-        self._unite_at[pair] = now
-        self._unite_at.move_to_end(pair)
-        while len(self._unite_at) > self._rlimits.max_unite_pairs:
-            self._unite_at.popitem(last=False)
         self._send(b, Verb.RENDEZVOUS, Rendezvous(a.address, _inet(a_path)).encode(), now, to=b_path)
         self._send(a, Verb.RENDEZVOUS, Rendezvous(b.address, _inet(b_path)).encode(), now, to=a_path)
         self._inc("rendezvous_sent", 2)
 
     def _tick(self, now: int) -> None:
         super()._tick(now)
-        while self._unite_at:
-            pair, at = next(iter(self._unite_at.items()))
-            if now - at < UNITE_INTERVAL_MS:
-                break
-            del self._unite_at[pair]
+        _expire_ordered(self._unite_at, now, UNITE_INTERVAL_MS)
         for src in [s for s, a in self._path_owner.items() if a not in self._peers]:
             del self._path_owner[src]
 

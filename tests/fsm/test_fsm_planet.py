@@ -18,6 +18,7 @@ from hactl.zt.identity import Identity
 from hactl.zt.inetaddress import InetAddress
 from hactl.zt.planet import desired_roots, next_world
 from hactl.zt.world import ZEROTIER_PLANET_ID, Root, World, WorldType
+from tests.fsm.test_fsm_machine import fails, ok
 
 WORLD_ID = 0x5EED0000C0FFEE01
 
@@ -57,17 +58,6 @@ def with_roots(data: bytes, extra: list[Root]) -> bytes:
     return bytes(out)
 
 
-def ok(r: Result) -> dict[str, Any]:
-    assert r.ok, r
-    assert r.value is not None
-    return r.value
-
-
-def fails(r: Result, code: ErrorCode, field: str | None = None) -> Result:
-    assert not r.ok and r.error == code, r
-    if field is not None:
-        assert r.field == field, r
-    return r
 
 
 @pytest.fixture
