@@ -701,33 +701,53 @@ SCAFFOLDING = {"<built-in method builtins.exec>", "run_forever", "_run_once", "_
                "<method 'poll' of 'select.epoll' objects>"}
 
 
-def profile_report(path: Path) -> None:
-    st = pstats.Stats(str(path))
-    raw: dict[tuple[str, int, str], tuple] = st.stats  # type: ignore[attr-defined]
+def profile_stats(path: Path) -> dict[tuple[str, int, str], tuple]:
+    return pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
 
-    def cum(suffix: str, func: str) -> float:
-        return sum(v[3] for k, v in raw.items() if k[0].endswith(suffix) and k[2] == func)
 
-    replies = sum(v[1] for k, v in raw.items() if k[0].endswith("zt/node.py") and k[2] == "answer_config")
-    replies = max(replies, 1)
+def profile_cum(raw: dict, suffix: str, func: str) -> float:
+    """Cumulative seconds of the function `func` in files ending with `suffix`."""
+    return sum(v[3] for k, v in raw.items() if k[0].endswith(suffix) and k[2] == func)
+
+
+def profile_busy(raw: dict) -> tuple[float, float]:
+    """(profiled seconds of the thread, of which waiting in epoll)."""
     total = sum(v[2] for v in raw.values())  # own time of everything: the thread's whole profiled time
     idle = sum(v[2] for k, v in raw.items() if k[2] in ("<method 'poll' of 'select.epoll' objects>",
                                                           "<method 'select' of 'select.epoll' objects>"))
+    return total, idle
+
+
+def profile_top(raw: dict, n: int, by: int) -> list[tuple[str, int, str, int, float, float]]:
+    """The n heaviest entries by own (by=2) or cumulative (by=3) time, the event loop's dispatch frames left out:
+    (where, line, function, calls, own s, cumulative s)."""
+    out = []
+    for (file, line, func), (cc, nc, tt, ct, _) in sorted(raw.items(), key=lambda kv: kv[1][by], reverse=True):
+        if func in SCAFFOLDING and (file == "~" or "/asyncio/" in file or file.endswith("selectors.py")):
+            continue
+        where = file.split("site-packages/")[-1].replace(str(HERE.parent) + "/", "").replace(sys.base_prefix, "<py>")
+        out.append((where, line, func, nc, tt, ct))
+        if len(out) == n:
+            break
+    return out
+
+
+def profile_report(path: Path) -> None:
+    raw = profile_stats(path)
+
+    def cum(suffix: str, func: str) -> float:
+        return profile_cum(raw, suffix, func)
+
+    replies = sum(v[1] for k, v in raw.items() if k[0].endswith("zt/node.py") and k[2] == "answer_config")
+    replies = max(replies, 1)
+    total, idle = profile_busy(raw)
     note(f"cProfile of the node's event-loop thread over {replies} replies: {total:.2f} s profiled, "
          f"{idle:.2f} s of it waiting in epoll: {(total - idle) / replies * 1e6:.0f} us busy per reply under the "
          "profiler (about twice the unprofiled cost)")
     note("top 15 by cumulative time (us per reply: cumulative, own; calls), the event loop's dispatch frames "
          "(run_forever, _run_once, Handle._run, Context.run) and its idle wait (epoll) left out:")
-    rows = sorted(raw.items(), key=lambda kv: kv[1][3], reverse=True)
-    shown = 0
-    for (file, line, func), (cc, nc, tt, ct, _) in rows:
-        if func in SCAFFOLDING and (file == "~" or "/asyncio/" in file or file.endswith("selectors.py")):
-            continue
-        where = file.split("site-packages/")[-1].replace(str(HERE.parent) + "/", "").replace(sys.base_prefix, "<py>")
+    for where, line, func, nc, tt, ct in profile_top(raw, 15, by=3):
         note(f"  {ct / replies * 1e6:7.1f} {tt / replies * 1e6:6.1f} {nc:>7}  {func}  {where}:{line}")
-        shown += 1
-        if shown == 15:
-            break
     note("reply path breakdown (cumulative us per reply; a coroutine counts only the steps it runs itself):")
     for label, suffix, func in PARTS:
         note(f"  {cum(suffix, func) / replies * 1e6:7.1f}  {label}")

@@ -44,7 +44,6 @@ import argparse
 import ipaddress
 import json
 import os
-import pstats
 import select
 import shutil
 import signal
@@ -70,8 +69,8 @@ from hactl.zt.packet import Cipher, Packet, Verb, armor, dearmor  # noqa: E402
 from hactl.zt.verbs import Hello, OkHello  # noqa: E402
 from hactl.zt.world import World  # noqa: E402
 # The controller processes, the identity cache and the machine counters are bench/netconf.py's.
-from netconf import (Cluster, bench, identity_pool, machine_busy, note, pct, udp_drops,  # noqa: E402
-                     write_planet)
+from netconf import (Cluster, bench, identity_pool, machine_busy, note, pct, profile_busy,  # noqa: E402
+                     profile_cum, profile_stats, profile_top, udp_drops, write_planet)
 
 LOCAL = "127.0.0.1"
 BLOCK = 5  # members' source addresses: 127.5.x.y (netconf.py uses 127.2 and 127.3)
@@ -380,9 +379,6 @@ def delta(before: Counter[str], after: Counter[str], keys: tuple[str, ...] = ())
             if (k.startswith("dropped.") or k in keys) and after[k] != before[k]}
 
 
-SCAFFOLDING = {"<built-in method builtins.exec>", "run_forever", "_run_once", "_run",
-               "<method 'run' of '_contextvars.Context' objects>", "select",
-               "<method 'poll' of 'select.epoll' objects>"}
 PARTS = [
     ("Endpoint._readable (recvfrom loop, receive, flush)", "zt/endpoint.py", "_readable"),
     ("  socket.recvfrom", "~", "<method 'recvfrom' of '_socket.socket' objects>"),
@@ -405,38 +401,24 @@ PARTS = [
 
 
 def profile_report(path: Path, packets: int) -> None:
-    st = pstats.Stats(str(path))
-    raw: dict[tuple[str, int, str], tuple] = st.stats  # type: ignore[attr-defined]
+    raw = profile_stats(path)
     packets = max(packets, 1)
-
-    def cum(suffix: str, func: str) -> float:
-        return sum(v[3] for k, v in raw.items() if k[0].endswith(suffix) and k[2] == func)
 
     def found(suffix: str, func: str) -> bool:
         return any(k[0].endswith(suffix) and k[2] == func for k in raw)
 
-    total = sum(v[2] for v in raw.values())
-    idle = sum(v[2] for k, v in raw.items() if k[2] in ("<method 'poll' of 'select.epoll' objects>",
-                                                          "<method 'select' of 'select.epoll' objects>"))
+    total, idle = profile_busy(raw)
     note(f"cProfile of the node's event-loop thread over {packets} relayed packets: {total:.2f} s profiled, "
          f"{idle:.2f} s of it waiting in epoll: {(total - idle) / packets * 1e6:.1f} us busy per relayed packet "
          "under the profiler (it inflates Python-level costs)")
     note("top 12 by own time (us per relayed packet: own, cumulative; calls):")
-    rows = sorted(raw.items(), key=lambda kv: kv[1][2], reverse=True)
-    shown = 0
-    for (file, line, func), (cc, nc, tt, ct, _) in rows:
-        if func in SCAFFOLDING and (file == "~" or "/asyncio/" in file or file.endswith("selectors.py")):
-            continue
-        where = file.split("site-packages/")[-1].replace(str(HERE.parent) + "/", "").replace(sys.base_prefix, "<py>")
+    for where, line, func, nc, tt, ct in profile_top(raw, 12, by=2):
         note(f"  {tt / packets * 1e6:6.2f} {ct / packets * 1e6:7.2f} {nc:>8}  {func}  {where}:{line}")
-        shown += 1
-        if shown == 12:
-            break
     note("relay path breakdown (cumulative us per relayed packet, under the profiler; functions not called left "
          "out):")
     for label, suffix, func in PARTS:
         if found(suffix, func):
-            note(f"  {cum(suffix, func) / packets * 1e6:7.2f}  {label}")
+            note(f"  {profile_cum(raw, suffix, func) / packets * 1e6:7.2f}  {label}")
     loop_own = sum(v[2] for k, v in raw.items() if "/asyncio/" in k[0] or k[0].endswith("selectors.py"))
     note(f"  {loop_own / packets * 1e6:7.2f}  asyncio's own code (event loop, handles)")
 
