@@ -69,7 +69,7 @@ from hactl.zt.packet import Cipher, Packet, Verb, armor, dearmor  # noqa: E402
 from hactl.zt.verbs import Hello, OkHello  # noqa: E402
 from hactl.zt.world import World  # noqa: E402
 # The controller processes, the identity cache and the machine counters are bench/netconf.py's.
-from netconf import (Cluster, bench, identity_pool, machine_busy, note, pct, profile_busy,  # noqa: E402
+from netconf import (Cluster, bench, identity_pool, machine_busy, note, pct, proc_cpu, profile_busy,  # noqa: E402
                      profile_cum, profile_stats, profile_top, udp_drops, write_planet)
 
 LOCAL = "127.0.0.1"
@@ -92,15 +92,6 @@ def http_json(url: str, token: str | None = None, raw: bool = False) -> Any:
     with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310 - our own node's URL
         data = r.read()
     return data if raw else json.loads(data)
-
-
-def proc_cpu_all(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ------------------------------------------------------------------------------------------ the load generator
@@ -578,7 +569,7 @@ def main() -> int:
         snap: dict[str, Any] = {}
 
         def mark(when: str) -> None:
-            snap[when] = (proc_cpu_all(pid), time.process_time(), *machine_busy())
+            snap[when] = (proc_cpu(pid), time.process_time(), *machine_busy())
 
         def cpu_split(el: float) -> tuple[float, float, float, float]:
             node_cpu, gen_cpu, busy, total = (e - s for s, e in zip(snap["start"], snap["end"]))
