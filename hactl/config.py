@@ -20,6 +20,7 @@ NODE_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 EVENT_NAMESPACES = ("cluster", "entityChange", "zerotier")
+EVENT_SINK_TYPES = ("file", "stdout", "webhook")
 MIN_STORAGE_BYTES = 1 << 20
 PLANET_OWN, PLANET_ZEROTIER = "own", "zerotier"  # zerotier.planet's keywords (anything else is a file)
 ENDPOINTS_AUTO = "auto"  # zerotier.endpoints: [auto]
@@ -120,11 +121,19 @@ class ZeroTierConfig:
 
 @dataclass
 class EventSinkConfig:
-    type: str = "file"  # file (JSON lines, rotated) or stdout
+    type: str = "file"  # file (JSON lines, rotated), stdout or webhook (HTTP POST)
     namespaces: list[str] = field(default_factory=list)  # empty: every namespace
+    # Every node's view (OpenZiti's propagateAlways): entity changes as each node applies them (default: the
+    # leader's only), and ZeroTier member events from every node that sees the member (default: one reporter).
+    propagate_always: bool = False
+    queue: int = 10_000  # events waiting for this sink; beyond it they are dropped, counted and reported (gap)
     path: str = ""  # file: default <data_dir>/events.jsonl; relative to the config file
     max_bytes: int = 16 << 20  # file: rotated beyond this
     keep: int = 5  # file: rotated files kept (events.jsonl.1 ... .5)
+    url: str = ""  # webhook: http(s)://... receiving a POST of a JSON array of events
+    secret_file: str = ""  # webhook: key for the X-Hactl-Signature HMAC-SHA256 header (empty: unsigned)
+    timeout_s: float = 5.0  # webhook: per attempt
+    retries: int = 5  # webhook: attempts after the first, with exponential backoff, before the batch is dropped
 
 
 @dataclass
@@ -254,6 +263,7 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
     cfg.api.tls_cert, cfg.api.tls_key = res(cfg.api.tls_cert), res(cfg.api.tls_key)
     for sink in cfg.events:
         sink.path = res(sink.path)
+        sink.secret_file = res(sink.secret_file)
     if cfg.zerotier.planet in ("", PLANET_OWN, PLANET_ZEROTIER):
         cfg.zerotier.planet = cfg.zerotier.planet or PLANET_OWN
     else:
@@ -338,8 +348,17 @@ def validate(cfg: Config) -> None:
         raise ConfigError(src, "log.level", f"expected one of {', '.join(LOG_LEVELS)}, got {cfg.log.level!r}")
     for i, sink in enumerate(cfg.events):
         where = f"events[{i}]"
-        if sink.type not in ("file", "stdout"):
-            raise ConfigError(src, f"{where}.type", f"expected file or stdout, got {sink.type!r}")
+        if sink.type not in EVENT_SINK_TYPES:
+            raise ConfigError(src, f"{where}.type", f"expected one of {', '.join(EVENT_SINK_TYPES)}, got "
+                              f"{sink.type!r}")
+        if sink.type == "webhook" and not sink.url.startswith(("http://", "https://")):
+            raise ConfigError(src, f"{where}.url", f"a webhook needs an http:// or https:// url, got {sink.url!r}")
+        if sink.queue < 1:
+            raise ConfigError(src, f"{where}.queue", f"at least 1, got {sink.queue}")
+        if sink.timeout_s <= 0:
+            raise ConfigError(src, f"{where}.timeout_s", f"must be > 0, got {sink.timeout_s}")
+        if sink.retries < 0:
+            raise ConfigError(src, f"{where}.retries", f"must be >= 0, got {sink.retries}")
         for ns in sink.namespaces:
             if ns not in EVENT_NAMESPACES:
                 raise ConfigError(src, f"{where}.namespaces", f"unknown namespace {ns!r} (known: "

@@ -23,8 +23,10 @@ BATCH = 256
 
 
 class Subscription:
-    def __init__(self, name: str, namespaces: set[str] | None, sink: Sink, limit: int = QUEUE_EVENTS) -> None:
+    def __init__(self, name: str, namespaces: set[str] | None, sink: Sink, limit: int = QUEUE_EVENTS, *,
+                 propagate_always: bool = False) -> None:
         self.name = name
+        self.propagate_always = propagate_always
         self.namespaces = namespaces  # None: all
         self.sink = sink
         self.limit = limit
@@ -34,8 +36,10 @@ class Subscription:
         self.wake = asyncio.Event()
         self.lock = threading.Lock()  # one writer at a time (the drain task's thread, or stop's final flush)
 
-    def wants(self, namespace: str) -> bool:
-        return self.namespaces is None or namespace in self.namespaces
+    def wants(self, event: Event) -> bool:
+        if event.propagated and not self.propagate_always:
+            return False
+        return self.namespaces is None or event.namespace in self.namespaces
 
 
 class EventBus:
@@ -68,11 +72,14 @@ class EventBus:
             except OSError as e:
                 log.warning("events: closing sink %s: %s", sub.name, e)
 
-    def emit(self, namespace: str, event_type: str, **fields: Any) -> Event:
+    def emit(self, namespace: str, event_type: str, *, key: str | None = None, propagated: bool = False,
+             **fields: Any) -> Event:
+        """``key``: a stable id (events from the Raft log); ``propagated``: another node reports it too."""
         self._seq += 1
-        event = Event(namespace, event_type, self.source, self.clock(), self._seq, self.incarnation, fields)
+        event = Event(namespace, event_type, self.source, self.clock(), self._seq, self.incarnation, fields,
+                      key=key, propagated=propagated)
         for sub in self.subscriptions:
-            if not sub.wants(namespace):
+            if not sub.wants(event):
                 continue
             if len(sub.queue) >= sub.limit:
                 sub.dropped += 1

@@ -288,7 +288,8 @@ class Controller:
         for i, sink_cfg in enumerate(self.cfg.events):
             sink: Any = StdoutSink() if sink_cfg.type == "stdout" else FileSink(
                 Path(sink_cfg.path or self.data / "events.jsonl"), sink_cfg.max_bytes, sink_cfg.keep)
-            bus.subscribe(Subscription(f"{sink_cfg.type}-{i}", set(sink_cfg.namespaces) or None, sink))
+            bus.subscribe(Subscription(f"{sink_cfg.type}-{i}", set(sink_cfg.namespaces) or None, sink,
+                                       sink_cfg.queue, propagate_always=sink_cfg.propagate_always))
         bus.start()
         return bus
 
