@@ -60,6 +60,9 @@ class Cluster(Protocol):
         """(healthy, details): healthy when a leader is known and this node has applied up to the leader's
         commit index as of the last contact."""
 
+    def event_bus(self) -> Any:
+        """This node's hactl.events.bus.EventBus (GET /events subscribes to it), or None."""
+
     def metrics_collector(self) -> Any:
         """A prometheus_client Collector of this node's state, read at each scrape of GET /metrics."""
 

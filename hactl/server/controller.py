@@ -28,8 +28,8 @@ from hactl._fs import atomic_write
 from hactl.aio import cancel_and_wait
 from hactl.api.cluster import ClusterUnavailable
 from hactl.config import Config, parse_hostport
-from hactl.events.bus import EventBus, Subscription
-from hactl.events.sinks import FileSink, StdoutSink
+from hactl.events.bus import EventBus
+from hactl.events.setup import build_bus
 from hactl.fsm.commands import (build_cluster_certificate, build_cluster_init, new_controller_identity,
                                 new_planet_key, new_world_id)
 from hactl.fsm.machine import StateMachine
@@ -284,12 +284,7 @@ class Controller:
     # ------------------------------------------------------------------ raft callbacks and housekeeping
 
     def _event_bus(self) -> EventBus:
-        bus = EventBus(self.node_id, clock=self.now_ms)
-        for i, sink_cfg in enumerate(self.cfg.events):
-            sink: Any = StdoutSink() if sink_cfg.type == "stdout" else FileSink(
-                Path(sink_cfg.path or self.data / "events.jsonl"), sink_cfg.max_bytes, sink_cfg.keep)
-            bus.subscribe(Subscription(f"{sink_cfg.type}-{i}", set(sink_cfg.namespaces) or None, sink,
-                                       sink_cfg.queue, propagate_always=sink_cfg.propagate_always))
+        bus = build_bus(self.node_id, self.cfg.events, self.data, self.now_ms)
         bus.start()
         return bus
 
@@ -435,6 +430,9 @@ class Controller:
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:
         return self.health_.liveness()
+
+    def event_bus(self) -> EventBus | None:
+        return self.events
 
     def metrics_collector(self) -> Any:
         from hactl.server.metrics import ControllerCollector
