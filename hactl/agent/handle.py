@@ -5,7 +5,12 @@ with a code and a message an operator can act on.
 """
 from __future__ import annotations
 
+import contextvars
 from typing import Any, Protocol
+
+# Who sent the request being handled ({"kind": "agent", "uid": ..., "pid": ...}), set by the agent server for
+# the connection's task: commands that change the model say so (entityChange events name the operator).
+CALLER: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("hactl_agent_caller", default=None)
 
 
 class AgentError(Exception):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hactl.agent import protocol as P
-from hactl.agent.handle import AgentError, AgentHandle
+from hactl.agent.handle import CALLER, AgentError, AgentHandle
 
 log = logging.getLogger("hactl.agent")
 
@@ -215,6 +215,8 @@ class AgentServer:
                                                              f"more than {self.max_connections} agent connections"))
             return
         who = f"pid {cred.pid} uid {cred.uid}" if cred else "a local client"
+        CALLER.set({"kind": "agent", "node": self.handle.node_id,
+                    **({"uid": str(cred.uid), "pid": str(cred.pid)} if cred else {})})
         while not self._stopping:
             try:
                 obj = await P.read_frame(reader, self.max_frame, header_timeout=self.idle_timeout,

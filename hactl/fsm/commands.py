@@ -2,6 +2,9 @@
 
 Wire form (schema version 1): a msgpack map
     {"v": 1, "type": "<type>", "request_id": str, "time": int ms, ["fp": bin,] ...the type's fields}
+``by`` (optional, every type): who asked, a map of short strings ({"kind": "api"|"agent"|"zerotier", ...}: the
+API token's id, the agent client's uid, the member and the node that heard its request); apply stores it with the
+entity changes it makes, for the entityChange events, and never decides anything by it.
 ``fp`` (optional, every type): the fingerprint of the client request the command was built from (SHA-256 of the
 HTTP method, path and body; the API sets it when an Idempotency-Key names the request id). A request id already
 remembered with another fingerprint is a client reusing its key for a different request: apply answers
@@ -89,6 +92,9 @@ from hactl.zt.world import ZEROTIER_PLANET_ID
 SCHEMA_VERSION = 1
 FINGERPRINT_BYTES = 32  # SHA-256
 FINGERPRINT_FIELD = "fp"
+ORIGIN_FIELD = "by"
+ORIGIN_MAX_KEYS = 8
+ORIGIN_MAX_CHARS = 128
 MAX_COMMAND_BYTES = 4 << 20  # entries bigger than this are refused by decode (a bound on msgpack allocations)
 ALARM_NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,31}$")
 ALARM_MESSAGE_MAX = 1024
@@ -148,6 +154,18 @@ def _fingerprint(v: Any, f: str) -> bytes | None:
     return bytes(v)
 
 
+def _origin(v: Any, f: str) -> dict[str, str] | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict) or len(v) > ORIGIN_MAX_KEYS:
+        raise CommandError(f"expected a map of at most {ORIGIN_MAX_KEYS} strings", f)
+    for k, x in v.items():
+        if not isinstance(k, str) or not isinstance(x, str) or len(k) > 32 or len(x) > ORIGIN_MAX_CHARS:
+            raise CommandError(f"expected short string keys and values (at most {ORIGIN_MAX_CHARS} characters)",
+                               f"{f}.{k}" if isinstance(k, str) else f)
+    return dict(v)
+
+
 def _strs(v: Any, f: str) -> list[str]:
     if not isinstance(v, list):
         raise CommandError(f"expected an array, got {type(v).__name__}", f)
@@ -174,6 +192,7 @@ class Command:
     time: int  # ms since the epoch, the proposer's clock
     version: int = SCHEMA_VERSION
     fingerprint: bytes | None = None  # wire "fp": which client request request_id stands for (see above)
+    by: dict[str, str] | None = None  # wire "by": who asked (see above)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -400,6 +419,8 @@ def encode(cmd: Command) -> bytes:
     wire: dict[str, Any] = {"v": cmd.version, "type": cmd.TYPE, "request_id": cmd.request_id, "time": cmd.time}
     if cmd.fingerprint is not None:  # absent rather than nil: commands without one keep their exact old bytes
         wire[FINGERPRINT_FIELD] = cmd.fingerprint
+    if cmd.by is not None:
+        wire[ORIGIN_FIELD] = cmd.by
     for name in cmd.WIRE:
         wire[name] = getattr(cmd, name)
     for name in cmd.OPTIONAL:
@@ -433,6 +454,7 @@ def decode(data: bytes) -> Command:
     except ValidationError as e:
         raise CommandError(e.message, e.field) from None
     kwargs["fingerprint"] = _fingerprint(wire.get(FINGERPRINT_FIELD), FINGERPRINT_FIELD)
+    kwargs["by"] = _origin(wire.get(ORIGIN_FIELD), ORIGIN_FIELD)
     for name, check in cls.WIRE.items():
         if name not in wire:
             raise CommandError("missing", name)
@@ -449,6 +471,13 @@ def with_fingerprint(command: bytes, fingerprint: bytes | None) -> bytes:
     if fingerprint is None:
         return command
     return encode(replace(decode(command), fingerprint=_fingerprint(fingerprint, FINGERPRINT_FIELD)))
+
+
+def with_origin(command: bytes, by: dict[str, str] | None) -> bytes:
+    """An encoded command saying who asked (unchanged when ``by`` is None); like with_fingerprint."""
+    if by is None:
+        return command
+    return encode(replace(decode(command), by=_origin(by, ORIGIN_FIELD)))
 
 
 def command_type(command: bytes) -> str | None:

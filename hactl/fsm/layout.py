@@ -13,6 +13,11 @@
                                                           (exactly-once; machine._pack_result)
     reqlog      applied index (8)                      -> request id, oldest first, for pruning
     s_*         the same four model tables, staging a restore until restore.commit swaps them in
+    changes     applied index (8)                      -> msgpack [by, time, [[kind, nwid, address, before,
+                                                          after], ...]]: the entity changes that entry made
+                                                          (packed records, nil for none), for entityChange
+                                                          events; the last CHANGES_KEPT indexes are kept.
+                                                          Absent in files made before it (read as empty).
 
 Big-endian integers make LMDB's byte order the numeric order, so cursors walk networks by id and members by
 address.
@@ -34,6 +39,10 @@ else:
 
 MODEL_TABLES = ("networks", "members", "ips", "netstat")
 DB_NAMES = ("meta", *MODEL_TABLES, "requests", "reqlog", *(f"s_{t}" for t in MODEL_TABLES))
+LATER_DB_NAMES = ("changes",)  # created on first write; a read-only open of an older file goes without them
+
+# Entity kinds in the changes table
+CHANGE_NETWORK, CHANGE_MEMBER, CHANGE_RESTORE = 0, 1, 2
 
 META_FORMAT = b"format"
 META_APPLIED = b"applied"

@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import lmdb
@@ -48,6 +49,7 @@ log = logging.getLogger("hactl.fsm")
 # again. Pruning by index (not time) keeps it deterministic, and bounds the table (~25 MB) however fast writes come.
 DEDUPE_WINDOW = 100_000
 _PRUNE_EVERY = 64  # commands at indexes that are multiples of this prune (a cursor per command costs ~5%)
+CHANGES_KEPT = 10_000  # indexes whose entity changes stay readable (entityChange replays after a crash/leader change)
 _PRUNE_MAX = 4 * _PRUNE_EVERY  # > _PRUNE_EVERY, so a backlog (pruning indexes that held no command) drains
 DEFAULT_MAP_SIZE = 64 << 30  # address space only; the file grows as needed
 
@@ -84,12 +86,13 @@ class StateMachine:
         self.readonly = readonly
         self._apply_lock = threading.Lock()
         self._packed: bytes | None = None  # the member record the current command wrote (see _pack_result)
+        self._changed: list[list[Any]] = []  # entity changes of the command being applied (the changes table)
         self._deltas: dict[tuple[bytes, int], list[int]] = {}  # count changes of this batch, not yet written
         self._cmd_deltas: dict[tuple[bytes, int], list[int]] = {}  # ... of the command being applied
         if readonly and not os.path.exists(self.path):
             raise FileNotFoundError(f"{self.path}: no ctrl.db here")
         # mode 0600: ctrl.db holds the controller identity's private key.
-        self._env = lmdb.open(self.path, subdir=False, map_size=map_size, max_dbs=len(L.DB_NAMES) + 1,
+        self._env = lmdb.open(self.path, subdir=False, map_size=map_size, max_dbs=len(L.DB_NAMES) + len(L.LATER_DB_NAMES) + 1,
                               sync=sync, metasync=sync, readonly=readonly, lock=lock, max_readers=256,
                               mode=0o600)
         try:
@@ -103,6 +106,11 @@ class StateMachine:
             dbs = {n: self._env.open_db(n.encode(), create=not self.readonly) for n in L.DB_NAMES}
         except lmdb.NotFoundError:
             raise FormatError(f"{self.path}: not a ctrl.db (missing tables)") from None
+        self._changes_db: Any = None
+        try:
+            self._changes_db = self._env.open_db(b"changes", create=not self.readonly)
+        except lmdb.NotFoundError:
+            pass  # a read-only copy made before the changes table: it has none to offer
         self._db = dbs
         self._meta, self._requests, self._reqlog = dbs["meta"], dbs["requests"], dbs["reqlog"]
         self._live = L.Tables(dbs["networks"], dbs["members"], dbs["ips"], dbs["netstat"], b"netcount")
@@ -194,9 +202,12 @@ class StateMachine:
         child = self._env.begin(write=True, parent=txn)
         self._packed = None
         self._cmd_deltas = {}
+        self._changed = []
         try:
             result = self._handlers[type(cmd)](child, cmd, index)
             child.commit()
+            if self._changed:
+                self._record_changes(txn, index, cmd)
             for k, (total, authorized) in self._cmd_deltas.items():
                 d = self._deltas.setdefault(k, [0, 0])
                 d[0] += total
@@ -216,6 +227,17 @@ class StateMachine:
             result = Result.failure(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")
         self._remember(txn, index, rid, result, self._packed if result.ok else None, cmd.fingerprint)
         return result
+
+    def _record_changes(self, txn: L.Txn, index: int, cmd: Command) -> None:
+        txn.put(L.u64(index), msgpack.packb([cmd.by, cmd.time, self._changed], use_bin_type=True),
+                db=self._changes_db)
+        if index % _PRUNE_EVERY:
+            return
+        cur = txn.cursor(db=self._changes_db)  # by index alone, as the request log: the same on every node
+        for _ in range(_PRUNE_MAX):
+            if not cur.first() or L.read_u64(cur.key()) > index - CHANGES_KEPT:
+                break
+            cur.delete()
 
     def _remember(self, txn: L.Txn, index: int, rid: bytes, result: Result, packed: bytes | None,
                   fingerprint: bytes | None) -> None:
@@ -315,6 +337,8 @@ class StateMachine:
             return network_view(nwid, old)  # nothing changed: no write, same revision
         rec["revision"] = 1 if old is None else old["revision"] + 1
         self._store_network(txn, t, nwid, rec, created=old is None)
+        self._changed.append([L.CHANGE_NETWORK, nwid, 0, None if old is None else pack_network(old),
+                              pack_network(rec)])
         return network_view(nwid, rec)
 
     def _store_network(self, txn: L.Txn, t: L.Tables, nwid: int, rec: dict[str, Any], *,
@@ -342,6 +366,7 @@ class StateMachine:
         txn.delete(key, db=self._live.netstat)
         txn.delete(key, db=self._live.networks)
         txn.put(self._live.netcount_key, L.u64(self._count(txn, self._live) - 1), db=self._meta)
+        self._changed.append([L.CHANGE_NETWORK, nwid, 0, bytes(raw), None])
         return Result.success(network_view(nwid, unpack_network(raw)))
 
     # -------------------------------------------------------------------------------------------- members
@@ -394,6 +419,8 @@ class StateMachine:
             return Result.success(member_view(nwid, address, old))
         rec["revision"] = 1 if old is None else old["revision"] + 1
         self._packed = self._store_member(txn, self._live, nwid, address, old, rec, fresh_ip)
+        self._changed.append([L.CHANGE_MEMBER, nwid, address, None if old is None else pack_member(old),
+                              self._packed])
         return Result.success(member_view(nwid, address, rec))
 
     def _member_request(self, txn: L.Txn, cmd: MemberRequest, index: int) -> Result:
@@ -498,6 +525,7 @@ class StateMachine:
             txn.delete(L.ip_key(nwid, ip), db=self._live.ips)
         self._bump_counts(self._live, nwid, -1, -int(old["authorized"]))
         txn.delete(key, db=self._live.members)
+        self._changed.append([L.CHANGE_MEMBER, nwid, address, bytes(raw), None])
         return Result.success(member_view(nwid, address, old))
 
     # -------------------------------------------------------------------------------------------- restore
@@ -590,6 +618,8 @@ class StateMachine:
         self._put_cluster(txn, info, pending["signing_key"])
         self._restore_planet(txn, pending)
         txn.delete(L.META_RESTORE, db=self._meta)
+        self._changed.append([L.CHANGE_RESTORE, 0, 0, None, msgpack.packb(
+            {"timeline_id": pending["timeline_id"], "networks": pending["networks"], "members": pending["members"]})])
         return Result.success({"restore_id": cmd.restore_id, "timeline_id": pending["timeline_id"],
                                "networks": pending["networks"], "members": pending["members"]})
 
@@ -896,6 +926,23 @@ class StateMachine:
         p = msgpack.unpackb(raw, raw=False)
         return {k: p[k] for k in ("restore_id", "timeline_id", "address", "next_seq", "networks", "members")}
 
+    def changes(self, after: int, upto: int, limit: int = 100_000) -> Iterator[EntityChange]:
+        """The entity changes of entries after..upto that are still kept (CHANGES_KEPT), in index order: what
+        each did to networks and members, the state before and after (API views), and who asked."""
+        if self._changes_db is None:
+            return
+        out: list[EntityChange] = []
+        with self._env.begin() as txn:
+            cur = txn.cursor(db=self._changes_db)
+            ok = cur.set_range(L.u64(after + 1))
+            while ok and len(out) < limit:
+                index = L.read_u64(cur.key())
+                if index > upto:
+                    break
+                out.extend(_decode_changes(index, cur.value()))
+                ok = cur.next()
+        yield from out
+
     def result_for(self, request_id: str, fingerprint: bytes | None = None) -> Result | None:
         """The result of an applied request (for a follower answering a forwarded write), if still remembered.
         ``fingerprint``: the asking command's; when the id is remembered for another request, the KEY_REUSED
@@ -1159,6 +1206,42 @@ _FAILED, _PLAIN, _MEMBER, _NETWORK = 0, 1, 2, 3
 _KEY_REUSED = Result.failure(
     ErrorCode.KEY_REUSED, "this Idempotency-Key was already used for another request (its method, path or body "
     "differ); use a new key for a new request", "Idempotency-Key")
+
+
+@dataclass(frozen=True)
+class EntityChange:
+    """One network or member created, updated or deleted (or the model restored) by the entry at ``index``;
+    ``n`` numbers the changes of one entry (a network delete is one change: its members go with it)."""
+    index: int
+    n: int
+    entity: str  # network | member | model
+    action: str  # created | updated | deleted | restored
+    id: str  # nwid, nwid/address, or the restored timeline id
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    by: dict[str, str] | None
+    time: int  # the proposer's clock, ms
+
+
+def _decode_changes(index: int, raw: bytes) -> list[EntityChange]:
+    by, time, records = msgpack.unpackb(raw, raw=False)
+    out = []
+    for n, (kind, nwid, address, before, after) in enumerate(records):
+        action = "created" if before is None else "deleted" if after is None else "updated"
+        if kind == L.CHANGE_RESTORE:
+            info = msgpack.unpackb(after, raw=False)
+            out.append(EntityChange(index, n, "model", "restored", info["timeline_id"], None, info, by, time))
+        elif kind == L.CHANGE_NETWORK:
+            view = functools.partial(network_view, nwid)
+            out.append(EntityChange(index, n, "network", action, format_nwid(nwid),
+                                    None if before is None else view(unpack_network(before)),
+                                    None if after is None else view(unpack_network(after)), by, time))
+        else:
+            view = functools.partial(member_view, nwid, address)
+            out.append(EntityChange(index, n, "member", action, f"{format_nwid(nwid)}/{format_address(address)}",
+                                    None if before is None else view(unpack_member(before)),
+                                    None if after is None else view(unpack_member(after)), by, time))
+    return out
 
 
 def _pack_result(index: int, r: Result, packed: bytes | None = None, fingerprint: bytes | None = None) -> bytes:

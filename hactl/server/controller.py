@@ -39,6 +39,7 @@ from hactl.raft.node import NodeOptions, NoLeader, RaftError, RaftNode
 from hactl.raft.storage import RaftStorage
 from hactl.raft.types import ConfChange, ConfChangeType, ConfState, Entry, Role
 from hactl.server.alarms import StorageMonitor
+from hactl.server.entity_events import EntityChangeEmitter
 from hactl.server.fsm_adapter import ControllerFSM, MembershipTracker, meta_of
 from hactl.server.health import Health
 from hactl.server.peers import LEAVING_GRACE, PeerPolicy
@@ -89,6 +90,8 @@ class Controller:
         self.storage_alarms: StorageMonitor | None = None
         self.zerotier: Any = None
         self.events: EventBus | None = None
+        self.entity_events: EntityChangeEmitter | None = None
+        self._read_only = False
         self._seen_role: Role | None = None
         self._seen_leader: str | None = None
         self.raft_transport: RaftTransport | None = None
@@ -115,6 +118,11 @@ class Controller:
         if membership is not None:  # what ctrl.db holds supersedes initial_cluster (members come and go)
             self._addresses = dict(membership.addresses)
         self.model = ControllerFSM(machine, store, on_restart_needed=self._restart_needed)
+        self.entity_events = EntityChangeEmitter(self.events, machine, self.data / "events.cursor",
+                                                 lambda: self.node is not None and self.node.is_leader)
+        self.entity_events.start(self._loop)  # (before the node applies anything new: events stay in order)
+        self.model.on_batch = self.entity_events.applied
+        self.model.on_membership = lambda index, m: self._loop.call_soon_threadsafe(self._members_changed, index, m)
         mesh_id = hashlib.sha256(Path(cfg.pki.ca).read_bytes()).hexdigest()[:16]  # the CA defines the cluster
         peers = {k: v for k, v in self._addresses.items() if k != self.node_id}
         self.peers = PeerPolicy(self.node_id, machine)
@@ -222,7 +230,9 @@ class Controller:
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
         if self.events is not None:
-            await self.events.stop()
+            await self.events.stop()  # (flushes every queue: then the cursor can say all was delivered)
+        if self.entity_events is not None:
+            self.entity_events.save()
         if self.zerotier is not None:
             await self.zerotier.stop()
         if self.storage_alarms is not None:
@@ -279,6 +289,7 @@ class Controller:
         self.exit_code = EXIT_RESTART
         if self.health_ is not None:
             self.health_.restart_reason = reason
+        self._loop.call_soon_threadsafe(self._watch_read_only)
         self._loop.call_soon_threadsafe(self._loop.call_later, 1.0, self._stopping.set)
 
     # ------------------------------------------------------------------ raft callbacks and housekeeping
@@ -294,6 +305,8 @@ class Controller:
         self._seen_role, self._seen_leader = role, leader
         if role == Role.LEADER and not was_leader:
             self.events.emit("cluster", "leadership.gained", term=term)
+            if self.entity_events is not None:
+                self.entity_events.leadership_gained()
         elif was_leader and role != Role.LEADER:
             self.events.emit("cluster", "leadership.lost", term=term, newRole=role.name.lower())
         if leader != had:
@@ -311,6 +324,25 @@ class Controller:
             for peer, serial in [(self.node_id, self._own_serial)] + [
                     (c.peer_id, c.serial) for c in map(self.mesh.connection, self.mesh.connected()) if c]:
                 self._record_certificate(peer, serial)
+
+    def _members_changed(self, index: int, m: Any) -> None:
+        """A membership change applied (every node applies it: the leader's event is the primary one)."""
+        self.events.emit("cluster", "members.changed", key=f"mc-{index}", propagated=not self.node.is_leader,
+                         index=index, voters=list(m.voters), learners=list(m.learners),
+                         peers=dict(m.addresses))
+
+    def _watch_read_only(self) -> None:
+        """state.ro / state.rw: the cluster refuses writes that add data while an alarm is on, and this node
+        refuses everything while a restart is pending."""
+        alarms = self.model.machine.alarms() if self.model.restart_reason is None else []
+        reason = self.model.restart_reason or "; ".join(f"{a['name']} on {a['node']}: {a['message']}"
+                                                        for a in alarms)
+        if bool(reason) != self._read_only:
+            self._read_only = bool(reason)
+            if reason:
+                self.events.emit("cluster", "state.ro", reason=reason)
+            else:
+                self.events.emit("cluster", "state.rw")
 
     def _on_peer_disconnected(self, conn: Any) -> None:
         if conn.kind == "controller" and self.mesh is not None and self.mesh.connection(conn.peer_id) is None:
@@ -392,6 +424,8 @@ class Controller:
             self.health_.observe()
             self.mesh.enforce()  # revocations applied since (ctrl.db's deny-list) close their connections
             self.storage_alarms.tick()  # raises or clears this node's NOSPACE alarm before a map or the disk is full
+            self.entity_events.save()
+            self._watch_read_only()
             if interval and time.monotonic() - self._last_snapshot_time >= interval:
                 self._last_snapshot_time = time.monotonic()
                 if node.running and node.applied > node.snapshot_index and not node.snapshot_in_progress:

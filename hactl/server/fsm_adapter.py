@@ -98,6 +98,10 @@ class ControllerFSM:
         # Told the commands of each applied batch that succeeded (from the Raft I/O thread): the ZeroTier
         # service pushes configs after changes. Must be quick and must not raise.
         self.on_applied: Callable[[list[bytes]], None] | None = None
+        # Told (first, last) index of each applied batch, and each membership applied (its index and the members
+        # after it), from the Raft I/O thread: events. Must be quick and must not raise.
+        self.on_batch: Callable[[int, int], None] | None = None
+        self.on_membership: Callable[[int, Membership], None] | None = None
 
     @property
     def membership(self) -> Membership:
@@ -109,9 +113,16 @@ class ControllerFSM:
     def apply_batch(self, entries: Sequence[Entry]) -> list[Result | None]:
         if self.restart_reason is not None:
             return [None] * len(entries)  # stale ctrl.db: the restart rebuilds it from the snapshot and journal
-        results = self.machine.apply_batch(list(self._members.translate(entries)))
+        translated = list(self._members.translate(entries))
+        results = self.machine.apply_batch(translated)
+        if self.on_membership is not None:
+            for index, _, data in translated:
+                if isinstance(data, Membership):
+                    self.on_membership(index, data)
         if any(r is not None and r.ok and r.value and "timeline_id" in r.value for r in results):
             self._check_timeline()
+        if self.on_batch is not None and entries:
+            self.on_batch(entries[0].index, entries[-1].index)
         if self.on_applied is not None:
             done = [e.data for e, r in zip(entries, results) if r is not None and r.ok and e.data]
             if done:

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from hactl import __version__
 from hactl._fs import atomic_write, file_sha256
-from hactl.agent.handle import AgentError
+from hactl.agent.handle import CALLER, AgentError
 from hactl.api.cluster import ClusterUnavailable, OutcomeUnknown, Overloaded
 from hactl.fsm.coerce import ValidationError
-from hactl.fsm.commands import RestoreAbort, build_cluster_revoke, build_restore, decode, encode
+from hactl.fsm.commands import (RestoreAbort, build_cluster_revoke, build_restore, decode, encode,
+                                with_origin)
 from hactl.fsm.machine import FormatError, StateMachine
 from hactl.raft.core import NotLeader, ProposalRefused
 from hactl.raft.node import RaftError
@@ -228,6 +229,7 @@ class Operations:
                     break
                 if loop.time() > deadline:
                     raise AgentError("timeout", f"restore did not finish within {timeout:g}s")
+                cmd = with_origin(cmd, CALLER.get())
                 last = await self.ctl.submit(cmd, decode(cmd).request_id)
                 if not last.ok:
                     raise AgentError("restore_failed", f"{last.error}: {last.message}")

@@ -42,7 +42,7 @@ from hactl.config import (ENDPOINTS_AUTO, PLANET_OWN, PLANET_ZEROTIER, ZeroTierC
                           zt_endpoint_problem)
 from hactl.fsm.coerce import ValidationError
 from hactl.fsm.commands import (CommandError, build_member_request, build_planet_init, build_planet_set,
-                                build_zt_root, decode, new_planet_key, new_world_id)
+                                build_zt_root, decode, new_planet_key, new_world_id, with_origin)
 from hactl.fsm.ipassign import V4Plan, has_routed_v4
 from hactl.fsm.model import format_address, format_nwid
 from hactl.fsm.result import Result
@@ -573,9 +573,27 @@ class ZeroTierService:
 
     async def _save_loop(self) -> None:
         while True:
-            await asyncio.sleep(30)
+            for _ in range(3):
+                await asyncio.sleep(10)
+                self._expire(self.ctl.now_ms())  # member.offline events within ~10 s of ONLINE_MS
             if self._registry_dirty:
                 self._save_registry()
+
+    def _expire(self, now_ms: int) -> None:
+        """Forget members that have not asked for ONLINE_MS (no more pushes to them): they are offline here."""
+        expired = [(k, o.seen) for k, o in self._online.items() if now_ms - o.seen > ONLINE_MS]
+        for k, seen in expired:
+            del self._online[k]
+            self._event("member.offline", k, lastSeenMs=seen)
+            self._registry_dirty = True
+
+    def _event(self, event_type: str, key: tuple[int, int], **fields: Any) -> None:
+        """A zerotier event about one member as this node sees it. The node a member's requests come to reports
+        it; once the member is handed over to another node, this node's view is only propagated (that node
+        reports)."""
+        nwid, address = key
+        self.ctl.events.emit("zerotier", event_type, propagated=address in self._redirected,
+                             networkId=f"{nwid:016x}", memberId=f"{address:010x}", **fields)
 
     async def _run(self) -> None:
         """Waits for the controller identity (created with the cluster), then serves and pushes."""
@@ -719,6 +737,7 @@ class ZeroTierService:
                         "refused (delete the member through the API if it really was re-keyed)", address, nwid)
             if fresh:
                 node.answer_error(req, ErrorCode.NETWORK_ACCESS_DENIED, ep.now())
+                self._event("access.denied", (nwid, address), reason="identity differs from the one on record")
             return
         versions = versions_of(req.request.metadata)
         if needs_write(network, member, versions) and (
@@ -756,6 +775,7 @@ class ZeroTierService:
         if not member.get("authorized"):
             if fresh:
                 self.node.answer_error(req, ErrorCode.NETWORK_ACCESS_DENIED, ep.now())
+                self._event("access.denied", (req.request.network_id, req.source), reason="not authorized")
             return
         rev = config_revision(network, member)
         if not fresh and req.request.revision and rev < req.request.revision:
@@ -764,6 +784,7 @@ class ZeroTierService:
         chunks = signed_config(network, member, req.identity, ident, self.ctl.now_ms(), versions.rules_engine > 0)
         self.node.answer_config(req, chunks, ep.now())
         entry.sent = rev
+        self._event("config.sent", (req.request.network_id, req.source), revision=rev, why="request")
 
     def _reply_error(self, req: ConfigRequest, code: ErrorCode) -> None:
         assert self.endpoint is not None
@@ -798,6 +819,8 @@ class ZeroTierService:
         cmd = build_member_request(rid, self.ctl.now_ms(), nwid=network["id"], address=f"{req.source:010x}",
                                    identity=identity_str, vMajor=v.major, vMinor=v.minor, vRev=v.rev,
                                    vProto=v.proto)
+        cmd = with_origin(cmd, {"kind": "zerotier", "member": f"{req.source:010x}", "node": self.ctl.node_id,
+                                "path": req.path[0] if req.path else "relayed"})
         try:
             result: Result = await self.ctl.submit(cmd, rid)
         except (ClusterUnavailable, Overloaded, OutcomeUnknown) as e:
@@ -814,6 +837,7 @@ class ZeroTierService:
             return value
         if result.error == "CONFLICT":
             self._reply_error(req, ErrorCode.NETWORK_ACCESS_DENIED)
+            self._event("access.denied", (int(network["id"], 16), req.source), reason=result.message or "conflict")
         elif result.error == "NOT_FOUND":
             self._reply_error(req, ErrorCode.OBJ_NOT_FOUND)
         else:
@@ -826,6 +850,9 @@ class ZeroTierService:
         key = (req.request.network_id, req.source)
         entry = self._online.get(key)
         now = self.ctl.now_ms()
+        if entry is None or now - entry.seen > ONLINE_MS:
+            self._event("member.online", key, path=req.path[0] if req.path else "relayed",
+                        version=f"{v.major}.{v.minor}.{v.rev}")
         if entry is None:
             self._registry_dirty = True
             entry = self._online[key] = Online(req.identity.public_only(), v.rules_engine > 0, now)
@@ -869,6 +896,10 @@ class ZeroTierService:
                 world = self._cluster_planet()
                 if world is not None:
                     self.switch.set_planet(world)
+                    self.ctl.events.emit("zerotier", "planet.updated", propagated=not self.ctl.node.is_leader,
+                                         worldId=f"{world.id:016x}", timestamp=world.timestamp,
+                                         roots=[{"identity": f"{r.identity.address:010x}", "endpoints": [
+                                             str(e) for e in r.stable_endpoints]} for r in world.roots])
                     if self.planet is None:  # zerotier.planet: own
                         self.node.set_planet(world)
         if self._dirty_networks or self._dirty_members or self._revoked:
@@ -898,9 +929,7 @@ class ZeroTierService:
         ep, ident = self.endpoint, self.identity
         assert ep is not None and ident is not None
         now_ms = self.ctl.now_ms()
-        expired = [k for k, o in self._online.items() if now_ms - o.seen > ONLINE_MS]
-        for k in expired:
-            del self._online[k]
+        self._expire(now_ms)
         targets = [k for k in self._online if k[0] in networks or k in members]
         pushed = 0
         machine = self.ctl.machine()
@@ -922,6 +951,7 @@ class ZeroTierService:
                 if self.node.push_config(address, chunks, ep.now()):
                     entry.sent = rev
                     pushed += 1
+                    self._event("config.sent", (nwid, address), revision=rev, why="push")
         revocations = 0
         for nwid, target in revoked:
             others = [a for (n, a) in self._online if n == nwid and a != target]
