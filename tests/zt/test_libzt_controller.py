@@ -21,6 +21,7 @@ from scratch, at most three times.
 from __future__ import annotations
 
 import ipaddress
+import json
 import signal
 import time
 from pathlib import Path
@@ -327,11 +328,47 @@ def refused_authorized_push_deauthorize(t: E2E) -> None:
     t.echo(0, 1, tries=2)
     t.echo(1, 0, tries=2)
     t.mark("others still talk")
+    check_events(t, members)
+
+
+def events(t: E2E) -> list[dict]:
+    out = []
+    for nid in t.c.ids:
+        p = t.c.specs[nid].data_dir / "events.jsonl"
+        out += [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
+    return out
+
+
+def check_events(t: E2E, members: list[int]) -> None:
+    """What the nodes' event files (zerotier and entityChange, every node's view) said about the scenario: each
+    member was refused before its authorization, came online, was sent its config (pushed at least once); its
+    record was created by its own ZeroTier request (the author of the entity change)."""
+    def about(i: int, evs: list[dict]) -> list[dict]:
+        return [e for e in evs if e.get("memberId") == t.addr(i) or
+                e.get("entityId") == f"{t.nwid}/{t.addr(i)}"]
+
+    def told() -> bool:
+        evs = events(t)
+        return all({"access.denied", "member.online", "config.sent"} <= {e["eventType"] for e in about(i, evs)}
+                   for i in members)
+    t.poll(told, 10, "zerotier events about every member")
+    for i in members:
+        mine = about(i, events(t))
+        zt = [e for e in mine if e["namespace"] == "zerotier"]
+        assert all(e["networkId"] == t.nwid and e["event_src_id"] in t.c.ids for e in zt), zt
+        kinds = [e["eventType"] for e in zt]
+        assert kinds.index("access.denied") < kinds.index("config.sent"), kinds  # refused, then authorized
+        assert "push" in {e.get("why") for e in zt if e["eventType"] == "config.sent"}, zt  # (the new route)
+        created = [e for e in mine if e["namespace"] == "entityChange" and e["eventType"] == "created"]
+        assert created and created[0]["metadata"]["author"]["kind"] == "zerotier", created
+        assert created[0]["metadata"]["author"]["member"] == t.addr(i)
+        assert created[0]["finalState"]["authorized"] is False
 
 
 def test_members_refused_until_authorized_then_addresses_tcp_push_and_deauthorization(
         libzt: fetch.Libzt, tmp_path: Path) -> None:
-    run_scenario(libzt, tmp_path, 3, refused_authorized_push_deauthorize)
+    run_scenario(libzt, tmp_path, 3, refused_authorized_push_deauthorize, config={"events": [
+        {"type": "file", "namespaces": ["zerotier", "entityChange"], "propagate_always": True}]})
 
 
 # ---------------------------------------------------------------------- scenario 2
