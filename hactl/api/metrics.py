@@ -46,7 +46,10 @@ async def get_metrics(request: web.Request) -> web.Response:
 ROUTES: list[Route] = [
     Route("GET", "/metrics", get_metrics, "getMetrics", "Prometheus metrics of this node", {"type": "string"},
           tags=("status",), content_type="text/plain",
-          description="Raft (term, commit/applied index, leader), peers, alarms, the Raft transport, the ZeroTier "
-                      "endpoint (members, counters and drops by reason) and the API itself (requests by route "
-                      "and status, latency). Token required (Prometheus: `authorization: {credentials: TOKEN}`)."),
+          description="Raft (term, commit/applied index, leader and leader changes, proposals, fsync/apply/"
+                      "snapshot durations, messages by type and drops by reason), writes by outcome, peers (last "
+                      "contact, round trip), alarms, the ZeroTier endpoint (packets by verb, drops by reason, config "
+                      "requests and replies, members), event subscriptions (queue depth, drops) and the API itself "
+                      "(requests by route and status, latency). Token required (Prometheus: "
+                      "`authorization: {credentials: TOKEN}`). Metric names: README, /metrics."),
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import collections
 import concurrent.futures
 import itertools
 import logging
@@ -25,6 +26,7 @@ from hactl.aio import cancel_and_wait
 from .confchange import decode_conf_change
 from .core import Config, NotLeader, ProposalRefused, Status
 from .driver import FSM, Driver, DriverError, DriverOptions, LogStore, open_core
+from .metrics_hooks import SNAPSHOT_BUCKETS, DurationHistogram, clock
 from .storage import RaftStorage
 from .types import ConfChange, ConfChangeType, ConfState, EntryType, Message, Ready, Role, SnapshotMeta
 
@@ -105,6 +107,15 @@ class RaftNode:
         self.applied = core.applied
         self.on_role_change: Callable[[Role, str | None], None] | None = None
         self.on_conf_change: Callable[[ConfChange, ConfState], None] | None = None
+        # Read by the Prometheus collector at scrape time. Plain ints: a proposal's fate is counted once, where it
+        # is decided; durations are observed per applied batch and per snapshot, never per entry.
+        self.leader_changes = 0
+        self._seen_leader: str | None = None
+        self.proposals_applied = 0
+        self.proposals_dropped = 0  # another leader's entry took the index: it never commits
+        self.proposals_failed: collections.Counter[str] = collections.Counter()  # by reason
+        self.apply_seconds = DurationHistogram()
+        self.snapshot_seconds = DurationHistogram(SNAPSHOT_BUCKETS)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -184,6 +195,11 @@ class RaftNode:
     def running(self) -> bool:
         return self._running
 
+    @property
+    def proposals_pending(self) -> int:
+        """Proposals made on this node that wait for their entry to be applied here."""
+        return len(self._proposals)
+
     def dropped(self) -> dict[str, int]:
         """Counts of inputs dropped by the core and the driver, by reason."""
         return dict(self.core.dropped + self.driver.dropped)
@@ -212,7 +228,11 @@ class RaftNode:
         try:
             index = self.core.propose(data)
         except NotLeader as e:
+            self.proposals_failed["not_leader"] += 1
             raise (NoLeader(str(e)) if e.leader is None else e)
+        except ProposalRefused:
+            self.proposals_failed["refused"] += 1
+            raise
         return index, await self._wait_entry(index, timeout)
 
     async def change_membership(self, cc: ConfChange, timeout: float | None = None) -> int:
@@ -345,7 +365,7 @@ class RaftNode:
                 if not d.needs_io(rd) and len(rd.committed) <= self.opts.inline_apply:
                     # Nothing to fsync and little to apply: a thread hop would cost more than the work.
                     self._send_all(d.persist(rd))
-                    results = d.apply(rd)
+                    results = self._apply(rd)
                 else:
                     self._io_since = time.monotonic()
                     try:
@@ -375,7 +395,17 @@ class RaftNode:
         msgs = self.driver.persist(rd)
         if msgs:
             loop.call_soon_threadsafe(self._send_all, msgs)  # the loop thread sends while this thread applies
-        return self.driver.apply(rd)
+        return self._apply(rd)
+
+    def _apply(self, rd: Ready) -> list[Any]:
+        """The driver's apply, timed per batch (hactl_apply_duration_seconds); Readys with nothing committed,
+        most of them on a follower, are not observations."""
+        if not rd.committed:
+            return self.driver.apply(rd)
+        t0 = clock()
+        results = self.driver.apply(rd)
+        self.apply_seconds.observe(clock() - t0)
+        return results
 
     def _send_all(self, msgs: list[Message]) -> None:
         if not self._running or not msgs:
@@ -392,6 +422,7 @@ class RaftNode:
             for idx in [i for i in self._proposals if i <= rd.snapshot.index]:
                 _, fut = self._proposals.pop(idx)
                 if not fut.done():
+                    self.proposals_failed["snapshot"] += 1
                     fut.set_exception(ResultUnknown(f"entry {idx} was covered by an installed snapshot"))
         for e, result in zip(rd.committed, results):
             if e.type == EntryType.CONF_CHANGE:
@@ -401,8 +432,10 @@ class RaftNode:
             waiter = self._proposals.pop(e.index, None)
             if waiter is not None and not waiter[1].done():
                 if waiter[0] == e.term:
+                    self.proposals_applied += 1
                     waiter[1].set_result(result)
                 else:
+                    self.proposals_dropped += 1
                     waiter[1].set_exception(ProposalDropped(f"entry {e.index} was replaced by a newer leader"))
         self.applied = self.core.applied
         for rs in rd.read_states:
@@ -418,6 +451,10 @@ class RaftNode:
                     keep.append((index, fut))
             self._applied_waiters = keep
         if rd.soft_state is not None:
+            leader = rd.soft_state.leader
+            if leader is not None and leader != self._seen_leader:  # as etcd's leader_changes_seen_total
+                self.leader_changes += 1
+                self._seen_leader = leader
             if rd.soft_state.role != Role.LEADER:
                 self._fail_reads()
             if self.on_role_change is not None:
@@ -432,6 +469,7 @@ class RaftNode:
         try:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
+            self.proposals_failed["timeout"] += 1
             raise ResultUnknown(f"entry {index} not applied within {timeout}s; it may still commit") from None
         finally:
             self._proposals.pop(index, None)
@@ -443,6 +481,7 @@ class RaftNode:
     def _fail_all(self, exc: Exception) -> None:
         for _, fut in self._proposals.values():
             if not fut.done():
+                self.proposals_failed["stopped"] += 1
                 fut.set_exception(exc)
         for _, fut in self._applied_waiters:
             if not fut.done():
@@ -457,9 +496,17 @@ class RaftNode:
     def request_snapshot(self) -> asyncio.Future:
         """Take a snapshot now (off the event loop), then compact the log behind it."""
         self.driver.begin_snapshot()
-        fut = asyncio.get_running_loop().run_in_executor(self._snap_pool, self.driver.take_snapshot)
+        fut = asyncio.get_running_loop().run_in_executor(self._snap_pool, self._take_snapshot)
         fut.add_done_callback(self._snapshot_done)
         return fut
+
+    def _take_snapshot(self) -> SnapshotMeta | None:
+        """On the snapshot thread; hactl_raft_snapshot_duration_seconds counts the snapshots actually stored."""
+        t0 = clock()
+        meta = self.driver.take_snapshot()
+        if meta is not None:
+            self.snapshot_seconds.observe(clock() - t0)
+        return meta
 
     def _snapshot_done(self, fut: asyncio.Future) -> None:
         meta = None

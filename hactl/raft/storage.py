@@ -49,6 +49,7 @@ import msgpack
 from hactl._fs import fsync_dir
 from hactl._lmdb import usage as lmdb_usage
 
+from .metrics_hooks import DurationHistogram, clock
 from .types import ConfState, Entry, EntryType, HardState, MalformedError, SnapshotMeta
 
 FORMAT_MAGIC = "hactl-raft-journal"
@@ -179,6 +180,9 @@ class RaftStorage:
         self._hard_state: HardState | None = None
         self._conf: ConfState | None = None
         self._snapshot: SnapshotMeta | None = None
+        # Durable commits (LMDB writes the pages, fsyncs, writes the meta page, fsyncs): the fsync latency
+        # the Raft loop waits on, hactl_raft_fsync_duration_seconds.
+        self.fsync_seconds = DurationHistogram()
 
         if not os.path.lexists(self._path):
             self._create()
@@ -387,7 +391,9 @@ class RaftStorage:
 
     def _commit(self, txn: lmdb.Transaction) -> None:
         try:
+            t0 = clock()
             txn.commit()
+            self.fsync_seconds.observe(clock() - t0)
         except lmdb.Error as e:
             # After a failed commit (e.g. fsync EIO) nobody knows what reached the disk; retrying could
             # acknowledge data that is not durable, so refuse all further use of this handle.

@@ -17,6 +17,7 @@ deletes and the other ALARM_EXEMPT_TYPES still go through, so an operator can fr
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from typing import Any, Callable
 
@@ -37,6 +38,14 @@ FORWARD_METHOD = "raft.propose"
 # another entry commit at its index, so it never can): a retry or a 503/429 is safe.
 _NOT_APPENDED = frozenset({"not_leader", "overloaded", "bad_request", "busy", "unknown_method", "forbidden"})
 _RETRY_PAUSE = 0.05
+# How a write ended, as hactl_writes_total{outcome} counts it (each with the HTTP status it becomes).
+_OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
+    (NoSpace, "no_space"),  # 507
+    (Overloaded, "overloaded"),  # 429
+    (OutcomeUnknown, "unknown"),  # 504
+    (ClusterUnavailable, "unavailable"),  # 503
+    (asyncio.CancelledError, "cancelled"),  # the client went away
+)
 
 
 class WritePath:
@@ -49,12 +58,29 @@ class WritePath:
         self.apply_timeout = apply_timeout
         self.proposal_queue = proposal_queue
         self._inflight = 0
+        # Read by the Prometheus collector: writes by outcome, and followers' writes this node proposed as leader.
+        self.outcomes: collections.Counter[str] = collections.Counter()
+        self.forwarded_served = 0
         mesh.register(FORWARD_METHOD, self._serve_forwarded)
+
+    @property
+    def in_flight(self) -> int:
+        """Proposals this node (as leader) made for writes, its own and forwarded ones, not applied yet."""
+        return self._inflight
 
     async def submit(self, command: bytes, request_id: str) -> Result:
         """Replicate ``command``; its Result once applied on this node (read-your-writes). Raises
         ClusterUnavailable (503), Overloaded (429) or NoSpace (507) only if the entry was certainly not appended
         anywhere, OutcomeUnknown (504) otherwise."""
+        try:
+            result = await self._replicate(command, request_id)
+        except BaseException as e:
+            self.outcomes[next((name for cls, name in _OUTCOMES if isinstance(e, cls)), "error")] += 1
+            raise
+        self.outcomes["applied"] += 1
+        return result
+
+    async def _replicate(self, command: bytes, request_id: str) -> Result:
         self._refuse_under_alarm(command)
         try:
             return await self._submit(command, request_id)
@@ -165,6 +191,7 @@ class WritePath:
             raise RemoteError("bad_request", "expected {cmd: bytes}")
         if not self.node.is_leader:
             raise RemoteError("not_leader", f"{self.node.id} is not the leader (leader: {self.node.leader})")
+        self.forwarded_served += 1
         try:
             index = await self._propose_here(body["cmd"], self.apply_timeout)
         except Overloaded as e:

@@ -104,6 +104,7 @@ class PeerInfo:
     outbound: bool
     queued: int
     dropped: int
+    rtt: float | None = None  # seconds, the last ping's round trip (None until one came back)
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,10 @@ class Mesh:
         self.rpc.register(SEEN_METHOD, self._serve_seen)
         self._server: grpc.aio.Server | None = None
         self._pinger: asyncio.Task | None = None
+        # Round-trip times from the keepalive pings, without changing the wire: a round sends Ping(n) to every
+        # connection at one instant, and a Pong(n) echoing the current round's n measures its connection.
+        self._ping_round: tuple[int, float] = (0, 0.0)  # (n, monotonic time it was sent)
+        self._rtt: dict[Connection, float] = {}
         self._running = False
         self._changed = asyncio.Event()
         self.port = 0
@@ -234,7 +239,7 @@ class Mesh:
 
     def connected(self) -> dict[str, PeerInfo]:
         return {pid: PeerInfo(pid, self._peers.get(pid, c.addr), c.version, c.software, c.last_contact,
-                              c.connected_at, c.outbound, c.queued(), c.dropped)
+                              c.connected_at, c.outbound, c.queued(), c.dropped, self._rtt.get(c))
                 for pid, c in self._conns.items() if not c.closing}
 
     def routers(self) -> list[RouterInfo]:
@@ -337,6 +342,7 @@ class Mesh:
         return True
 
     def _on_closed(self, conn: Connection) -> None:
+        self._rtt.pop(conn, None)
         if conn.kind == "router":
             if conn in self._routers:
                 self._routers.discard(conn)
@@ -365,6 +371,9 @@ class Mesh:
             conn.send_frame(Pong(frame.n))
         elif isinstance(frame, Pong):
             conn.last_pong = time.time()
+            n, sent = self._ping_round
+            if frame.n == n and conn.kind == "controller":  # a late answer to an older round is not measured
+                self._rtt[conn] = time.monotonic() - sent
         elif isinstance(frame, Close):
             conn.close(f"closed by the peer: {frame.reason}", notify=False)
         elif isinstance(frame, Hello):
@@ -395,6 +404,7 @@ class Mesh:
             await asyncio.sleep(self.opts.ping_interval)
             n += 1
             now = time.monotonic()
+            self._ping_round = (n, now)
             for conn in list(self._conns.values()):
                 if now - conn.last_contact_mono > self.opts.dead_after:
                     conn.close(f"no frames from the peer for {self.opts.dead_after:g}s", error=True)

@@ -73,6 +73,10 @@ class RaftTransport:
         self.receiver = SnapshotReceiver(my_id=self.id, sink_factory=snapshot_sink, deliver=self._deliver,
                                          executor=self._executor, max_queued=max(64, window + 16))
         self.stats: collections.Counter[str] = collections.Counter()
+        # By message type (hactl_raft_messages_{sent,received}_total{type}): keyed by the MsgType itself, named
+        # only at scrape time, so the hot path is one dict increment.
+        self.sent_by_type: collections.Counter[MsgType] = collections.Counter()
+        self.received_by_type: collections.Counter[MsgType] = collections.Counter()
         self._rlog = _RateLimitedLog()
         mesh.on_frame("raft", self._on_raft)
         for tag in ("snap_begin", "snap_chunk", "snap_end", "snap_abort"):
@@ -104,6 +108,7 @@ class RaftTransport:
                 asyncio.get_running_loop().call_soon(self._snapshot_status, msg.to, False)  # not re-entrant
                 return
             self.stats["snapshots_started"] += 1
+            self.sent_by_type[MsgType.SNAPSHOT] += 1
             self.sender.start(msg, source)
             return
         conn = self.mesh.connection(msg.to)
@@ -120,6 +125,7 @@ class RaftTransport:
             return
         if conn.send(data):
             self.stats["sent"] += 1
+            self.sent_by_type[msg.type] += 1
         else:
             # Raft retransmits; a slow peer only loses its own messages.
             self.stats["dropped_queue_full"] += 1
@@ -171,6 +177,7 @@ class RaftTransport:
             self.stats["dropped_no_receiver"] += 1
             return
         self.stats["received"] += 1
+        self.received_by_type[msg.type] += 1
         try:
             receiver(msg, payload)
         except Exception:  # the raft node's problem, but the connection must survive it

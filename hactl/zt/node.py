@@ -136,6 +136,11 @@ def _family(addr: SockAddr) -> int:
     return 6 if ":" in addr[0] else 4
 
 
+# Counter keys per verb (rx.<verb>, tx.<verb>), built once: every packet in and out is counted by verb.
+_RX_KEYS = {int(v): f"rx.{v.name.lower()}" for v in Verb}
+_TX_KEYS = {int(v): f"tx.{v.name.lower()}" for v in Verb}
+
+
 def _verb_name(verb: int) -> str:
     try:
         return Verb(verb).name.lower()
@@ -359,7 +364,7 @@ class Node:
             return
         peer.received(now)
         self._peers.move_to_end(peer.address)
-        self._inc(f"rx.{_verb_name(packet.verb)}")
+        self._inc(_RX_KEYS.get(packet.verb, "rx.unknown"))
         learned = self._dispatch(peer, packet, src, now, received)
         if packet.hops == 0:
             self._note_direct(peer, packet.verb, src, learned, now)
@@ -697,6 +702,7 @@ class Node:
             self._drop("answer_no_peer")
             return
         self.note_authorized(req.request.network_id, req.source, now)
+        self._inc("config_replies")
         for chunk in chunks:
             self._send(peer, Verb.OK, OkNetworkConfig(req.packet_id, chunk).encode(), now,
                        to=req.path or self._route(peer, now, alive_only=True))
@@ -708,6 +714,7 @@ class Node:
             self._drop("answer_no_peer")
             return
         err = Error.network_config(req.packet_id, code, req.request.network_id)
+        self._inc("config_errors")
         self._send(peer, Verb.ERROR, err.encode(), now, to=req.path or self._route(peer, now, alive_only=True))
 
     def push_config(self, address: int, chunks: list[ConfigChunk], now: int) -> bool:
@@ -720,6 +727,7 @@ class Node:
         if dest is None:
             self._drop("no_path")
             return False
+        self._inc("config_pushes")
         for chunk in chunks:
             self.note_authorized(chunk.network_id, address, now)
             self._send(peer, Verb.NETWORK_CONFIG, chunk.encode(), now, to=dest)
@@ -806,6 +814,7 @@ class Node:
         for d in pieces:
             self._out.append((d, dest))
         self._inc("sent", len(pieces))
+        self._inc(_TX_KEYS.get(verb, "tx.unknown"))  # packets, not datagrams: a fragmented one counts once
         path = peer.path(dest)
         if path is not None:
             path.last_send = now
