@@ -4,6 +4,7 @@ deletes freed the space."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -170,7 +171,8 @@ def test_a_node_short_of_space_makes_every_node_refuse_writes_until_deletes_free
     # is remembered for exactly-once retries), under the 5.1 MiB at which the alarm clears. The disk floor is low
     # so that a nearly full test machine cannot raise an alarm of its own.
     c = ProcCluster(tmp_path / "c", 3, config={"storage": {"ctrl_db_max_bytes": 32 * MIB,
-                                                           "alarm_min_free_bytes": MIB}})
+                                                           "alarm_min_free_bytes": MIB},
+                                               "events": [{"type": "file", "namespaces": ["cluster"]}]})
     short, entry, other = "ctrl3", "ctrl1", "ctrl2"
     doc = yaml.safe_load(c.specs[short].config.read_text())
     doc["storage"]["alarm_used_ratio"] = 0.2
@@ -222,5 +224,14 @@ def test_a_node_short_of_space_makes_every_node_refuse_writes_until_deletes_free
         code, body = c.write(other, "POST", f"/controller/network/{address}______", {"name": "after"})
         assert code == 200, body
         assert all(p.poll() is None for p in c.procs.values()) and all(n == 0 for n in c.restarts.values())
+
+        # Every node told its event subscribers: read-only while the alarm was on, writable again after.
+        for nid in c.ids:
+            path = c.specs[nid].data_dir / "events.jsonl"
+            c.wait(lambda: '"state.rw"' in path.read_text(), 10, f"{nid}'s state.rw event")
+            evs = [json.loads(x) for x in path.read_text().splitlines()]
+            ro_rw = [e for e in evs if e["eventType"] in ("state.ro", "state.rw")]
+            assert [e["eventType"] for e in ro_rw] == ["state.ro", "state.rw"], ro_rw
+            assert f"{NOSPACE} on {short}" in ro_rw[0]["reason"] and ro_rw[0]["event_src_id"] == nid
     finally:
         c.close()
