@@ -16,6 +16,7 @@ def _setup_logging(level: str, fmt: str = "text", node_id: str | None = None) ->
 
 def _controller_run(args: argparse.Namespace) -> int:
     from hactl.config import ConfigError, load
+    from hactl.events.setup import EventSinkError
     from hactl.server.controller import EXIT_CONFIG, Controller, StartupError
     from hactl.raft.storage import StorageError
     from hactl.snapshots.store import SnapshotError
@@ -27,7 +28,7 @@ def _controller_run(args: argparse.Namespace) -> int:
     _setup_logging(cfg.log.level, cfg.log.format, cfg.id)
     try:
         return asyncio.run(Controller(cfg).run())
-    except (StartupError, StorageError, SnapshotError) as e:
+    except (StartupError, StorageError, SnapshotError, EventSinkError) as e:
         logging.getLogger("hactl").error("cannot start: %s", e)
         return EXIT_CONFIG
     except KeyboardInterrupt:
@@ -75,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_dev_commands(sub)
     from hactl.zt_cli import add_zt_commands
     add_zt_commands(sub)
+    from hactl.events.tail import add_events_commands
+    add_events_commands(sub)
     return ap
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from hactl.api import metrics, openapi, routes_member, routes_network, routes_planet, routes_status
+from hactl.api import metrics, openapi, routes_events, routes_member, routes_network, routes_planet, routes_status
 from hactl.api.auth import auth_middleware
 from hactl.api.cluster import Cluster
 from hactl.api.context import CONTEXT, ApiContext
@@ -26,7 +26,7 @@ access_log = logging.getLogger("hactl.api.access")
 def all_routes() -> list[Route]:
     # Order matters where templates overlap: {ctrl}______ is declared before {nwid} in routes_network.
     return [*routes_status.ROUTES, *routes_network.ROUTES, *routes_member.ROUTES, *routes_planet.ROUTES,
-            *metrics.ROUTES, *openapi.ROUTES]
+            *metrics.ROUTES, *routes_events.ROUTES, *openapi.ROUTES]
 
 
 def build_app(cluster: Cluster, *, max_body_bytes: int = 1 << 20, version: str) -> web.Application:

@@ -9,9 +9,14 @@ from typing import Protocol
 
 
 class Sink(Protocol):
-    def write(self, lines: list[str]) -> None: ...
+    def write(self, lines: list[str]) -> int | None:
+        """Deliver the batch; how many of its events were given up on (None or 0: all delivered). Raises OSError
+        when the sink is broken (the bus drops what is queued and says so)."""
 
     def close(self) -> None: ...
+
+    # Optional: ``interrupt()``, called at stop before the final flush, so that a sink that waits (a webhook's
+    # retries) stops waiting and the stop stays bounded.
 
 
 class FileSink:

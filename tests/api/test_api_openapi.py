@@ -83,8 +83,9 @@ async def test_document_content(env: ApiEnv) -> None:
             assert {n for i, n in names if i == "path"} == template_params, (method, path)
             assert "200" in op["responses"] and "500" in op["responses"]
             for status, resp in op["responses"].items():
-                # the serialized world ZeroTier clients store; Prometheus's text format
-                special = {"/planet": "application/octet-stream", "/metrics": "text/plain"}
+                # the serialized world ZeroTier clients store; Prometheus's text format; Server-Sent Events
+                special = {"/planet": "application/octet-stream", "/metrics": "text/plain",
+                           "/events": "text/event-stream"}
                 want = special.get(path, "application/json") if status == "200" else "application/json"
                 assert want in resp["content"], (method, path, status)
             if path in OPEN_PATHS:
