@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from pathlib import Path
 
 from hactl.dev.cluster import TRUST_DOMAIN
@@ -37,7 +38,7 @@ def certificates(c: ProcCluster, nid: str) -> list[str]:
 
 
 def test_a_revoked_certificate_then_a_removed_member_are_refused(cluster) -> None:
-    c: ProcCluster = cluster()
+    c: ProcCluster = cluster(events=[{"type": "file", "namespaces": ["cluster"], "propagate_always": True}])
     ctrl = c.wait_ready()
     victim = "ctrl3"
     pki_dir = c.root / "pki" / victim
@@ -73,6 +74,18 @@ def test_a_revoked_certificate_then_a_removed_member_are_refused(cluster) -> Non
     assert refused.startswith("refused") and "was removed" in refused, refused
     code, _ = c.write("ctrl1", "POST", f"/controller/network/{ctrl}______", {"name": "after-remove"})
     assert code == 200
+
+    # The refusals and the removal were told to event subscribers: peer.not_member with the reason (once a
+    # minute per peer and reason, however often it dials), members.changed without ctrl3 on both others.
+    def events(nid: str) -> list[dict]:
+        return [json.loads(x) for x in (c.specs[nid].data_dir / "events.jsonl").read_text().splitlines()]
+    c.wait(lambda: any(e["eventType"] == "peer.not_member" and "was removed" in e["reason"]
+                       for e in events("ctrl2")), 10, "ctrl2's peer.not_member event")
+    revoked = [e for e in events("ctrl1") if e["eventType"] == "peer.not_member" and "was revoked" in e["reason"]]
+    assert len(revoked) == 1 and revoked[0]["peer"] == victim, revoked
+    for nid in ("ctrl1", "ctrl2"):
+        last = [e for e in events(nid) if e["eventType"] == "members.changed"][-1]
+        assert sorted(last["voters"]) == ["ctrl1", "ctrl2"] and victim not in last["peers"], last
 
 
 def test_removing_the_leader_hands_leadership_over_and_answers(cluster) -> None:

@@ -58,6 +58,7 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_RESTART = 3
 
+REFUSED_EVENT_EVERY_S = 60.0
 INIT_REQUEST_ID = "cluster-init"  # one fixed id: however many leaders try, the model is initialised once
 
 
@@ -92,6 +93,7 @@ class Controller:
         self.events: EventBus | None = None
         self.entity_events: EntityChangeEmitter | None = None
         self._read_only = False
+        self._refused_told: dict[tuple[str, str], float] = {}
         self._seen_role: Role | None = None
         self._seen_leader: str | None = None
         self.raft_transport: RaftTransport | None = None
@@ -131,6 +133,7 @@ class Controller:
                          options=MeshOptions(max_frame=cfg.control.max_frame_bytes), authorizer=self.peers)
         self.mesh.on_connect(self._on_peer_connected)
         self.mesh.on_disconnect(self._on_peer_disconnected)
+        self.mesh.on_refuse(self._on_peer_refused)
         transport = RaftTransport(self.mesh, snapshot_sink=store.receiver,
                                   on_snapshot_status=lambda to, ok: self.node and self.node.report_snapshot(to, ok),
                                   on_unreachable=lambda to: self.node and self.node.report_unreachable(to))
@@ -343,6 +346,16 @@ class Controller:
                 self.events.emit("cluster", "state.ro", reason=reason)
             else:
                 self.events.emit("cluster", "state.rw")
+
+    def _on_peer_refused(self, peer: str, reason: str) -> None:
+        """peer.not_member, at most once a minute per peer and reason (a refused node keeps dialling)."""
+        now = time.monotonic()
+        if now - self._refused_told.get((peer, reason), -REFUSED_EVENT_EVERY_S) < REFUSED_EVENT_EVERY_S:
+            return
+        if len(self._refused_told) > 1000:
+            self._refused_told.clear()
+        self._refused_told[(peer, reason)] = now
+        self.events.emit("cluster", "peer.not_member", peer=peer, reason=reason)
 
     def _on_peer_disconnected(self, conn: Any) -> None:
         if conn.kind == "controller" and self.mesh is not None and self.mesh.connection(conn.peer_id) is None:

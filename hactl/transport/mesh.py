@@ -145,6 +145,7 @@ class Mesh:
         self._handlers: dict[str, FrameHandler] = {}
         self._disconnect_listeners: list[Callable[[Connection], None]] = []
         self._connect_listeners: list[Callable[[Connection], None]] = []
+        self._refuse_listeners: list[Callable[[str, str], None]] = []
         self.rpc = RpcEndpoint(max_concurrent_per_conn=self.opts.max_calls_per_conn)
         self.authorizer = authorizer
         if authorizer is not None:
@@ -267,6 +268,10 @@ class Mesh:
 
     def on_connect(self, listener: Callable[[Connection], None]) -> None:
         self._connect_listeners.append(listener)
+
+    def on_refuse(self, listener: Callable[[str, str], None]) -> None:
+        """Called (on the loop) with (peer id, reason) when the authorizer refuses a controller's connection."""
+        self._refuse_listeners.append(listener)
 
     def register(self, method: str, handler: Handler) -> None:
         """Serve ``method`` for calls from peers: ``async handler(peer_id, body) -> reply``; raise
@@ -543,6 +548,8 @@ class Mesh:
                                          trust_domain=self.trust_domain)
             reason = await self._authorize(pid, serial)
             if reason is not None:
+                for listener in self._refuse_listeners:
+                    listener(pid, reason)
                 raise HandshakeError(reason)
         except HandshakeError as e:
             self.stats["refused"] += 1
