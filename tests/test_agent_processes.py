@@ -166,6 +166,8 @@ def test_add_learner_promote_remove_and_transfer_with_writes_flowing(cluster, tm
             return rows if isinstance(rows, list) and sorted(r["id"] for r in rows) == want else None
         rows = c.wait(listed, 10, f"ctrl4 to list {want}")
         assert all(r["role"] == "voter" for r in rows) and sum(r["leader"] for r in rows) == 1
+        # Seconds since the last frame from each connected peer (keepalives come every few seconds).
+        assert all(0 <= r["last_contact"] < 15 for r in rows if r["connected"]), rows
         code, res, err = agent(c, leader, "cluster", "transfer-leadership", "ctrl4")
         assert code == 0 and res["leader"] == "ctrl4", err
         c.wait(lambda: c.status("ctrl4")["cluster"]["role"] == "leader", 10, "ctrl4 to lead")

@@ -48,7 +48,7 @@ class Operations:
         ctl = self.ctl
         st = ctl.node.status()
         conns = ctl.mesh.connected()
-        now = time.monotonic()
+        now = time.time()  # (PeerInfo.last_contact is unix time)
         certs, _ = ctl.model.machine.certificates()
         rows = []
         for nid in list(st.conf.voters) + list(st.conf.learners):
