@@ -8,6 +8,7 @@ import http.client
 import json
 import queue
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -16,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+import pytest
 
 from tests.proc_cluster import ProcCluster, poll
 
@@ -94,6 +97,7 @@ def hactl(*args: str, **kw: Any) -> subprocess.Popen:
                             stderr=subprocess.PIPE, **kw)
 
 
+@pytest.mark.timeout(180)
 def test_sse_needs_the_token_filters_resumes_and_hactl_events_tail_follows(cluster, tmp_path: Path) -> None:
     c: ProcCluster = cluster()
     ctrl = c.wait_ready()
@@ -149,6 +153,14 @@ def test_sse_needs_the_token_filters_resumes_and_hactl_events_tail_follows(clust
         first = other.until(lambda m: True, 10, "the first message")[0]
         assert first["data"]["eventType"] == "gap" and last_id in first["data"]["reason"] and "id" not in first
         other.close()
+
+        # The node restarts under the tail: it reconnects, sending the last id it printed, and the new process
+        # (another incarnation) answers with a gap event first.
+        assert c.stop(node) == 0
+        c.start(node)
+        gap = tail_saw(lambda e: e["eventType"] == "gap", "a gap event after the restart")
+        assert gap["reason"].startswith(f"history does not reach back to {incarnation}.")
+        assert gap["event_src_id"] == node and not gap["id"].startswith(f"{node}-{incarnation}-")
     finally:
         stream.close()
         tail.send_signal(signal.SIGINT)
@@ -156,6 +168,20 @@ def test_sse_needs_the_token_filters_resumes_and_hactl_events_tail_follows(clust
             assert tail.wait(10) == 0
         finally:
             tail.kill()
+
+    # `| head -1`: the node's config names the API and the token; a closed stdout ends the tail quietly.
+    head = hactl("events", "tail", "--config", str(c.specs[node].config), "--propagate-always")
+    c.wait_ready()
+    assert head.stdout is not None
+    deadline = time.monotonic() + 20
+    while not select.select([head.stdout], [], [], 0.5)[0]:  # (a reader thread would hold the pipe: no close)
+        assert time.monotonic() < deadline and head.poll() is None, "hactl events tail --config printed nothing"
+        c.write(node, "POST", f"/controller/network/{net['id']}", {"name": f"n{time.monotonic()}"})
+    json.loads(head.stdout.readline())
+    head.stdout.close()
+    for _ in range(5):  # the next events go to a closed pipe
+        c.write(node, "POST", f"/controller/network/{net['id']}", {"name": f"n{time.monotonic()}"})
+    assert head.wait(10) == 0 and "Traceback" not in (head.stderr.read() if head.stderr else "")
 
     bad_token = tmp_path / "wrong-token"
     bad_token.write_text("not-the-token\n")
@@ -229,6 +255,7 @@ def metric(c: ProcCluster, nid: str, name: str, subscription: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
+@pytest.mark.timeout(180)
 def test_writes_are_not_slowed_by_a_stalled_sse_client_and_a_dead_webhook(cluster) -> None:
     plain = cluster()
     rate_a = writes_per_second(plain)

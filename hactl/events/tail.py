@@ -132,6 +132,8 @@ def follow(url: str, token: str, cacert: str | None, query: str, out: TextIO, *,
                     elif name == "id":
                         event_id = value
             err(f"{url}: the node ended the stream; reconnecting")
+        except BrokenPipeError:
+            raise  # our stdout, not the connection
         except (OSError, http.client.HTTPException) as e:
             err(f"{url}: connection lost ({e or type(e).__name__}); reconnecting")
         finally:
