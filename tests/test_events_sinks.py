@@ -30,7 +30,7 @@ class Receiver:
     """A webhook receiver on 127.0.0.1: records (headers, body) of every POST and answers statuses[i] to the
     i-th (200 once the list is used up)."""
 
-    def __init__(self, statuses: list[int] | None = None) -> None:
+    def __init__(self, statuses: list[int] | None = None, *, hang_up: bool = False) -> None:
         self.statuses = list(statuses or [])
         self.posts: list[tuple[dict[str, str], bytes]] = []
         self.answered: list[int] = []
@@ -50,6 +50,8 @@ class Receiver:
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"{}")
+                # hang_up: close after answering, without saying so (as an idle keep-alive timeout does)
+                self.close_connection = hang_up
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -153,6 +155,21 @@ def test_webhook_without_secret_is_unsigned(tmp_path: Path) -> None:
         rx.close()
     headers, body = rx.posts[0]
     assert body == b'[{"a":1}]' and SIGNATURE_HEADER.lower() not in headers
+
+
+def test_webhook_reconnects_at_once_when_the_receiver_closed_the_kept_alive_connection() -> None:
+    rx = Receiver(hang_up=True)
+    try:
+        sink = WebhookSink(rx.url, "ctrl1", retries=0)
+        t0 = time.monotonic()
+        for i in range(5):
+            assert sink.write([f'{{"n":{i}}}']) == 0
+            time.sleep(0.05)  # the receiver's close reaches us
+        took = time.monotonic() - t0
+        sink.close()
+    finally:
+        rx.close()
+    assert [e["n"] for e in rx.events()] == list(range(5)) and took < 2, took
 
 
 def test_webhook_retries_a_500_then_delivers_once(tmp_path: Path) -> None:

@@ -31,6 +31,10 @@ SOURCE_HEADER = "X-Hactl-Event-Source"
 MAX_ANSWER_BYTES = 64 << 10  # a receiver's answer body is read (to reuse the connection), never kept
 
 
+# What a kept-alive connection the receiver has since closed fails with, before any answer.
+_STALE = ("RemoteDisconnected", "BrokenPipeError", "ConnectionResetError")
+
+
 class WebhookError(ValueError):
     """The sink cannot be built (its secret file is unreadable)."""
 
@@ -100,7 +104,15 @@ class WebhookSink:
         return len(lines)
 
     def _post(self, body: bytes, headers: dict[str, str], timeout: float) -> str | None:
-        """One attempt: None when the receiver answered 2xx, else why not."""
+        """One attempt: None when the receiver answered 2xx, else why not. A kept-alive connection the receiver
+        closed while idle is not a failure: the attempt is made again at once on a new one."""
+        reused = self._conn is not None
+        reason = self._post_once(body, headers, timeout)
+        if reason is not None and reused and self._conn is None and reason.startswith(_STALE):
+            reason = self._post_once(body, headers, timeout)
+        return reason
+
+    def _post_once(self, body: bytes, headers: dict[str, str], timeout: float) -> str | None:
         try:
             if self._conn is None:
                 if self._https:
