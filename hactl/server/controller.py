@@ -123,7 +123,7 @@ class Controller:
         self.entity_events = EntityChangeEmitter(self.events, machine, self.data / "events.cursor",
                                                  lambda: self.node is not None and self.node.is_leader)
         self.entity_events.start(self._loop)  # (before the node applies anything new: events stay in order)
-        self.model.on_batch = self.entity_events.applied
+        self.model.on_batch = self._batch_applied
         self.model.on_membership = lambda index, m: self._loop.call_soon_threadsafe(self._members_changed, index, m)
         mesh_id = hashlib.sha256(Path(cfg.pki.ca).read_bytes()).hexdigest()[:16]  # the CA defines the cluster
         peers = {k: v for k, v in self._addresses.items() if k != self.node_id}
@@ -328,6 +328,12 @@ class Controller:
                     (c.peer_id, c.serial) for c in map(self.mesh.connection, self.mesh.connected()) if c]:
                 self._record_certificate(peer, serial)
 
+    def _batch_applied(self, first: int, last: int) -> None:
+        """From the Raft I/O thread after each applied batch: its events, on the loop (an alarm may be raised
+        and cleared within a second: state.ro/rw must not depend on the once-a-second housekeeping seeing it)."""
+        self.entity_events.applied(first, last)
+        self._loop.call_soon_threadsafe(self._watch_read_only)
+
     def _members_changed(self, index: int, m: Any) -> None:
         """A membership change applied (every node applies it: the leader's event is the primary one)."""
         self.events.emit("cluster", "members.changed", key=f"mc-{index}", propagated=not self.node.is_leader,
@@ -337,7 +343,10 @@ class Controller:
     def _watch_read_only(self) -> None:
         """state.ro / state.rw: the cluster refuses writes that add data while an alarm is on, and this node
         refuses everything while a restart is pending."""
-        alarms = self.model.machine.alarms() if self.model.restart_reason is None else []
+        try:
+            alarms = self.model.machine.alarms() if self.model.restart_reason is None else []
+        except Exception:  # ctrl.db closed (stopping) or unreadable: the next batch or restart tells
+            return
         reason = self.model.restart_reason or "; ".join(f"{a['name']} on {a['node']}: {a['message']}"
                                                         for a in alarms)
         if bool(reason) != self._read_only:
@@ -438,7 +447,6 @@ class Controller:
             self.mesh.enforce()  # revocations applied since (ctrl.db's deny-list) close their connections
             self.storage_alarms.tick()  # raises or clears this node's NOSPACE alarm before a map or the disk is full
             self.entity_events.save()
-            self._watch_read_only()
             if interval and time.monotonic() - self._last_snapshot_time >= interval:
                 self._last_snapshot_time = time.monotonic()
                 if node.running and node.applied > node.snapshot_index and not node.snapshot_in_progress:
