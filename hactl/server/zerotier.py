@@ -330,6 +330,7 @@ class ZeroTierService:
         self._registry_dirty = False
         self._auto_problem: str | None = None  # why zerotier.endpoints: [auto] has no endpoint (said once)
         self._redirected: dict[int, tuple[int, str]] = {}  # member -> (when, ms; node) it was handed over
+        self._root_seen: set[int] = set()  # members with a live direct path to this node's root (events)
         controller.mesh.register(LOAD_METHOD, self._serve_load)
 
     # -------------------------------------------------------------- lifecycle
@@ -576,6 +577,7 @@ class ZeroTierService:
             for _ in range(3):
                 await asyncio.sleep(10)
                 self._expire(self.ctl.now_ms())  # member.offline events within ~10 s of ONLINE_MS
+                self._root_view()
             if self._registry_dirty:
                 self._save_registry()
 
@@ -587,12 +589,26 @@ class ZeroTierService:
             self._event("member.offline", k, lastSeenMs=seen)
             self._registry_dirty = True
 
+    def _root_view(self) -> None:
+        """The root's view of member traffic, as propagated events (every node that is a root sees every member
+        that HELLOs it: the primary report is the controller view above, from the node the member asks)."""
+        if self.switch is None or self.endpoint is None or self.identity is None:
+            return
+        now = self.switch.root.direct_peers(self.endpoint.now()) - {self.identity.address}
+        for address in sorted(now - self._root_seen):
+            self.ctl.events.emit("zerotier", "member.online", propagated=True, view="root",
+                                 memberId=f"{address:010x}")
+        for address in sorted(self._root_seen - now):
+            self.ctl.events.emit("zerotier", "member.offline", propagated=True, view="root",
+                                 memberId=f"{address:010x}")
+        self._root_seen = now
+
     def _event(self, event_type: str, key: tuple[int, int], **fields: Any) -> None:
         """A zerotier event about one member as this node sees it. The node a member's requests come to reports
         it; once the member is handed over to another node, this node's view is only propagated (that node
         reports)."""
         nwid, address = key
-        self.ctl.events.emit("zerotier", event_type, propagated=address in self._redirected,
+        self.ctl.events.emit("zerotier", event_type, propagated=address in self._redirected, view="controller",
                              networkId=f"{nwid:016x}", memberId=f"{address:010x}", **fields)
 
     async def _run(self) -> None:

@@ -208,6 +208,10 @@ class Node:
     def stats(self) -> dict[str, int]:
         return dict(self._stats)
 
+    def direct_peers(self, now: int) -> set[int]:
+        """Addresses of the peers (roots aside) that reached this node directly within PATH_ALIVE_MS."""
+        return {a for a, p in self._peers.items() if not p.is_root and any(x.alive(now) for x in p.paths)}
+
     def peer_identity(self, address: int) -> Identity | None:
         peer = self._peers.get(address)
         return peer.identity if peer is not None else None

@@ -20,6 +20,7 @@ Needs root (network namespaces, iptables), g++ and, the first time, PyPI (libzt'
 """
 from __future__ import annotations
 
+import json
 
 import subprocess
 import time
@@ -154,9 +155,25 @@ def kill_and_move(t: E2E) -> None:
     t.echo(1, 2)
     t.mark("done")
 
+    # What the nodes told event subscribers (zerotier, every node's view): each node applied the new planet,
+    # naming the moved root's new endpoint; each member was seen by some root (the roots' view).
+    evs = {nid: events(t, nid) for nid in t.c.ids}
+    for nid in t.c.ids:
+        assert any(e["eventType"] == "planet.updated" and e["timestamp"] and any(
+            f"{new_addr}/{CTRL_ZT_PORT}" in r["endpoints"] for r in e["roots"]) for e in evs[nid]), nid
+    for i in range(3):
+        assert any(e["eventType"] == "member.online" and e["view"] == "root" and e["memberId"] == t.addr(i)
+                   for es in evs.values() for e in es), i
+
+
+def events(t: E2E, nid: str) -> list[dict]:
+    p = t.c.specs[nid].data_dir / "events.jsonl"
+    return [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
+
 
 def test_members_survive_a_root_killed_and_follow_it_to_a_new_address(libzt: fetch.Libzt, tmp_path: Path) -> None:
-    run_scenario(libzt, tmp_path, 3, kill_and_move, own_planet=True)
+    run_scenario(libzt, tmp_path, 3, kill_and_move, own_planet=True,
+                 config={"events": [{"type": "file", "namespaces": ["zerotier"], "propagate_always": True}]})
 
 
 def served(t: E2E) -> dict[str, int]:
