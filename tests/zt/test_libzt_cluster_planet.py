@@ -21,7 +21,6 @@ Needs root (network namespaces, iptables), g++ and, the first time, PyPI (libzt'
 from __future__ import annotations
 
 import json
-
 import subprocess
 import time
 from pathlib import Path
