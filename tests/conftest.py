@@ -20,12 +20,12 @@ def _pooled_controller_identities(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Callable[..., ProcCluster]]:
-    """cluster(**config) starts three real controllers (config sections override dev init's); all are killed
-    at the end of the test."""
+    """cluster(**config) starts three real controllers (config sections override dev init's; node_config: per
+    node, on top); all are killed at the end of the test."""
     made: list[ProcCluster] = []
 
-    def make(**config: dict) -> ProcCluster:
-        c = ProcCluster(tmp_path / f"c{len(made)}", 3, config=config)
+    def make(node_config: dict[str, dict] | None = None, **config: dict) -> ProcCluster:
+        c = ProcCluster(tmp_path / f"c{len(made)}", 3, config=config, node_config=node_config)
         made.append(c)
         c.start_all()
         return c

@@ -24,24 +24,15 @@ def read(path: Path) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def three(tmp_path: Path):
-    made: list[ProcCluster] = []
-
-    def make() -> ProcCluster:
-        c = ProcCluster(tmp_path / "c", 3, node_config={
-            nid: {"events": [
-                {"type": "file", "namespaces": ["entityChange"], "path": str(tmp_path / f"{nid}-leader.jsonl")},
-                {"type": "file", "namespaces": ["entityChange"], "propagate_always": True,
-                 "path": str(tmp_path / f"{nid}-all.jsonl")},
-                {"type": "file", "namespaces": ["cluster"], "propagate_always": True,
-                 "path": str(tmp_path / f"{nid}-cluster.jsonl")},
-            ]} for nid in ("ctrl1", "ctrl2", "ctrl3")})
-        made.append(c)
-        c.start_all()
-        return c
-    yield make
-    for c in made:
-        c.close()
+def three(cluster, tmp_path: Path):
+    """Three controllers, each with a default and a propagate_always entityChange file, and a cluster one."""
+    return lambda: cluster(node_config={nid: {"events": [
+        {"type": "file", "namespaces": ["entityChange"], "path": str(tmp_path / f"{nid}-leader.jsonl")},
+        {"type": "file", "namespaces": ["entityChange"], "propagate_always": True,
+         "path": str(tmp_path / f"{nid}-all.jsonl")},
+        {"type": "file", "namespaces": ["cluster"], "propagate_always": True,
+         "path": str(tmp_path / f"{nid}-cluster.jsonl")},
+    ]} for nid in ("ctrl1", "ctrl2", "ctrl3")})
 
 
 def api_changes(c: ProcCluster, leader: str) -> tuple[str, str]:

@@ -28,6 +28,14 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
 
+def _counter_by(name: str, doc: str, label: str, counts: dict[str, int]) -> CounterMetricFamily:
+    """A counter family with one label, from a dict of counts."""
+    fam = CounterMetricFamily(name, doc, labels=[label])
+    for value, n in sorted(counts.items()):
+        fam.add_metric([value], n)
+    return fam
+
+
 def _histogram(name: str, doc: str, h: DurationHistogram) -> HistogramMetricFamily:
     return HistogramMetricFamily(name, doc, buckets=h.cumulative(), sum_value=h.sum)
 
@@ -86,11 +94,8 @@ class ControllerCollector(Collector):
                        node.proposals_applied)
         yield _counter("hactl_raft_proposals_dropped", "Proposals overwritten by another leader's entry "
                        "(never committed)", node.proposals_dropped)
-        failed = CounterMetricFamily("hactl_raft_proposals_failed", "Proposals that failed, by reason (not_leader, "
-                                     "refused, timeout, snapshot, stopped)", labels=["reason"])
-        for reason, n in sorted(node.proposals_failed.items()):
-            failed.add_metric([reason], n)
-        yield failed
+        yield _counter_by("hactl_raft_proposals_failed", "Proposals that failed, by reason (not_leader, refused, "
+                          "timeout, snapshot, stopped)", "reason", node.proposals_failed)
         yield _histogram("hactl_apply_duration_seconds", "Applying a batch of committed entries to ctrl.db",
                          node.apply_seconds)
         yield _histogram("hactl_raft_snapshot_duration_seconds", "Taking a snapshot of ctrl.db", node.snapshot_seconds)
@@ -120,11 +125,8 @@ class ControllerCollector(Collector):
 def _writes(writes: Any) -> Iterator[Metric]:
     yield _gauge("hactl_writes_in_flight", "Writes this node proposed as leader (its own and forwarded ones), "
                  "not applied yet", writes.in_flight)
-    outcomes = CounterMetricFamily("hactl_writes", "API writes by outcome (applied, unavailable, overloaded, "
-                                   "no_space, unknown, cancelled, error)", labels=["outcome"])
-    for outcome, n in sorted(writes.outcomes.items()):
-        outcomes.add_metric([outcome], n)
-    yield outcomes
+    yield _counter_by("hactl_writes", "API writes by outcome (applied, unavailable, overloaded, no_space, unknown, "
+                      "cancelled, error)", "outcome", writes.outcomes)
     yield _counter("hactl_writes_forwarded", "Followers' writes this node received as leader",
                    writes.forwarded_served)
 
