@@ -1,7 +1,9 @@
 """Log set-up: the classic text lines, or one JSON object per line (`log.format: json`) for log shippers, with the
-node id and, once Raft runs, its term on every record."""
+node id and, once Raft runs, its term on every record, and the request id on records logged while an API request
+is handled."""
 from __future__ import annotations
 
+import contextvars
 import datetime
 import json
 import logging
@@ -11,6 +13,8 @@ from typing import Any, Callable
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 _context: Callable[[], dict[str, Any]] = dict  # fields added to every JSON record (the controller sets it)
+# The API request being handled (set by the API's middleware for the request's task and what it awaits).
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("hactl_request_id", default=None)
 
 
 def set_context(fn: Callable[[], dict[str, Any]]) -> None:
@@ -33,6 +37,9 @@ class JsonFormatter(logging.Formatter):
             out.update(_context())
         except Exception:  # a context that cannot be read (shutting down) costs its fields, not the record
             pass
+        rid = REQUEST_ID.get()
+        if rid is not None:
+            out["request_id"] = rid
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)

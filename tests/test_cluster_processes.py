@@ -250,10 +250,16 @@ def test_bad_config_exits_nonzero_naming_file_and_key(tmp_path: Path) -> None:
 
 def test_json_logs_carry_the_node_and_its_term(cluster) -> None:
     """log.format: json: every line a JSON object a log shipper can take as is, naming the node and, once Raft
-    runs, its term."""
+    runs, its term; lines written while an API request is handled name it (X-Request-Id, echoed)."""
     import json
-    c = cluster(log={"format": "json"})
+    c = cluster(log={"format": "json", "level": "debug"})
     c.wait_ready()
+    code, _, headers = c.request("ctrl2", "GET", "/status", headers={"X-Request-Id": "probe-42"})
+    assert code == 200 and headers.get("x-request-id") == "probe-42", headers
+    code, _, headers = c.request("ctrl2", "GET", "/status", headers={"X-Request-Id": "not an id: spaces"})
+    assert code == 200 and len(headers.get("x-request-id", "")) == 16, headers  # (ours instead)
+    c.wait(lambda: any(json.loads(ln).get("request_id") == "probe-42" and "/status" in json.loads(ln)["msg"]
+                       for ln in c.log("ctrl2").splitlines() if ln.strip()), 5, "the access line naming probe-42")
     for nid in c.ids:
         lines = [ln for ln in c.log(nid).splitlines() if ln.strip()]
         records = [json.loads(ln) for ln in lines]  # (raises, failing the test, on any line that is not JSON)
