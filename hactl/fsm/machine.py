@@ -405,10 +405,10 @@ class StateMachine:
         # Assign when this command authorizes the member, or changes what assignment depends on for an
         # authorized one; a rename of an authorized member assigns nothing (its next config request may).
         assign = old is None or not old["authorized"] or "ipAssignments" in changes or "noAutoAssignIps" in changes
-        return self._save_member(txn, nwid, address, net_raw, old, rec, assign=assign)
+        return self._save_member(txn, nwid, address, net_raw, old, rec, assign=assign, old_raw=old_raw)
 
     def _save_member(self, txn: L.Txn, nwid: int, address: int, net_raw: bytes, old: dict[str, Any] | None,
-                     rec: dict[str, Any], *, assign: bool) -> Result:
+                     rec: dict[str, Any], *, assign: bool, old_raw: bytes | None) -> Result:
         """The common end of every member write: auto-assign IPv4 if ``assign`` (and the member is authorized and
         lets us), then store ``rec`` with revision + 1, or, when it equals ``old``, write nothing at all (same
         revision, and an unchanged ctrl.db for a repeated request). The result is the member view."""
@@ -419,7 +419,7 @@ class StateMachine:
             return Result.success(member_view(nwid, address, old))
         rec["revision"] = 1 if old is None else old["revision"] + 1
         self._packed = self._store_member(txn, self._live, nwid, address, old, rec, fresh_ip)
-        self._changed.append([L.CHANGE_MEMBER, nwid, address, None if old is None else pack_member(old),
+        self._changed.append([L.CHANGE_MEMBER, nwid, address, None if old_raw is None else bytes(old_raw),
                               self._packed])
         return Result.success(member_view(nwid, address, rec))
 
@@ -455,7 +455,7 @@ class StateMachine:
             rec["lastAuthorizedCredentialType"] = "public"
         # ZeroTier assigns at every request of an authorized member; _auto_assign does nothing for a member that
         # already holds a routed IPv4 address, so a repeated request changes nothing.
-        return self._save_member(txn, nwid, address, net_raw, old, rec, assign=True)
+        return self._save_member(txn, nwid, address, net_raw, old, rec, assign=True, old_raw=old_raw)
 
     def _auto_assign(self, txn: L.Txn, nwid: int, address: int, net_raw: bytes,
                      rec: dict[str, Any]) -> str | None:
