@@ -20,10 +20,14 @@ from typing import Any, Callable
 import grpc
 import grpc.aio
 
-from .frames import DEFAULT_MAX_FRAME, Close, Frame, FrameError, Hello, decode, encode
+from .frames import (BATCH_MIN_VERSION, DEFAULT_MAX_FRAME, Batch, Close, Frame, FrameError, Hello, decode, encode,
+                     unbatch)
 from .pki import Identity
 
 log = logging.getLogger("hactl.transport")
+
+BATCH_FRAMES = 512  # frames per batch at most (the frame size limit bounds it too)
+BATCH_OVERHEAD = 5  # msgpack's bin header per frame in a batch, at most
 
 SERVICE = "hactl.Control"
 METHOD = "Connect"
@@ -189,6 +193,7 @@ class Connection:
         self.dropped = 0
         self.frames_in = 0
         self.frames_out = 0
+        self.batched = 0  # frames that went out inside batch frames
 
     def __repr__(self) -> str:
         return f"<Connection {self.label} {'out' if self.outbound else 'in'}>"
@@ -296,6 +301,24 @@ class Connection:
     def send_frame(self, frame: Frame, *, bulk: bool = False) -> bool:
         return self.send(encode(frame), bulk=bulk)
 
+    def _take_control(self) -> bytes:
+        """The next control frame, or, for a peer that reads batches, everything queued that fits in one frame."""
+        first = self._control.popleft()
+        self._control_bytes -= len(first)
+        if not self._control or (self.version or 0) < BATCH_MIN_VERSION:
+            return first
+        frames, size = [first], len(first) + BATCH_OVERHEAD
+        while self._control and len(frames) < BATCH_FRAMES and \
+                size + len(self._control[0]) + BATCH_OVERHEAD <= self.max_frame:
+            data = self._control.popleft()
+            self._control_bytes -= len(data)
+            frames.append(data)
+            size += len(data) + BATCH_OVERHEAD
+        if len(frames) == 1:
+            return first
+        self.batched += len(frames)
+        return encode(Batch(frames))
+
     async def _write_loop(self) -> None:
         try:
             while True:
@@ -304,8 +327,7 @@ class Connection:
                         await self.stream.write(encode(Close(self._notify)))
                     return
                 if self._control:
-                    data = self._control.popleft()
-                    self._control_bytes -= len(data)
+                    data = self._take_control()
                 elif self._bulk:
                     data = self._bulk.popleft()
                 else:
@@ -339,11 +361,15 @@ class Connection:
                 self.frames_in += 1
                 try:
                     frame = decode(raw, max_frame=self.max_frame)
+                    frames = unbatch(frame, max_frame=self.max_frame) if isinstance(frame, Batch) else [frame]
                 except FrameError as e:
                     log.warning("%s: closing the connection: bad frame: %s", self.label, e)
                     self.close(f"bad frame: {e}", error=True)
                     return
-                self._handle(frame)
+                for frame in frames:
+                    if self._closing:
+                        break
+                    self._handle(frame)
         except StreamClosed as e:
             self.close(f"connection lost: {e}", notify=False, error=True)
         except asyncio.CancelledError:

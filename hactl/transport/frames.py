@@ -19,6 +19,8 @@ Frame format (every gRPC message on ``/hactl.Control/Connect`` is exactly one ms
       ["call", rid, method, body] ["reply", rid, body]         ["error", rid, code, message]
       ["snap_begin", sid, meta, message_wire]   ["snap_chunk", sid, seq, data]   ["snap_end", sid, count]
       ["snap_ack", sid, written]  ["snap_done", sid, ok, reason]   ["snap_abort", sid, reason]
+      ["batch", [frame_bytes, ...]]   (protocol 2: several encoded frames in one gRPC message, in order; never
+                                       nested, never a hello; sent only to peers whose hello says version >= 2)
 
 Decoding validates the shape and types of every known frame and raises :class:`FrameError` otherwise; the
 connection that sent it is closed. A well-formed array with an unknown tag decodes to :class:`UnknownFrame` and
@@ -31,7 +33,8 @@ from typing import Any, ClassVar, Union
 
 import msgpack
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+BATCH_MIN_VERSION = 2  # peers from this control protocol version on read batch frames
 DEFAULT_MAX_FRAME = 4 * 1024 * 1024
 HELLO_TYPES = ("controller", "router")
 _MAX_STR = 256
@@ -280,6 +283,23 @@ class SnapAbort:
 
 
 @dataclass(slots=True)
+class Batch:
+    """Frames queued for a peer in one turn of the event loop, sent as one gRPC message: each gRPC message costs
+    far more than the msgpack bytes it carries, and a busy leader queues several per follower per turn."""
+    TAG: ClassVar[str] = "batch"
+    frames: list[bytes]
+
+    def to_value(self) -> list:
+        return [self.TAG, self.frames]
+
+
+def _frames(v: Any, name: str) -> list[bytes]:
+    if not isinstance(v, list) or not v or not all(isinstance(x, (bytes, bytearray)) for x in v):
+        raise FrameError(f"field {name!r}: expected a non-empty array of encoded frames")
+    return [bytes(x) for x in v]
+
+
+@dataclass(slots=True)
 class UnknownFrame:
     tag: str
     fields: list = field(default_factory=list)
@@ -289,7 +309,7 @@ class UnknownFrame:
 
 
 Frame = Union[Hello, Ping, Pong, Close, RaftFrame, Call, Reply, ErrorReply, SnapBegin, SnapChunk, SnapEnd,
-              SnapAck, SnapDone, SnapAbort, UnknownFrame]
+              SnapAck, SnapDone, SnapAbort, Batch, UnknownFrame]
 
 _DECODERS: dict[str, tuple[int, Any]] = {
     "ping": (1, lambda f: Ping(_i(f[0], "n"))),
@@ -305,6 +325,7 @@ _DECODERS: dict[str, tuple[int, Any]] = {
     "snap_ack": (2, lambda f: SnapAck(_i(f[0], "sid"), _i(f[1], "written"))),
     "snap_done": (3, lambda f: SnapDone(_i(f[0], "sid"), _bool(f[1], "ok"), _text(f[2], "reason"))),
     "snap_abort": (2, lambda f: SnapAbort(_i(f[0], "sid"), _text(f[1], "reason"))),
+    "batch": (1, lambda f: Batch(_frames(f[0], "frames"))),
 }
 
 
@@ -316,6 +337,15 @@ def _text(v: Any, name: str) -> str:
 
 def encode(frame: Frame) -> bytes:
     return packb(frame.to_value())
+
+
+def unbatch(batch: Batch, *, max_frame: int = DEFAULT_MAX_FRAME) -> list[Frame]:
+    """The frames of a batch, each validated like a frame of its own; a hello or a batch inside is an error."""
+    out = [decode(data, max_frame=max_frame) for data in batch.frames]
+    for f in out:
+        if isinstance(f, (Batch, Hello)):
+            raise FrameError(f"a batch may not carry a {type(f).__name__.lower()} frame")
+    return out
 
 
 def decode(data: bytes, *, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:

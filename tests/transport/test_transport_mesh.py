@@ -11,7 +11,7 @@ from hactl.raft.types import ConfState, Entry, Message, MsgType, SnapshotMeta
 from hactl.transport import handshake
 from hactl.transport.channel import open_stream
 from hactl.transport.errors import HandshakeError
-from hactl.transport.frames import Hello, Ping, Pong, RaftFrame, decode, encode
+from hactl.transport.frames import PROTOCOL_VERSION, Hello, Ping, Pong, RaftFrame, decode, encode
 from hactl.transport.raft_transport import RaftTransport
 
 from transport_helpers import until as _until, CLUSTER, TD, PkiFixture, run, start_cluster, stop_all, test_pki  # noqa: F401 (test_pki is a fixture)
@@ -57,7 +57,7 @@ def test_three_nodes_exchange_raft_messages(test_pki: PkiFixture) -> None:
             assert transports["n2"].stats["dropped_malformed"] == 1
             info = meshes["n1"].connected()
             assert set(info) == {"n2", "n3"}
-            assert info["n2"].version == 1 and info["n2"].addr == f"127.0.0.1:{meshes['n2'].port}"
+            assert info["n2"].version == PROTOCOL_VERSION and info["n2"].addr == f"127.0.0.1:{meshes['n2'].port}"
             for t in transports.values():
                 await t.close()
         finally:
