@@ -586,6 +586,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--clients", type=int, default=64, help="concurrent clients of the c<N> workloads")
     ap.add_argument("--seconds", type=float, default=5.0, help="measured seconds per workload")
     ap.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds before each measured window")
+    ap.add_argument("--workloads", type=lambda v: [x for x in v.split(",") if x], default=None,
+                    help="comma-separated subset of the workloads (e.g. write_c1,write_c64; default all)")
     ap.add_argument("--payload", type=int, default=100, help="bytes of the written value (member name for hactl)")
     ap.add_argument("--keys", type=int, default=1024, help="keys (hactl: members) written and read, created first")
     ap.add_argument("--hactl-log-level", choices=("debug", "info", "warning", "error"), default="warning",
@@ -616,6 +618,8 @@ async def main_async(args: argparse.Namespace, work: Path) -> bool:
     workloads = [Workload("write_c1", "write", 1), Workload(f"write_c{n}", "write", n),
                  Workload(f"read_lin_c{n}", "read_lin", n), Workload(f"read_local_c{n}", "read_local", n)]
     workloads = list({wl.name: wl for wl in workloads}.values())  # --clients 1: write_c1 only once
+    if args.workloads:
+        workloads = [wl for wl in workloads if wl.name in args.workloads]
     info(f"# api_load: targets {','.join(args.targets)}; {n} clients, {args.payload} B payload, {args.keys} keys, "
          f"{args.warmup:g}s warm-up + {args.seconds:g}s per workload; data in {work} ({fs_type(work)}); "
          f"{os.cpu_count()} cores")

@@ -87,6 +87,7 @@ class StateMachine:
         self._apply_lock = threading.Lock()
         self._packed: bytes | None = None  # the member record the current command wrote (see _pack_result)
         self._changed: list[list[Any]] = []  # entity changes of the command being applied (the changes table)
+        self._alarms_stamp = 0
         self._deltas: dict[tuple[bytes, int], list[int]] = {}  # count changes of this batch, not yet written
         self._cmd_deltas: dict[tuple[bytes, int], list[int]] = {}  # ... of the command being applied
         if readonly and not os.path.exists(self.path):
@@ -719,7 +720,13 @@ class StateMachine:
         raw = txn.get(L.META_ALARMS, db=self._meta)
         return [] if raw is None else msgpack.unpackb(raw, raw=False)
 
+    @property
+    def alarms_stamp(self) -> int:
+        """Changes whenever a batch may have changed the alarms (a cheap "look again" for watchers)."""
+        return self._alarms_stamp
+
     def _put_alarms(self, txn: L.Txn, alarms: list[dict[str, Any]]) -> None:
+        self._alarms_stamp += 1
         if not alarms:
             txn.delete(L.META_ALARMS, db=self._meta)  # absent means none: the check before every write is a miss
             return

@@ -93,6 +93,7 @@ class Controller:
         self.events: EventBus | None = None
         self.entity_events: EntityChangeEmitter | None = None
         self._read_only = False
+        self._read_only_seen: tuple[int, str | None] | None = None
         self._refused_told: dict[tuple[str, str], float] = {}
         self._seen_role: Role | None = None
         self._seen_leader: str | None = None
@@ -343,6 +344,10 @@ class Controller:
     def _watch_read_only(self) -> None:
         """state.ro / state.rw: the cluster refuses writes that add data while an alarm is on, and this node
         refuses everything while a restart is pending."""
+        seen = (self.model.machine.alarms_stamp, self.model.restart_reason)
+        if seen == self._read_only_seen:
+            return  # nothing that decides it changed (most batches): no read
+        self._read_only_seen = seen
         try:
             alarms = self.model.machine.alarms() if self.model.restart_reason is None else []
         except Exception:  # ctrl.db closed (stopping) or unreadable: the next batch or restart tells
