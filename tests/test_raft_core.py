@@ -493,3 +493,30 @@ def test_a_new_term_drops_queued_acknowledgements_of_the_old_one() -> None:
     assert [e.term for e in rd.entries] == [3] and rd.entries[0].index == 2
     acks = [(m.term, m.index) for m in rd.messages + rd.early_messages if m.type == MsgType.APPEND_RESP]
     assert acks == [(3, 2)], acks  # no (2, 3): entries 2..3 of term 2 are never written
+
+
+def test_followers_that_lost_the_leaders_connection_elect_within_a_few_ticks() -> None:
+    """The leader died (both followers saw its connection close): a new leader within 4 ticks, not the 10-20 of
+    the election timeout."""
+    net = Net(["a", "b", "c"], pre_vote=True, check_quorum=True, election_tick=10)
+    lead = net.elect("a")
+    term = lead.term
+    net.isolate("a")
+    net["b"].leader_lost()
+    net["c"].leader_lost()
+    net.tick(4, only=["b", "c"])
+    assert len([i for i in ("b", "c") if net[i].role == Role.LEADER]) == 1
+    assert max(net["b"].term, net["c"].term) == term + 1
+
+
+def test_a_lost_connection_to_a_live_leader_disturbs_nothing() -> None:
+    """Only b lost its connection (a blip): its pre-votes find c still in the leader's lease, so a stays leader
+    and no term moves."""
+    net = Net(["a", "b", "c"], pre_vote=True, check_quorum=True, election_tick=10)
+    lead = net.elect("a")
+    term = lead.term
+    net["b"].leader_lost()
+    net.tick(4, only=["b"])
+    assert net["c"].dropped["vote_in_lease"] >= 1
+    net.tick(3)
+    assert lead.role == Role.LEADER and all(net[i].term == term for i in "abc") and net["b"].leader == "a"

@@ -128,9 +128,10 @@ def check_model(c: ProcCluster, w: Writers, leaders: list[str]) -> Counter:
     assert not lost, f"answered 200 but not applied: {lost[:10]}; {summary}"
     false_refusals = [s for s in w.sent if s.answer in CERTAINLY_NOT_APPLIED and held[s.name]]
     assert not false_refusals, f"answered 503/429/refused but applied: {false_refusals[:10]}; {summary}"
-    # Not vacuous: the writes went through, the faults bit (some answer was 503 or 504) and leadership moved.
+    # Not vacuous: the writes went through, the faults bit (some answer was 503 or 504, or a request died with
+    # the node it was on) and leadership moved.
     assert answers[200] >= 50, summary
-    assert answers[503] + answers[504] >= 1, summary
+    assert answers[503] + answers[504] + answers[UNKNOWN] >= 1, summary
     assert len(set(leaders)) >= 2, summary
     return answers
 
@@ -196,5 +197,7 @@ def test_keyless_writes_while_the_leader_is_frozen_answer_truthfully(cluster, re
 def test_keyless_writes_while_the_leader_is_killed_and_restarted_answer_truthfully(cluster, request) -> None:
     # An apply timeout shorter than an election: a follower whose forwarded call died with the leader runs out of
     # time before a new leader is known. Its write may still commit (the new leader may hold the entry), so the
-    # only honest answer then is 504; a 503 would make a key-less client create it twice.
-    run_with_faults(cluster, request.node.name, 1.0, kill_and_restart_leader_twice)
+    # only honest answer then is 504; a 503 would make a key-less client create it twice. (A killed leader's
+    # closed connections start the election at once, ~0.1-0.4 s: hence the short timeout, and a run may see no
+    # 504 at all when every forwarded call was answered in time.)
+    run_with_faults(cluster, request.node.name, 0.25, kill_and_restart_leader_twice)

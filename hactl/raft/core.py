@@ -214,6 +214,16 @@ class Raft:
         pr.become_probe()
         pr.probe_sent = ok  # on success wait for the follower's reply before probing again
 
+    def leader_lost(self) -> None:
+        """The connection to the leader closed (its process died, most often): end the lease and campaign within
+        a few ticks instead of waiting out the election timeout. Only a hint: a pre-vote still needs a quorum
+        that no longer hears the leader, so a connection that merely blipped disturbs nothing."""
+        if self.role != Role.FOLLOWER or self.leader is None:
+            return
+        self.election_elapsed = max(self.election_elapsed, self.cfg.election_tick)
+        # 1-3 ticks of jitter: followers that both lost the leader rarely campaign in the same tick.
+        self.randomized_timeout = min(self.randomized_timeout, self.election_elapsed + self.rng.randrange(1, 4))
+
     def report_unreachable(self, to: NodeId) -> None:
         pr = self.prs.get(to)
         if self.role == Role.LEADER and pr is not None and pr.state == ProgressState.REPLICATE:

@@ -326,6 +326,11 @@ class RaftNode:
             self.core.report_snapshot(to, ok)
             self._poke()
 
+    def leader_lost(self) -> None:
+        """The control connection to the leader closed (see Raft.leader_lost). On the loop."""
+        if self._running:
+            self.core.leader_lost()
+
     def report_unreachable(self, to: str) -> None:
         if self._running:
             self.core.report_unreachable(to)

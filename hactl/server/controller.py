@@ -373,6 +373,8 @@ class Controller:
 
     def _on_peer_disconnected(self, conn: Any) -> None:
         if conn.kind == "controller" and self.mesh is not None and self.mesh.connection(conn.peer_id) is None:
+            if self.node is not None and conn.peer_id == self.node.leader:
+                self.node.leader_lost()  # a dead leader's socket closes at once: elect without the full timeout
             self.events.emit("cluster", "peer.disconnected", peer=conn.peer_id, reason=conn.close_reason)
 
     def _on_peer_connected(self, conn: Any) -> None:
