@@ -34,6 +34,15 @@ HISTORY_EVENTS = 10_000
 BATCH = 256
 
 
+class SinkFailed(Exception):
+    """A sink's write raised OSError: the events of the batch it was given (and any before it gave up on) are
+    lost."""
+
+    def __init__(self, cause: OSError, lost: int) -> None:
+        super().__init__(str(cause))
+        self.cause, self.lost = cause, lost
+
+
 class Subscription:
     """``namespaces`` / ``event_types``: None for all. ``sink`` None: the subscriber pulls (see the module doc)."""
 
@@ -128,6 +137,11 @@ class EventBus:
                 continue
             try:
                 await loop.run_in_executor(sub._executor, self._flush, sub)
+            except SinkFailed as e:
+                sub.dropped_total += e.lost + len(sub.queue)
+                sub.queue.clear()
+                log.warning("events: sink %s failed at shutdown: %s (%d events lost)", sub.name, e.cause, e.lost)
+            try:
                 sub.sink.close()
             except OSError as e:
                 log.warning("events: closing sink %s: %s", sub.name, e)
@@ -198,9 +212,13 @@ class EventBus:
             try:
                 while sub.queue:
                     events = [sub.queue.popleft() for _ in range(min(BATCH, len(sub.queue)))]
-                    lost += sub.sink.write([e.to_json() for e in events]) or 0
-                    if events[-1].event_type != "gap":  # a gap event precedes the (older) event it reports
-                        sub.done_seq = events[-1].seq
+                    try:
+                        lost += sub.sink.write([e.to_json() for e in events]) or 0
+                    except OSError as e:
+                        raise SinkFailed(e, lost + len(events)) from e  # this batch is lost too
+                    finally:
+                        if events[-1].event_type != "gap":  # a gap event precedes the (older) event it reports
+                            sub.done_seq = events[-1].seq
             finally:
                 sub.busy = False
         return lost
@@ -212,9 +230,9 @@ class EventBus:
             sub.wake.clear()
             try:
                 lost = await loop.run_in_executor(sub._executor, self._flush, sub)
-            except OSError as e:  # a full disk, a closed pipe: said, and the events are lost, not the node
-                log.error("events: sink %s failed: %s (its queued events are dropped)", sub.name, e)
-                lost = len(sub.queue)
+            except SinkFailed as e:  # a full disk, a closed pipe: said, and the events are lost, not the node
+                log.error("events: sink %s failed: %s (its queued events are dropped)", sub.name, e.cause)
+                lost = e.lost + len(sub.queue)
                 sub.queue.clear()
             if lost:  # back on the loop's thread: the next event that gets through is preceded by a gap event
                 sub.dropped += lost

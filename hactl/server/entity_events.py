@@ -36,6 +36,8 @@ log = logging.getLogger("hactl.events")
 
 REPLAY_S = 10.0  # a new leader re-emits, as primary, the changes it applied this long before it took over
 NAMESPACE = "entityChange"
+CHUNK = 500  # entries whose changes are emitted per turn of the event loop
+MAX_PENDING = 10_000  # delivery checkpoints kept for the cursor
 
 
 def change_fields(c: EntityChange, leader: bool) -> dict[str, Any]:
@@ -46,11 +48,14 @@ def change_fields(c: EntityChange, leader: bool) -> dict[str, Any]:
 class EntityChangeEmitter:
     def __init__(self, bus: EventBus, machine: StateMachine, cursor_path: Path, is_leader: Callable[[], bool]):
         self.bus, self.machine, self.path, self.is_leader = bus, machine, Path(cursor_path), is_leader
-        self.through = 0  # every change up to here has been handed to the bus
+        self.through = 0  # every change up to here has been queued for the bus
+        self._durable = 0  # ... and up to here written by every sink (what the cursor file says)
         self._saved: tuple[int, bool] | None = None
         self._pending: collections.deque[tuple[int, int]] = collections.deque()  # (bus seq, index) not yet written
         self._recent: collections.deque[tuple[float, int, int]] = collections.deque()  # (when, first, last)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._todo: collections.deque[tuple[int, int, bool]] = collections.deque()  # (after, upto, primary) ranges
+        self._draining = False
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Emit what the last run applied but may not have delivered (the changes after the cursor)."""
@@ -58,9 +63,9 @@ class EntityChangeEmitter:
         applied = self.machine.applied()[0]
         cursor, was_leader = self._load()
         if cursor is None:  # first start (or the file was lost): nothing is owed; do not replay all history
-            self.through = applied
+            self.through = self._durable = applied
         else:
-            self.through = min(cursor, applied)
+            self.through = self._durable = min(cursor, applied)
             if applied > self.through:
                 log.info("entityChange: emitting the changes of entries %d..%d again (applied, maybe not "
                          "delivered before this node stopped)", self.through + 1, applied)
@@ -93,11 +98,32 @@ class EntityChangeEmitter:
             self._recent.popleft()
 
     def _emit_range(self, after: int, upto: int, *, primary: bool) -> None:
-        for c in self.machine.changes(after, upto):
-            self.bus.emit(NAMESPACE, c.action, key=f"ec-{c.index}-{c.n}", propagated=not primary,
-                          **change_fields(c, primary))
+        """Queue the changes of entries after..upto for emission, in order, CHUNK entries per loop turn (a new
+        leader's replay of thousands of changes must not hold the loop while heartbeats are due)."""
+        self._todo.append((after, upto, primary))
         self.through = max(self.through, upto)
-        self._pending.append((self.bus.last_seq, upto))
+        if not self._draining:
+            self._drain()
+
+    def _drain(self) -> None:
+        budget = CHUNK
+        while self._todo and budget > 0:
+            after, upto, primary = self._todo[0]
+            hi = min(upto, after + budget)
+            for c in self.machine.changes(after, hi):
+                self.bus.emit(NAMESPACE, c.action, key=f"ec-{c.index}-{c.n}", propagated=not primary,
+                              **change_fields(c, primary))
+            budget -= hi - after
+            if hi >= upto:
+                self._todo.popleft()
+            else:
+                self._todo[0] = (hi, upto, primary)
+            self._pending.append((self.bus.last_seq, hi))
+        if len(self._pending) > MAX_PENDING:  # a sink stuck for long: fewer checkpoints, the newest kept
+            self._pending = collections.deque(list(self._pending)[::-2][::-1])
+        self._draining = bool(self._todo)
+        if self._draining and self._loop is not None:
+            self._loop.call_soon(self._drain)
 
     def leadership_gained(self) -> None:
         """Emit again, as primary, what this node applied as a follower just before: the old leader may have
@@ -110,11 +136,12 @@ class EntityChangeEmitter:
     def save(self) -> None:
         """Persist how far this node's events are delivered (called every second); cheap when unchanged."""
         delivered = self.bus.delivered_seq()
-        index = self._saved[0] if self._saved else 0
+        index = self._durable
         while self._pending and self._pending[0][0] <= delivered:
             index = max(index, self._pending.popleft()[1])
-        if not self._pending:
+        if not self._pending and not self._todo:
             index = max(index, self.through)
+        self._durable = index
         state = (index, self.is_leader())
         if state == self._saved:
             return
