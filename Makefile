@@ -48,6 +48,7 @@ bench: $(STAMP) zt-libs zt-native
 	$(PY) bench/raft_core.py
 	$(PY) bench/fsm.py --members 100000
 	$(PY) bench/failover.py
+	$(PY) bench/failover.py --trials 20 --load 8
 	$(PY) bench/netconf.py
 	$(PY) bench/roots.py
 	$(PY) bench/planet_move.py
