@@ -44,7 +44,7 @@ def test_a_long_replay_is_chunked_in_order_ahead_of_new_changes(tmp_path: Path) 
         em.start(loop)
         assert bus.last_seq == entity_events.CHUNK  # the first chunk only, at once
         m.apply(1503, 1, C.build_member_update("late", 9, nwid, "00000fffff", {"name": "late"}))
-        em.applied(1503, 1503)  # as the Raft thread would
+        em.applied(1503)  # as the controller does on the loop after the Raft thread applied it
         while em._todo or em._draining:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.1)

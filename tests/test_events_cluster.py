@@ -21,6 +21,7 @@ from typing import Any, Callable
 import pytest
 
 from tests.proc_cluster import ProcCluster, poll
+from tests.silent_listener import SilentListener
 
 
 class Stream:
@@ -205,33 +206,6 @@ def test_a_webhook_with_a_missing_secret_file_refuses_the_start(tmp_path: Path) 
         assert "events[0].secret_file" in c.log(c.ids[0]) and str(missing) in c.log(c.ids[0])
     finally:
         c.close()
-
-
-class SilentListener:
-    """Accepts TCP connections and never answers."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
-        self.port = self.sock.getsockname()[1]
-        self.conns: list[socket.socket] = []
-        self.done = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self.done.is_set():
-            try:
-                self.conns.append(self.sock.accept()[0])
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.done.set()
-        for s in self.conns:
-            s.close()
-        self.sock.close()
 
 
 def writes_per_second(c: ProcCluster, n: int = 300) -> float:

@@ -24,6 +24,7 @@ from hactl.events.bus import EventBus, Subscription
 from hactl.events.setup import EventSinkError, build_bus
 from hactl.events.sinks import FileSink
 from hactl.events.webhook import SIGNATURE_HEADER, SOURCE_HEADER, WebhookSink
+from tests.silent_listener import SilentListener
 
 
 class Receiver:
@@ -70,35 +71,6 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-class Silent:
-    """Accepts TCP connections and never answers (nor reads much)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
-        self.conns: list[socket.socket] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        self.sock.settimeout(0.1)
-        while not self.stop.is_set():
-            try:
-                self.conns.append(self.sock.accept()[0])
-            except OSError:
-                continue
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join()
-        for c in self.conns:
-            c.close()
-        self.sock.close()
 
 
 async def until(cond: Callable[[], Any], what: str, timeout: float = 20) -> Any:
@@ -217,7 +189,7 @@ def test_webhook_out_of_retries_drops_counts_and_reports_a_gap(tmp_path: Path,
 def test_dead_webhook_blocks_neither_the_loop_nor_other_sinks_and_stop_is_bounded(tmp_path: Path) -> None:
     """A receiver that accepts and never answers: each attempt waits its timeout. Meanwhile a file sink gets every
     event, the loop keeps running, the webhook's queue drops (counted), and stop() ends in seconds."""
-    silent = Silent()
+    silent = SilentListener()
     lags: list[float] = []
 
     async def ticker() -> None:

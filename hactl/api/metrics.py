@@ -3,18 +3,12 @@ metrics, recorded by a middleware: requests by route (the operation id, never th
 label sets), method and status, and their latency."""
 from __future__ import annotations
 
-import re
 import time
-import uuid
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-from hactl import logs
 from hactl.api.spec import Route
-
-REQUEST_ID_HEADER = "X-Request-Id"
-_SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 METRICS: web.AppKey["ApiMetrics"] = web.AppKey("hactl_api_metrics", object)  # type: ignore[arg-type]
 
@@ -31,19 +25,11 @@ class ApiMetrics:
 
 @web.middleware
 async def metrics_middleware(request: web.Request, handler) -> web.StreamResponse:  # type: ignore[no-untyped-def]
-    """Also names the request (X-Request-Id, the client's when it sent a sane one): echoed in the answer and put
-    on every log record written while it is handled (log.format: json)."""
     t0 = time.perf_counter()
     status = 500
-    rid = request.headers.get(REQUEST_ID_HEADER, "")
-    if not _SANE_ID.fullmatch(rid):
-        rid = uuid.uuid4().hex[:16]
-    logs.REQUEST_ID.set(rid)
     try:
         response = await handler(request)
         status = response.status
-        if not response.prepared:
-            response.headers[REQUEST_ID_HEADER] = rid
         return response
     finally:
         route = request.match_info.route.name or "unmatched"

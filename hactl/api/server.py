@@ -17,6 +17,7 @@ from hactl.api.auth import auth_middleware
 from hactl.api.cluster import Cluster
 from hactl.api.context import CONTEXT, ApiContext
 from hactl.api.errors import error_middleware
+from hactl.api.request_ids import request_id_middleware
 from hactl.api.spec import Route
 
 log = logging.getLogger("hactl.api")
@@ -33,7 +34,8 @@ def build_app(cluster: Cluster, *, max_body_bytes: int = 1 << 20, version: str) 
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be positive")
     # client_max_size backs up our own limit (inputs.read_body) should anything use aiohttp's body readers.
-    app = web.Application(middlewares=[metrics.metrics_middleware, error_middleware, auth_middleware],
+    app = web.Application(middlewares=[request_id_middleware, metrics.metrics_middleware, error_middleware,
+                                       auth_middleware],
                           client_max_size=max_body_bytes)
     app[metrics.METRICS] = m = metrics.ApiMetrics()
     collector = cluster.metrics_collector()

@@ -330,10 +330,13 @@ class Controller:
                 self._record_certificate(peer, serial)
 
     def _batch_applied(self, first: int, last: int) -> None:
-        """From the Raft I/O thread after each applied batch: its events, on the loop (an alarm may be raised
-        and cleared within a second: state.ro/rw must not depend on the once-a-second housekeeping seeing it)."""
-        self.entity_events.applied(first, last)
-        self._loop.call_soon_threadsafe(self._watch_read_only)
+        """From the Raft I/O thread after each applied batch: one hop to the loop for its events (an alarm may be
+        raised and cleared within a second: state.ro/rw must not depend on the once-a-second housekeeping)."""
+        self._loop.call_soon_threadsafe(self._after_batch, last)
+
+    def _after_batch(self, last: int) -> None:
+        self.entity_events.applied(last)
+        self._watch_read_only()
 
     def _members_changed(self, index: int, m: Any) -> None:
         """A membership change applied (every node applies it: the leader's event is the primary one)."""

@@ -83,12 +83,8 @@ class EntityChangeEmitter:
                         self.path, e)
             return None, False
 
-    def applied(self, first: int, last: int) -> None:
-        """From the Raft I/O thread, after a batch was applied: emit on the loop, in order."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._on_applied, last)
-
-    def _on_applied(self, last: int) -> None:
+    def applied(self, last: int) -> None:
+        """On the loop, after a batch up to ``last`` was applied (the controller hops from the Raft thread)."""
         if last <= self.through:
             return
         first = self.through
