@@ -47,12 +47,10 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,6 +191,7 @@ class Target:
     """Three nodes of one system: start them, prepare state, and map a workload operation to an HTTP request."""
 
     name = ""
+    durability = ""  # what a write's 2xx promises, printed with the results (the comparison must say it)
 
     def __init__(self, work: Path, payload: int) -> None:
         self.work = work / self.name
@@ -244,6 +243,7 @@ class Target:
 
 class Hactl(Target):
     name = "hactl"
+    durability = "fsync of raft.db on a majority before the answer (LMDB sync commits)"
 
     log_level = "warning"  # set from --hactl-log-level
 
@@ -320,6 +320,7 @@ def etcd_binary() -> Path:
 
 class Etcd(Target):
     name = "etcd"
+    durability = "fsync of the WAL on a majority before the answer (etcd default)"
 
     async def start(self, session: aiohttp.ClientSession) -> None:
         binary = etcd_binary()
@@ -361,6 +362,9 @@ class Etcd(Target):
 
 class PySyncObj(Target):
     name = "pysyncobj"
+    durability = ("NO fsync: the journal is an mmap'd file pysyncobj never msyncs per entry, so an answered "
+                  "write survives a process crash but not a power loss (a weaker class: its write figures "
+                  "are not a like-for-like peer)")
     batch = "off"  # appendEntriesUseBatch of the peers; set from --pysyncobj-batch
 
     async def start(self, session: aiohttp.ClientSession) -> None:
@@ -531,8 +535,12 @@ def print_result(target: str, wl: Workload, r: Result) -> None:
     if r.warmup_failures:
         print(f"# {prefix} failures during warm-up (not counted above): "
               + ", ".join(f"{s}={n}" for s, n in sorted(r.warmup_failures.items())))
-    sys.stdout.flush()
     per_op = r.server_cpu * r.window / len(r.latencies_ms) * 1e6 if r.latencies_ms else math.nan
+    # CPU figures on stdout: a saturated load generator (close to 1 core: it is one thread) caps every target
+    # alike and must be visible next to the numbers it caps.
+    print(f"BENCH {prefix}_server_cpu_per_op {fmt(per_op, 0)} us")
+    print(f"BENCH {prefix}_generator_cpu {r.client_cpu:.2f} cores")
+    sys.stdout.flush()
     info(f"# {prefix}: {len(r.latencies_ms)} ok in {r.window:.1f}s; cores busy: servers {r.server_cpu:.2f} "
          f"({fmt(per_op, 0)} us/op), load generator {r.client_cpu:.2f}, whole machine {fmt(r.machine_cpu, 2)} "
          f"of {os.cpu_count()}")
@@ -629,6 +637,7 @@ async def main_async(args: argparse.Namespace, work: Path) -> bool:
     ok = True
     for name in args.targets:
         target = TARGETS[name](work, args.payload)
+        print(f"# {name} durability: {target.durability}", flush=True)
         try:
             results[name] = await run_target(target, workloads, args)
         except TargetUnavailable as e:
