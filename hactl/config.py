@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +26,12 @@ MIN_STORAGE_BYTES = 1 << 20
 PLANET_OWN, PLANET_ZEROTIER = "own", "zerotier"  # zerotier.planet's keywords (anything else is a file)
 ENDPOINTS_AUTO = "auto"  # zerotier.endpoints: [auto]
 MAX_ROOT_ENDPOINTS = 32  # stable endpoints per root in a ZeroTier world
+MAX_WORKERS = 64  # API worker processes per node (each holds ctrl.db reader slots: 256 in all, see hactl/workers)
+
+
+def default_workers() -> int:
+    """`workers:` when the file does not say: one API worker process per core."""
+    return min(os.cpu_count() or 1, MAX_WORKERS)
 
 
 class ConfigError(Exception):
@@ -157,6 +164,9 @@ class Config:
     zerotier: ZeroTierConfig = field(default_factory=ZeroTierConfig)
     log: LogConfig = field(default_factory=LogConfig)
     events: list[EventSinkConfig] = field(default_factory=list)
+    # API worker processes next to this node's own (hactl/workers): they serve reads from ctrl.db on every core
+    # and hand writes to this process. 0: this process alone serves the API.
+    workers: int = field(default_factory=default_workers)
     source: str = field(default="<defaults>", compare=False)
 
     @property
@@ -305,6 +315,9 @@ def validate(cfg: Config) -> None:
                      ("control.max_frame_bytes", cfg.control.max_frame_bytes),
                      ("api.max_body_bytes", cfg.api.max_body_bytes)):
         _positive(src, key, val)
+    if not 0 <= cfg.workers <= MAX_WORKERS:
+        raise ConfigError(src, "workers", f"expected 0 (this process alone serves the API) to {MAX_WORKERS} API "
+                          f"worker processes, got {cfg.workers}")
     if r.apply_timeout_s <= 0:
         raise ConfigError(src, "raft.apply_timeout_s", "must be > 0")
     s = cfg.snapshots

@@ -90,6 +90,9 @@ class ProcCluster:
         self.ids = sorted(self.specs)
         for s in self.specs.values():  # test-specific settings on top of what dev init writes
             doc = yaml.safe_load(s.config.read_text())
+            # No API worker processes unless a test asks (tests/test_workers.py): the suite's many clusters would
+            # pay for starting them (2 cores: the suite's time), and tests of other things reason about one process.
+            doc.setdefault("workers", 0)
             for sections in (config or {}, (node_config or {}).get(s.id, {})):
                 for section, values in sections.items():
                     if isinstance(values, dict):

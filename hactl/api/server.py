@@ -6,8 +6,9 @@ or the open /health). Routes come from the routes_* modules; the same declaratio
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -30,12 +31,14 @@ def all_routes() -> list[Route]:
             *metrics.ROUTES, *routes_events.ROUTES, *openapi.ROUTES]
 
 
-def build_app(cluster: Cluster, *, max_body_bytes: int = 1 << 20, version: str) -> web.Application:
+def build_app(cluster: Cluster, *, max_body_bytes: int = 1 << 20, version: str,
+              outer_middlewares: Sequence[Any] = ()) -> web.Application:
+    """``outer_middlewares`` run before all of ours (an API worker's proxy to its node: hactl/workers/proxy.py)."""
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be positive")
     # client_max_size backs up our own limit (inputs.read_body) should anything use aiohttp's body readers.
-    app = web.Application(middlewares=[request_id_middleware, metrics.metrics_middleware, error_middleware,
-                                       auth_middleware],
+    app = web.Application(middlewares=[*outer_middlewares, request_id_middleware, metrics.metrics_middleware,
+                                       error_middleware, auth_middleware],
                           client_max_size=max_body_bytes)
     app[metrics.METRICS] = m = metrics.ApiMetrics()
     collector = cluster.metrics_collector()
@@ -75,20 +78,31 @@ class ApiServer:
     def app(self) -> web.Application:
         return self._runner.app
 
+    async def add_socket(self, sock: socket.socket) -> None:
+        """Serve the same application on another listening socket too (the unix socket through which the node's
+        API workers reach it: hactl/workers/supervisor.py)."""
+        await web.SockSite(self._runner, sock).start()
+
     async def stop(self) -> None:
         await self._runner.cleanup()
 
 
 async def serve(cluster: Cluster, host: str, port: int, *, max_body_bytes: int = 1 << 20, version: str = "0.0.0",
-                shutdown_timeout: float = 5.0, ssl_context: ssl.SSLContext | None = None) -> ApiServer:
+                shutdown_timeout: float = 5.0, ssl_context: ssl.SSLContext | None = None, reuse_port: bool = False,
+                outer_middlewares: Sequence[Any] = (),
+                configure: Callable[[web.Application], None] | None = None) -> ApiServer:
     """Listen on host:port (0 picks a free port); HTTPS with ``ssl_context`` (hactl.api.tls.server_ssl_context),
     else plain HTTP. shutdown_timeout bounds how long stop() waits for requests in flight (a write waiting on
-    the cluster, a long member listing)."""
-    app = build_app(cluster, max_body_bytes=max_body_bytes, version=version)
+    the cluster, a long member listing). ``reuse_port``: SO_REUSEPORT, so that a node and its API workers share
+    the port (the kernel spreads connections over them). ``configure`` may add to the application before it runs."""
+    app = build_app(cluster, max_body_bytes=max_body_bytes, version=version, outer_middlewares=outer_middlewares)
+    if configure is not None:
+        configure(app)
     runner = web.AppRunner(app, access_log_class=AccessLogger, access_log=access_log,
                            shutdown_timeout=shutdown_timeout, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None,
+                       ssl_context=ssl_context)
     try:
         await site.start()
     except BaseException:

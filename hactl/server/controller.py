@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import hashlib
-import hmac
 import logging
 import os
 import signal
@@ -43,7 +42,7 @@ from hactl.server.entity_events import EntityChangeEmitter
 from hactl.server.fsm_adapter import ControllerFSM, MembershipTracker, meta_of
 from hactl.server.health import Health
 from hactl.server.peers import LEAVING_GRACE, PeerPolicy
-from hactl.server.tokens import TokenError, read_or_create_token, token_hash
+from hactl.server.tokens import TokenError, check_token, read_or_create_token, token_hash
 from hactl.server.writes import WritePath
 from hactl.snapshots.rebuild import rebuild_ctrl_db
 from hactl.snapshots.store import SnapshotStore
@@ -81,6 +80,7 @@ class Controller:
         self._last_snapshot_time = time.monotonic()
         self._api: Any = None
         self._agent: Any = None
+        self.workers: Any = None  # hactl.workers.supervisor.WorkerSupervisor when workers: > 0
         self.ops: Any = None
         self.storage: RaftStorage | None = None
         self.model: ControllerFSM | None = None
@@ -181,8 +181,23 @@ class Controller:
                 raise StartupError(f"api.tls_cert: {e}") from None
         elif (warning := plain_http_warning(host)) is not None:
             log.warning("%s", warning)
+        if cfg.workers > 0:
+            from hactl.workers.header import served_by
+            from hactl.workers.supervisor import WorkerStartError, check_port_free
+            try:
+                check_port_free(host, port, cfg.source)
+            except WorkerStartError as e:
+                raise StartupError(str(e)) from None
         self._api = await serve(self, host, port, max_body_bytes=cfg.api.max_body_bytes, version=__version__,
-                                ssl_context=ssl_context)
+                                ssl_context=ssl_context, reuse_port=cfg.workers > 0,
+                                configure=served_by(0) if cfg.workers > 0 else None)
+        if cfg.workers > 0:
+            from hactl.workers.supervisor import WorkerSupervisor
+            self.workers = WorkerSupervisor(self, cfg, host, self._api.port)
+            try:
+                await self.workers.start(self._api)
+            except WorkerStartError as e:
+                raise StartupError(str(e)) from None
         if cfg.zerotier.bind:
             from hactl.server.zerotier import ZeroTierService, ZeroTierStartupError
             try:
@@ -241,6 +256,8 @@ class Controller:
             await self.zerotier.stop()
         if self.storage_alarms is not None:
             await self.storage_alarms.stop()
+        if self.workers is not None:  # (before the API and the model: their calls are answered until they exit)
+            await self.workers.stop()
         if self._agent is not None:
             await self._agent.stop()
         if self._api is not None:
@@ -294,6 +311,8 @@ class Controller:
         if self.health_ is not None:
             self.health_.restart_reason = reason
         self._loop.call_soon_threadsafe(self._watch_read_only)
+        if self.workers is not None:  # they refuse reads too, at once: ctrl.db is about to be replaced
+            self._loop.call_soon_threadsafe(self.workers.node_state_changed)
         self._loop.call_soon_threadsafe(self._loop.call_later, 1.0, self._stopping.set)
 
     # ------------------------------------------------------------------ raft callbacks and housekeeping
@@ -475,23 +494,22 @@ class Controller:
         return int(time.time() * 1000)
 
     def check_token(self, token: str) -> bool:
-        info = self.model.machine.cluster_info() if self.model else None
-        if info is None:  # nothing to check against yet: "retry soon", not "wrong token"
-            raise ClusterUnavailable("the cluster is not initialised yet", retry_after=1)
-        expected = info.get("token_hash")
-        if not expected or not isinstance(token, str):
-            hmac.compare_digest("x", "y")  # same work either way
-            return False
-        return hmac.compare_digest(token_hash(token).encode(), str(expected).encode())
+        return check_token(self.model.machine.cluster_info() if self.model else None, token)
+
+    def _workers(self, detail: bool = False) -> dict[str, Any]:
+        if self.workers is None:
+            return {"configured": 0, "running": 0}
+        return self.workers.details() if detail else self.workers.counts()
 
     def status(self) -> dict[str, Any]:
-        return self.health_.status()
+        return {**self.health_.status(), "workers": self._workers(detail=True)}
 
     def zerotier_status(self) -> dict[str, Any] | None:
         return self.zerotier.status() if self.zerotier is not None else None
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        return self.health_.health()
+        healthy, details = self.health_.health()
+        return healthy, {**details, "workers": self._workers()}
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:
         return self.health_.liveness()

@@ -1,0 +1,158 @@
+"""The worker's side of the link, and the Cluster the worker's API runs on (hactl.api.cluster.Cluster).
+
+Reads are the worker's own: a read-only StateMachine over the node's ctrl.db, each request in its own LMDB read
+transaction (LMDB serves several processes from one file; a new transaction sees everything the node committed
+before it began). Writes and read barriers are calls to the node (NodeLink): the node runs its own submit and
+read_barrier, so a write a worker took is applied on the node before it answers, and the worker's next read
+transaction sees it (read-your-writes across processes).
+
+A call that cannot be sent is ClusterUnavailable (nothing reached the node: 503, retry). A write whose link breaks
+or stays silent after it was sent may have been proposed: OutcomeUnknown (504), never "not applied". A barrier
+that fails the same way is ClusterUnavailable: a read has no outcome to lose.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from typing import Any
+
+from hactl.agent.protocol import ProtocolError, encode_frame, read_frame
+from hactl.api.cluster import ClusterUnavailable, OutcomeUnknown
+from hactl.fsm.machine import StateMachine
+from hactl.fsm.result import Result
+from hactl.server.tokens import check_token
+from hactl.workers import messages as M
+
+log = logging.getLogger("hactl.workers")
+
+REPLY_GRACE = 5.0  # beyond the node's apply timeout: its forwarding to the leader and its answer
+NODE_GONE = "this node's controller process is not reachable from its API worker (it is restarting)"
+
+
+class _LinkLost(Exception):
+    """The link ended while the call waited for its reply."""
+
+
+class NodeLink:
+    """The worker's end of the socketpair: calls by id, replies matched to them, and the node's state."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_frame: int) -> None:
+        self._reader, self._writer = reader, writer
+        self._max_frame = max_frame
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[M.Reply]] = {}
+        self.state = M.State(None)
+        self.closed = asyncio.Event()
+
+    async def hello(self) -> M.WorkerSettings:
+        """The node's first message (before anything else is read)."""
+        obj = await read_frame(self._reader, self._max_frame)
+        msg = M.parse_to_worker(obj) if obj is not None else None
+        if not isinstance(msg, M.WorkerSettings):
+            raise ProtocolError("bad_request", f"expected the node's hello first, got {obj!r:.80}")
+        self._max_frame = M.max_frame(msg.max_body_bytes)
+        return msg
+
+    def send(self, msg: M.Ready | M.Submit | M.Barrier) -> None:
+        self._writer.write(encode_frame(msg.to_wire(), self._max_frame))
+
+    async def run(self) -> None:
+        """Read the node's messages until the link ends (the node stopped or died); then every waiting call fails
+        and ``closed`` is set: the worker stops serving."""
+        try:
+            while True:
+                obj = await read_frame(self._reader, self._max_frame)
+                if obj is None:
+                    log.info("API worker: the node closed its link")
+                    return
+                msg = M.parse_to_worker(obj)
+                if isinstance(msg, M.State):
+                    self.state = msg
+                elif isinstance(msg, M.Reply):
+                    fut = self._pending.get(msg.id)
+                    if fut is not None and not fut.done():  # (an abandoned call's reply: nobody waits)
+                        fut.set_result(msg)
+        except ProtocolError as e:
+            log.error("API worker: bad frame from the node (%s); stopping", e.message)
+        except (ConnectionError, OSError) as e:
+            log.info("API worker: link to the node lost: %s", e)
+        finally:
+            self.closed.set()
+            self._writer.close()
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(_LinkLost())
+
+    async def call(self, make: Any, timeout: float) -> M.Reply:
+        """Send ``make(id)`` and wait for its reply. ClusterUnavailable when it could not be sent; _LinkLost or
+        asyncio.TimeoutError once it was (the caller decides what that means)."""
+        if self.closed.is_set() or self._writer.is_closing():
+            raise ClusterUnavailable(NODE_GONE, retry_after=2)
+        cid = next(self._ids)
+        fut: asyncio.Future[M.Reply] = asyncio.get_running_loop().create_future()
+        self._pending[cid] = fut
+        try:
+            self.send(make(cid))  # (only buffers: from here on the node may receive it)
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pending.pop(cid, None)
+
+
+class WorkerCluster:
+    """hactl.api.cluster.Cluster in an API worker. The node-state calls (status, health, events, metrics...) are
+    never made here: the proxy (proxy.py) sends those requests to the node before any handler runs."""
+
+    def __init__(self, settings: M.WorkerSettings, link: NodeLink, machine: StateMachine) -> None:
+        self.node_id = settings.node_id
+        self._link = link
+        self._machine = machine
+        self._timeout = settings.apply_timeout_s + REPLY_GRACE
+
+    def machine(self) -> StateMachine:
+        state = self._link.state
+        if state.unavailable is not None:  # the node's own answer (a restart pending: ctrl.db is about to change)
+            raise ClusterUnavailable(state.unavailable, retry_after=state.retry_after)
+        if self._link.closed.is_set():
+            raise ClusterUnavailable(NODE_GONE, retry_after=2)
+        return self._machine
+
+    async def submit(self, command: bytes, request_id: str) -> Result:
+        try:
+            reply = await self._link.call(lambda cid: M.Submit(cid, request_id, command), self._timeout)
+        except _LinkLost:
+            raise OutcomeUnknown(f"write {request_id}: this node's controller process went away before "
+                                 "answering") from None
+        except asyncio.TimeoutError:
+            raise OutcomeUnknown(f"write {request_id}: this node's controller process did not answer within "
+                                 f"{self._timeout:g}s") from None
+        result = reply.outcome()
+        if result is None:
+            raise M.NodeError(f"write {request_id}: the node answered without a result")
+        return result
+
+    async def read_barrier(self) -> None:
+        try:
+            reply = await self._link.call(M.Barrier, self._timeout)
+        except (_LinkLost, asyncio.TimeoutError):
+            raise ClusterUnavailable(f"cannot confirm the leader for a linearizable read: {NODE_GONE}",
+                                     retry_after=2) from None
+        reply.outcome()
+
+    def check_token(self, token: str) -> bool:
+        return check_token(self._machine.cluster_info(), token)
+
+    def now_ms(self) -> int:
+        return int(time.time() * 1000)
+
+    def metrics_collector(self) -> Any:
+        return None  # /metrics is the node's (proxied)
+
+    def event_bus(self) -> Any:
+        return None  # /events is the node's (proxied)
+
+    def _proxied(self) -> Any:
+        raise ClusterUnavailable("node state is served by the node process (hactl/workers/proxy.py)")
+
+    status = zerotier_status = health = liveness = readiness = _proxied
