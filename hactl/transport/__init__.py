@@ -1,4 +1,4 @@
-"""The control channel: PKI, the one TLS listener (grpcio), the peer mesh, Raft over it, and forwarding calls.
+"""The control channel: PKI, the one TLS listener (length-prefixed frames over mutual TLS), the peer mesh, Raft over it, and forwarding calls.
 
 Depends on hactl.raft (types only); nothing here imports fsm, api or agent.
 """

@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Union
 
 import msgpack
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3  # 3: TLS streams of length-prefixed frames (1 and 2 were gRPC streams)
 BATCH_MIN_VERSION = 2  # peers from this control protocol version on read batch frames
 DEFAULT_MAX_FRAME = 4 * 1024 * 1024
 HELLO_TYPES = ("controller", "router")

@@ -1,10 +1,11 @@
 """Who is on the other end of a connection: the checks behind the hello exchange.
 
-The server learns the dialer's identity from mutual TLS (grpc's auth context gives the verified client
-certificate). grpc's Python client API exposes nothing about the server's certificate, so the answering
-controller proves its identity in its hello instead: it sends its certificate and signs a transcript containing
-the dialer's nonce and the dialer's *TLS-authenticated* id. A relay holding some other cluster certificate
-cannot obtain that signature, because the real server would see the relay's certificate, not the dialer's.
+The server learns the dialer's identity from mutual TLS (the verified client certificate). The answering
+controller proves its identity in its hello as well (the channel began on gRPC, whose Python client showed
+nothing of the server's certificate, and the hello keeps that proof independent of the TLS name checks): it sends
+its certificate and signs a transcript containing the dialer's nonce and the dialer's *TLS-authenticated* id. A
+relay holding some other cluster certificate cannot obtain that signature, because the real server would see the
+relay's certificate, not the dialer's.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from .errors import HandshakeError
 from .frames import PROTOCOL_VERSION, Hello, packb
 from .pki import PkiError, spiffe_id, verify_issued_by
 
-MIN_PROTOCOL_VERSION = 1
+MIN_PROTOCOL_VERSION = 3  # older versions spoke gRPC: they cannot even reach a hello
 _CONTEXT = b"hactl/control-hello/v1\x00"
 
 

@@ -1,7 +1,7 @@
 """The controller's one listener and its mesh of connections to the other controllers.
 
-* One gRPC server (mutual TLS against the cluster CA) serves peers and routers alike; the first frame says
-  which (see :meth:`Mesh._serve`).
+* One TLS listener (mutual TLS against the cluster CA, channel.py) serves peers and routers alike; the first
+  frame says which (see :meth:`Mesh._serve`).
 * One connection per peer. Each peer has a dialer task that dials only while there is no connection, with
   jittered exponential backoff between ``backoff_min`` and ``backoff_max``.
 * When both ends dial at once, each end sees two authenticated connections to the same peer and applies the
@@ -16,16 +16,16 @@ import ipaddress
 import logging
 import os
 import random
+import ssl
 import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-import grpc
-import grpc.aio
+from cryptography import x509
 
-from .channel import (METHOD, SERVICE, ClientStream, Connection, ServerStream, StreamClosed, grpc_options,
-                      open_stream)
+from .channel import (Connection, DialedStream, FrameStream, ProtocolViolation, StreamClosed, cached_tls_context,
+                      open_stream, remote_label, set_keepalive)
 from .errors import DuplicateConnection, HandshakeError, PeerUnavailable, RemoteError
 from .frames import (DEFAULT_MAX_FRAME, PROTOCOL_VERSION, Call, Close, ErrorReply, Frame, FrameError, Hello, Ping,
                      Pong, Reply, UnknownFrame, decode, encode)
@@ -78,7 +78,7 @@ class MeshOptions:
     ping_interval: float = 2.0
     dead_after: float = 15.0  # a controller connection silent this long is closed (and redialed)
     tls_server_name: str | None = "localhost"  # see channel.open_stream
-    keepalive: float = 10.0  # HTTP/2 keepalive interval
+    keepalive: float = 10.0  # TCP keepalive: idle seconds before the kernel probes a silent connection
     software: str = "hactl/0.1.0"
     max_calls_per_conn: int = 256
 
@@ -151,7 +151,8 @@ class Mesh:
         if authorizer is not None:
             self.rpc.register(VOUCH_METHOD, self._serve_vouch)
         self.rpc.register(SEEN_METHOD, self._serve_seen)
-        self._server: grpc.aio.Server | None = None
+        self._server: asyncio.Server | None = None
+        self._tls_failures: dict[str, float] = {}  # remote IP -> when its last failed TLS handshake was logged
         self._pinger: asyncio.Task | None = None
         # Round-trip times from the keepalive pings, without changing the wire: a round sends Ping(n) to every
         # connection at one instant, and a Pong(n) echoing the current round's n measures its connection.
@@ -166,28 +167,23 @@ class Mesh:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        opts = self.opts
-        server = grpc.aio.server(options=grpc_options(opts.max_frame, server=True, keepalive_s=opts.keepalive))
-        handler = grpc.method_handlers_generic_handler(SERVICE, {METHOD: grpc.stream_stream_rpc_method_handler(
-            self._serve, request_deserializer=None, response_serializer=None)})
-        server.add_generic_rpc_handlers((handler,))
-        creds = grpc.ssl_server_credentials([(self.identity.key_pem, self.identity.cert_pem)],
-                                            root_certificates=self.identity.ca_pem, require_client_auth=True)
+        host, _, port_text = self.listen_addr.rpartition(":")
         try:
-            port = server.add_secure_port(self.listen_addr, creds)
-        except RuntimeError as e:
+            port = int(port_text)
+            # No SO_REUSEPORT: a second process on our port must fail to bind, not share the connections.
+            server = await asyncio.start_server(self._accept, host.strip("[]") or None, port, reuse_address=True,
+                                                limit=1 << 20)
+        except (OSError, ValueError) as e:
             raise OSError(f"cannot listen on {self.listen_addr}: {e} (address in use?)") from None
-        if not port:
-            raise OSError(f"cannot listen on {self.listen_addr} (address in use?)")
-        self.port = port
-        await server.start()
+        self._server_tls = cached_tls_context(self.identity, server=True)
+        self.port = server.sockets[0].getsockname()[1]
         self._server = server
         self._running = True
         self._pinger = asyncio.create_task(self._ping_loop(), name=f"mesh-ping-{self.node_id}")
         for pid in self._peers:
             self._start_dialer(pid)
         log.info("control channel of %s listening on %s (port %d), %d peers", self.node_id, self.listen_addr,
-                 port, len(self._peers))
+                 self.port, len(self._peers))
 
     async def stop(self) -> None:
         self._running = False
@@ -202,7 +198,7 @@ class Mesh:
         if conns:
             await asyncio.wait([asyncio.create_task(c.wait_closed()) for c in conns], timeout=2.0)
         if self._server is not None:
-            await self._server.stop(grace=0.5)
+            self._server.close()
             self._server = None
 
     # ------------------------------------------------------------------ public API
@@ -305,7 +301,7 @@ class Mesh:
 
     # ------------------------------------------------------------------ connections
 
-    def _new_conn(self, stream: ServerStream | ClientStream, *, kind: str, peer_id: str, addr: str,
+    def _new_conn(self, stream: FrameStream | DialedStream, *, kind: str, peer_id: str, addr: str,
                   initiator: str, hello: Hello | None) -> Connection:
         o = self.opts
         return Connection(stream, kind=kind, peer_id=peer_id, addr=addr, initiator=initiator, hello=hello,
@@ -488,7 +484,37 @@ class Mesh:
 
     # ------------------------------------------------------------------ accepting
 
-    async def _serve(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A new TCP connection: the TLS handshake (the client's certificate must come from our CA), then _serve."""
+        remote = remote_label(writer)
+        set_keepalive(writer.get_extra_info("socket"), self.opts.keepalive)
+        try:
+            await writer.start_tls(self._server_tls, ssl_handshake_timeout=self.opts.hello_timeout)
+        except (OSError, asyncio.TimeoutError, ssl.CertificateError) as e:
+            self._tls_failed(remote, e)
+            writer.transport.abort()
+            return
+        stream = FrameStream(reader, writer, outbound=False, max_frame=self.opts.max_frame)
+        try:
+            await self._serve(stream, remote)
+        finally:
+            await stream.close()
+
+    def _tls_failed(self, remote: str, e: BaseException) -> None:
+        """Log a refused TLS handshake, once a minute per source IP (a scanner must not flood the log)."""
+        ip, now = ip_of(remote) or remote, time.monotonic()
+        reason = getattr(e, "reason", None) or str(e) or type(e).__name__
+        hint = " (a certificate from another CA?)" if "CERTIFICATE" in str(reason).upper() or "CA" in str(reason) \
+            else ""
+        if now - self._tls_failures.get(ip, -1e9) >= 60:
+            if len(self._tls_failures) > 1024:
+                self._tls_failures.clear()
+            self._tls_failures[ip] = now
+            log.warning("connection from %s refused: TLS handshake failed: %s%s", remote, reason, hint)
+        else:
+            log.debug("connection from %s refused: TLS handshake failed: %s", remote, reason)
+
+    async def _serve(self, stream: FrameStream, remote: str) -> None:
         """One accepted stream. The first frame decides what the connection is:
 
         * a controller hello -> authenticated as that controller (or refused with the reason);
@@ -498,13 +524,11 @@ class Mesh:
         * nothing within ``hello_timeout`` -> a router that skipped the hello;
         * bytes that are not a valid frame -> closed, like any bad frame later on.
         """
-        remote = context.peer()
-        stream = ServerStream(context)
-        auth = context.auth_context()
-        pem = (auth.get("x509_pem_cert") or [b""])[0]
-        cert_id = spiffe_id(pem) if pem else None
+        der = stream.writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        cert = x509.load_der_x509_certificate(der) if der else None
+        cert_id = spiffe_id(cert) if cert is not None else None
         who = f"spiffe://{'/'.join(cert_id)}" if cert_id else "a certificate without a SPIFFE id"
-        # Never cancel a pending grpc read (that ends the stream): if no frame comes in time the read stays
+        # Never cancel a pending read (a frame could be cut in half): if no frame comes in time the read stays
         # pending and the router connection's reader takes it over.
         first_read = asyncio.ensure_future(stream.read())
         await asyncio.wait({first_read}, timeout=self.opts.hello_timeout)
@@ -515,6 +539,11 @@ class Mesh:
         else:
             try:
                 raw = first_read.result()
+            except ProtocolViolation as e:
+                self.stats["bad_frames"] += 1
+                log.warning("connection from %s (%s) refused: %s", remote, who, e)
+                await stream.abort(e.code or "INVALID_ARGUMENT", str(e))
+                return
             except StreamClosed:
                 return
             if raw is None:
@@ -527,21 +556,18 @@ class Mesh:
             except FrameError as e:
                 self.stats["bad_frames"] += 1
                 log.warning("connection from %s (%s) closed: bad first frame: %s", remote, who, e)
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad frame: {e}")
+                await stream.abort("INVALID_ARGUMENT", f"bad frame: {e}")
                 return
             if isinstance(frame, Hello):
                 hello = frame
             else:
                 first.append(frame)
         if hello is not None and hello.type == "controller":
-            await self._serve_controller(stream, context, hello, cert_id, remote, cert_serial(pem) if pem else None)
+            await self._serve_controller(stream, hello, cert_id, remote, cert_serial(cert) if cert else None)
         else:
-            await self._serve_router(stream, context, hello, first, cert_id, remote, pending)
+            await self._serve_router(stream, hello, first, cert_id, remote, pending)
 
-    async def _refuse(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, reason: str) -> None:
-        await context.abort(code, reason)
-
-    async def _serve_controller(self, stream: ServerStream, context: grpc.aio.ServicerContext, hello: Hello,
+    async def _serve_controller(self, stream: FrameStream, hello: Hello,
                                 cert_id: tuple[str, str, str] | None, remote: str, serial: str | None) -> None:
         try:
             pid = check_controller_hello(hello, cert_id, my_id=self.node_id, cluster_id=self.cluster_id,
@@ -554,7 +580,7 @@ class Mesh:
         except HandshakeError as e:
             self.stats["refused"] += 1
             log.warning("peer %s refused (from %s): %s", hello.id or "?", remote, e)
-            await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, f"refused by {self.node_id}: {e}")
+            await stream.abort("PERMISSION_DENIED", f"refused by {self.node_id}: {e}")
             return
         existing = self.connection(pid)
         if existing is not None:
@@ -562,7 +588,7 @@ class Mesh:
             if not keep_new:
                 self.stats["duplicates_refused"] += 1
                 log.debug("duplicate connection from %s refused: %s", pid, why)
-                await self._refuse(context, grpc.StatusCode.ALREADY_EXISTS, f"duplicate connection: {why}")
+                await stream.abort("ALREADY_EXISTS", f"duplicate connection: {why}")
                 return
         assert hello.nonce is not None
         reply = Hello("controller", self.node_id, self.cluster_id, PROTOCOL_VERSION, self.opts.software,
@@ -579,7 +605,7 @@ class Mesh:
             conn.start()
         await conn.wait_closed()
 
-    async def _serve_router(self, stream: ServerStream, context: grpc.aio.ServicerContext, hello: Hello | None,
+    async def _serve_router(self, stream: FrameStream, hello: Hello | None,
                             first: list[Frame], cert_id: tuple[str, str, str] | None, remote: str,
                             pending: asyncio.Future | None = None) -> None:
         reason = None
@@ -594,7 +620,7 @@ class Mesh:
             log.warning("router connection from %s refused: %s", remote, reason)
             if pending is not None:
                 pending.cancel()
-            await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, f"refused by {self.node_id}: {reason}")
+            await stream.abort("PERMISSION_DENIED", f"refused by {self.node_id}: {reason}")
             return
         router_id = cert_id[2] if cert_id else (hello.id if hello and hello.id else remote)
         reply = Hello("controller", self.node_id, self.cluster_id, PROTOCOL_VERSION, self.opts.software,
@@ -690,7 +716,7 @@ class Mesh:
         controller of this cluster: its certificate names it)."""
         o = self.opts
         stream = open_stream(addr, self.identity, server_name=o.tls_server_name, max_frame=o.max_frame,
-                             keepalive_s=o.keepalive)
+                             keepalive_s=o.keepalive, timeout=o.hello_timeout)
         nonce = os.urandom(32)
         try:
             try:
@@ -723,12 +749,10 @@ def _jitter(delay: float) -> float:
 
 def _dial_error(e: StreamClosed) -> HandshakeError:
     text = str(e)
-    cause = e.__cause__
-    code = cause.code() if isinstance(cause, grpc.aio.AioRpcError) else None
-    if code == grpc.StatusCode.ALREADY_EXISTS:
+    if e.code == "ALREADY_EXISTS":
         return DuplicateConnection(text)
-    if code == grpc.StatusCode.PERMISSION_DENIED:
-        return HandshakeError(f"the peer refused us: {cause.details()}")  # type: ignore[union-attr]
+    if e.code == "PERMISSION_DENIED":
+        return HandshakeError(f"the peer refused us: {e.details.partition(': ')[2]}")
     low = text.lower()
     if "handshake" in low or "certificate" in low or "ssl" in low or "tls" in low:
         return HandshakeError(f"TLS handshake failed ({text}): is the peer's certificate issued by this cluster's "
@@ -737,7 +761,7 @@ def _dial_error(e: StreamClosed) -> HandshakeError:
 
 
 def ip_of(addr: str) -> str | None:
-    """The IP in a connection's peer address: gRPC's "ipv4:1.2.3.4:5" or "ipv6:[::1]:5" (maybe %-encoded), or a
+    """The IP in a connection's peer address: "ipv4:1.2.3.4:5" or "ipv6:[::1]:5" (maybe %-encoded), or a
     dialed "host:port"; None for a name."""
     addr = urllib.parse.unquote(addr)
     for prefix in ("ipv4:", "ipv6:"):

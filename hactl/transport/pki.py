@@ -1,8 +1,8 @@
 """The cluster PKI: one CA per cluster, one leaf certificate per controller or router.
 
 Identities follow SPIFFE: every leaf carries the URI SAN ``spiffe://<trust-domain>/<kind>/<id>``; the control
-channel authorises peers by that URI, never by hostnames. Keys are EC P-256 because grpc's TLS stack (BoringSSL)
-accepts it everywhere, which is not true of Ed25519 certificates.
+channel authorises peers by that URI, never by hostnames. Keys are EC P-256 because every TLS stack (OpenSSL,
+BoringSSL, Go's) accepts it, which is not true of Ed25519 certificates.
 
 Files (a node's ``pki/`` directory holds the last three)::
 
@@ -328,7 +328,7 @@ def verify_issued_by(cert: x509.Certificate, ca: x509.Certificate, *, at: _dt.da
 
 @dataclass(frozen=True)
 class Identity:
-    """A node's TLS identity: PEM bytes for grpc plus the parsed SPIFFE id."""
+    """A node's TLS identity: PEM bytes for the TLS contexts plus the parsed SPIFFE id."""
     cert_pem: bytes = field(repr=False)
     key_pem: bytes = field(repr=False)  # never in a repr: reprs end up in logs and test reports
     ca_pem: bytes = field(repr=False)
