@@ -244,6 +244,7 @@ class Target:
 class Hactl(Target):
     name = "hactl"
     durability = "fsync of raft.db on a majority before the answer (LMDB sync commits)"
+    workers: int | None = None  # API worker processes per node; None: the config default (the core count)
 
     log_level = "warning"  # set from --hactl-log-level
 
@@ -275,14 +276,16 @@ class Hactl(Target):
         self.address = await self.wait_until(ready, "a leader and the controller address on every node")
 
     def configure(self, data: Path, cluster_args: list[str]) -> None:
-        """`hactl dev init` writes the configs that `dev up` then keeps; only log.level is changed, because at
-        info every API request is an access-log line, which etcd (--log-level warn) and the pysyncobj peer (no
-        access log) do not pay for."""
+        """`hactl dev init` writes the configs that `dev up` then keeps; log.level is changed (and workers: with
+        --hactl-workers), because at info every API request is an access-log line, which etcd (--log-level warn)
+        and the pysyncobj peer (no access log) do not pay for."""
         subprocess.run([sys.executable, "-m", "hactl.cli", "dev", "init", *cluster_args], check=True, cwd=str(REPO),
                        stdout=subprocess.DEVNULL, timeout=120)
         for cfg in sorted((data / "config").glob("*.yaml")):
             doc = yaml.safe_load(cfg.read_text())
             doc.setdefault("log", {})["level"] = self.log_level
+            if self.workers is not None:
+                doc["workers"] = self.workers
             cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
 
     async def prepare(self, session: aiohttp.ClientSession) -> None:
@@ -600,6 +603,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--keys", type=int, default=1024, help="keys (hactl: members) written and read, created first")
     ap.add_argument("--hactl-log-level", choices=("debug", "info", "warning", "error"), default="warning",
                     help="log.level of the hactl nodes (info logs every request; etcd runs at warn)")
+    ap.add_argument("--hactl-workers", type=int, default=None,
+                    help="hactl's workers: per node (default: hactl's own default, the number of cores)")
     ap.add_argument("--pysyncobj-batch", choices=("on", "off"), default="off",
                     help="pysyncobj appendEntriesUseBatch; on is the library default, off (used here) was faster for "
                          "both 1 and 64 writers on this machine, so the comparison is against the stronger setting")
@@ -633,6 +638,7 @@ async def main_async(args: argparse.Namespace, work: Path) -> bool:
          f"{os.cpu_count()} cores")
     PySyncObj.batch = args.pysyncobj_batch
     Hactl.log_level = args.hactl_log_level
+    Hactl.workers = args.hactl_workers
     results: dict[str, dict[str, Result]] = {}
     ok = True
     for name in args.targets:
