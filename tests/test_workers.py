@@ -73,6 +73,9 @@ def test_reads_come_from_several_processes_and_node_state_from_the_node(node: Pr
         assert code == 200 and isinstance(body, list)
         served[headers[WORKER]] = served.get(headers[WORKER], 0) + 1
     assert len(served) >= 2 and set(served) <= {"0", "1", "2"}, served
+    with ThreadPoolExecutor(16) as pool:  # linearizable reads at once: the workers share their barrier calls
+        lin = list(pool.map(lambda _: c.request("ctrl1", "GET", "/controller/network"), range(64)))
+    assert {code for code, _, _ in lin} == {200} and {h[WORKER] for _, _, h in lin} - {"0"}
     # Node state is the node's, whichever process took the connection: its bytes, its X-Hactl-Worker.
     for path in ("/status", "/health", "/readyz", "/livez", "/metrics"):
         for _ in range(6):
@@ -106,6 +109,8 @@ def test_writes_through_workers_are_read_back_from_every_process(node: ProcClust
         code, got, rheaders = c.request("ctrl1", "GET", f"/controller/network/{net['id']}?consistency=local")
         assert code == 200 and got["name"] == f"w{i}", (headers, rheaders, got)
         read_across += rheaders[WORKER] != headers[WORKER]
+        code, got, _ = c.request("ctrl1", "GET", f"/controller/network/{net['id']}")  # linearizable: a barrier
+        assert code == 200 and got["name"] == f"w{i}"
         if written_by - {"0"} and read_across >= 3:
             break
     assert written_by - {"0"}, f"no write was taken by a worker: {written_by}"
