@@ -10,6 +10,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,9 +166,15 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     events: list[EventSinkConfig] = field(default_factory=list)
     # API worker processes next to this node's own (hactl/workers): they serve reads from ctrl.db on every core
-    # and hand writes to this process. 0: this process alone serves the API.
-    workers: int = field(default_factory=default_workers)
+    # and hand writes to this process. 0: this process alone serves the API. None (not set, or `workers:` left
+    # empty): one per core, see api_workers.
+    workers: int | None = None
     source: str = field(default="<defaults>", compare=False)
+
+    @property
+    def api_workers(self) -> int:
+        """How many API worker processes to run: `workers:`, or one per core when it is not set."""
+        return default_workers() if self.workers is None else self.workers
 
     @property
     def agent_socket(self) -> str:
@@ -228,6 +235,9 @@ def _build(cls: type, raw: Any, src: str, prefix: str) -> Any:
 
 
 def _coerce(value: Any, kind: Any, src: str, key: str) -> Any:
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None: empty (None) or an X
+        (inner,) = [k for k in typing.get_args(kind) if k is not type(None)]
+        return None if value is None else _coerce(value, inner, src, key)
     origin = getattr(kind, "__origin__", None)
     if origin is list:
         if value is None:
@@ -315,7 +325,7 @@ def validate(cfg: Config) -> None:
                      ("control.max_frame_bytes", cfg.control.max_frame_bytes),
                      ("api.max_body_bytes", cfg.api.max_body_bytes)):
         _positive(src, key, val)
-    if not 0 <= cfg.workers <= MAX_WORKERS:
+    if cfg.workers is not None and not 0 <= cfg.workers <= MAX_WORKERS:
         raise ConfigError(src, "workers", f"expected 0 (this process alone serves the API) to {MAX_WORKERS} API "
                           f"worker processes, got {cfg.workers}")
     if r.apply_timeout_s <= 0:

@@ -233,8 +233,9 @@ def test_config_workers_must_be_a_count(tmp_path: Path, bad: Any) -> None:
 def test_config_workers_defaults_to_the_core_count(tmp_path: Path) -> None:
     path = tmp_path / "node.yaml"
     path.write_text("id: n1\n")
-    assert load(path).workers == default_workers() == min(os.cpu_count() or 1, MAX_WORKERS)
-    assert load(_config(tmp_path, 0)).workers == 0
+    assert load(path).api_workers == default_workers() == min(os.cpu_count() or 1, MAX_WORKERS)
+    assert load(_config(tmp_path, None)).api_workers == default_workers()  # `workers:` left empty
+    assert load(_config(tmp_path, 0)).api_workers == 0
 
 
 @pytest.mark.parametrize("error", [ClusterUnavailable("no leader", retry_after=3), NoSpace("full"),

@@ -181,20 +181,18 @@ class Controller:
                 raise StartupError(f"api.tls_cert: {e}") from None
         elif (warning := plain_http_warning(host)) is not None:
             log.warning("%s", warning)
-        if cfg.workers > 0:
+        if cfg.api_workers == 0:
+            self._api = await serve(self, host, port, max_body_bytes=cfg.api.max_body_bytes, version=__version__,
+                                    ssl_context=ssl_context)
+        else:  # the port shared with the workers (SO_REUSEPORT); answers say which process made them
             from hactl.workers.header import served_by
-            from hactl.workers.supervisor import WorkerStartError, check_port_free
+            from hactl.workers.supervisor import WorkerStartError, WorkerSupervisor, check_port_free
             try:
                 check_port_free(host, port, cfg.source)
-            except WorkerStartError as e:
-                raise StartupError(str(e)) from None
-        self._api = await serve(self, host, port, max_body_bytes=cfg.api.max_body_bytes, version=__version__,
-                                ssl_context=ssl_context, reuse_port=cfg.workers > 0,
-                                configure=served_by(0) if cfg.workers > 0 else None)
-        if cfg.workers > 0:
-            from hactl.workers.supervisor import WorkerSupervisor
-            self.workers = WorkerSupervisor(self, cfg, host, self._api.port)
-            try:
+                self._api = await serve(self, host, port, max_body_bytes=cfg.api.max_body_bytes,
+                                        version=__version__, ssl_context=ssl_context, reuse_port=True,
+                                        configure=served_by(0))
+                self.workers = WorkerSupervisor(self, cfg, host, self._api.port)
                 await self.workers.start(self._api)
             except WorkerStartError as e:
                 raise StartupError(str(e)) from None

@@ -117,7 +117,7 @@ class _Slot:
 class WorkerSupervisor:
     def __init__(self, cluster: Cluster, cfg: Config, host: str, port: int) -> None:
         self.cluster = cluster
-        self.configured = cfg.workers
+        self.configured = cfg.api_workers
         self._max_frame = M.max_frame(cfg.api.max_body_bytes)
         self._socket_path = Path(cfg.data_dir) / API_SOCKET
         self._settings = M.WorkerSettings(
@@ -125,8 +125,8 @@ class WorkerSupervisor:
             ctrl_db_max_bytes=cfg.storage.ctrl_db_max_bytes, host=host, port=port, tls_cert=cfg.api.tls_cert,
             tls_key=cfg.api.tls_key, max_body_bytes=cfg.api.max_body_bytes, version=__version__,
             node_api_socket=str(self._socket_path), apply_timeout_s=cfg.raft.apply_timeout_s,
-            stream_limit=stream_share(cfg.workers), log_level=cfg.log.level, log_format=cfg.log.format)
-        self._slots = [_Slot(i) for i in range(1, cfg.workers + 1)]
+            stream_limit=stream_share(cfg.api_workers), log_level=cfg.log.level, log_format=cfg.log.format)
+        self._slots = [_Slot(i) for i in range(1, cfg.api_workers + 1)]
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
         self._unix: socket.socket | None = None

@@ -59,7 +59,8 @@ def make_configs(root: Path, ids: Sequence[str], *, tick_ms: int = 20, election_
             raft=RaftConfig(tick_ms=tick_ms, election_ticks=election_ticks, apply_timeout_s=apply_timeout_s),
             snapshots=SnapshotConfig(every_entries=0, interval_s=0),
             pki=PkiConfig(ca=str(root / "ca" / "ca.crt"), cert=str(cert), key=str(key)),
-            zerotier=ZeroTierConfig(bind="")))  # no UDP endpoint: tests that want one set it
+            zerotier=ZeroTierConfig(bind=""),  # no UDP endpoint: tests that want one set it
+            workers=0))  # the API in this process alone (tests/test_workers.py runs API worker processes)
     return out
 
 
