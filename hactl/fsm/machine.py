@@ -31,7 +31,7 @@ from hactl.fsm.commands import (AlarmClear, AlarmRaise, ClusterCertificate, Clus
                                 parse_alarm_message, parse_alarm_name)
 from hactl.fsm.ipassign import V4Plan, has_routed_v4, pick_v4
 from hactl.fsm.membership import Membership
-from hactl.fsm.model import (ARRAY_MAX, NETWORK_N_MAX, RECORD_FORMAT, format_address, format_nwid,
+from hactl.fsm.model import (ARRAY_MAX, MEMBER_RECORD, NETWORK_N_MAX, RECORD_FORMAT, format_address, format_nwid,
                              member_defaults, member_revision, member_view, network_defaults, network_id,
                              network_view, pack_member, pack_network, unpack_member, unpack_network)
 from hactl.fsm.result import ErrorCode, Result
@@ -85,11 +85,18 @@ class StateMachine:
         self.path = os.fspath(path)
         self.readonly = readonly
         self._apply_lock = threading.Lock()
-        self._packed: bytes | None = None  # the member record the current command wrote (see _pack_result)
+        self._packed: bytes | None = None  # the member record the current command wrote (see _result_wire)
         self._changed: list[list[Any]] = []  # entity changes of the command being applied (the changes table)
         self._alarms_stamp = 0
         self._deltas: dict[tuple[bytes, int], list[int]] = {}  # count changes of this batch, not yet written
         self._cmd_deltas: dict[tuple[bytes, int], list[int]] = {}  # ... of the command being applied
+        # Networks read by the member commands of this batch: nwid as the command spells it -> (nwid, packed
+        # record). Emptied before every command that is not a member write (only those write networks) and at
+        # both ends of apply_batch, so it never outlives the transaction that read it.
+        self._nets: dict[str, tuple[int, bytes]] = {}
+        # One msgpack packer for apply (under _apply_lock): msgpack.packb builds a new Packer per call. Same
+        # options, so the same bytes.
+        self._pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
         if readonly and not os.path.exists(self.path):
             raise FileNotFoundError(f"{self.path}: no ctrl.db here")
         # mode 0600: ctrl.db holds the controller identity's private key.
@@ -162,6 +169,7 @@ class StateMachine:
         with self._apply_lock:  # one applier at a time: the per-batch scratch state below is the instance's
             index0, term0 = last = self._applied
             self._deltas = {}
+            self._nets = {}
             try:
                 with self._env.begin(write=True) as txn:
                     for index, term, data in entries:
@@ -179,6 +187,7 @@ class StateMachine:
                         txn.put(L.META_APPLIED, L.pack_applied(*last), db=self._meta)
             finally:
                 self._deltas = {}
+                self._nets = {}
             self._applied = last
         return results
 
@@ -198,8 +207,10 @@ class StateMachine:
         if prior is not None:
             # A KEY_REUSED answer is not remembered (the first result stays the key's) and changes nothing.
             return _replay(prior, cmd.fingerprint)
+        ikey = L.u64(index)
         if type(cmd) not in _COUNTS_MAY_WAIT:
             self._flush_counts(txn)
+            self._nets = {}  # (this command may write networks)
         child = self._env.begin(write=True, parent=txn)
         self._packed = None
         self._cmd_deltas = {}
@@ -208,7 +219,7 @@ class StateMachine:
             result = self._handlers[type(cmd)](child, cmd, index)
             child.commit()
             if self._changed:
-                self._record_changes(txn, index, cmd)
+                self._record_changes(txn, index, ikey, cmd)
             for k, (total, authorized) in self._cmd_deltas.items():
                 d = self._deltas.setdefault(k, [0, 0])
                 d[0] += total
@@ -226,35 +237,39 @@ class StateMachine:
             child.abort()
             log.exception("apply of entry %d (%s) failed", index, cmd.TYPE)
             result = Result.failure(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")
-        self._remember(txn, index, rid, result, self._packed if result.ok else None, cmd.fingerprint)
+        self._remember(txn, index, ikey, rid, result, self._packed if result.ok else None, cmd.fingerprint)
         return result
 
-    def _record_changes(self, txn: L.Txn, index: int, cmd: Command) -> None:
-        txn.put(L.u64(index), msgpack.packb([cmd.by, cmd.time, self._changed], use_bin_type=True),
-                db=self._changes_db)
+    def _record_changes(self, txn: L.Txn, index: int, ikey: bytes, cmd: Command) -> None:
+        txn.put(ikey, self._pack([cmd.by, cmd.time, self._changed]), db=self._changes_db)
         if index % _PRUNE_EVERY:
             return
-        cur = txn.cursor(db=self._changes_db)  # by index alone, as the request log: the same on every node
+        # By index alone, as the request log: the same on every node. The oldest first: a deletion leaves the
+        # cursor on the next entry (b"" past the last).
+        cur = txn.cursor(db=self._changes_db)
+        key, limit = cur.key() if cur.first() else b"", index - CHANGES_KEPT
         for _ in range(_PRUNE_MAX):
-            if not cur.first() or L.read_u64(cur.key()) > index - CHANGES_KEPT:
+            if not key or L.read_u64(key) > limit:
                 break
             cur.delete()
+            key = cur.key()
 
-    def _remember(self, txn: L.Txn, index: int, rid: bytes, result: Result, packed: bytes | None,
+    def _remember(self, txn: L.Txn, index: int, ikey: bytes, rid: bytes, result: Result, packed: bytes | None,
                   fingerprint: bytes | None) -> None:
-        txn.put(rid, _pack_result(index, result, packed, fingerprint), db=self._requests)
-        txn.put(L.u64(index), rid, db=self._reqlog)
+        txn.put(rid, self._pack(_result_wire(index, result, packed, fingerprint)), db=self._requests)
+        txn.put(ikey, rid, db=self._reqlog)
         if index % _PRUNE_EVERY:
             return
         # Pruning is decided by the entry's index alone, never by how the driver batched entries, so every
         # node forgets the same request ids at the same point of the journal.
         cur = txn.cursor(db=self._reqlog)
-        limit = index - DEDUPE_WINDOW
+        key, limit = cur.key() if cur.first() else b"", index - DEDUPE_WINDOW
         for _ in range(_PRUNE_MAX):
-            if not cur.first() or L.read_u64(cur.key()) > limit:
+            if not key or L.read_u64(key) > limit:
                 break
             txn.delete(cur.value(), db=self._requests)
             cur.delete()
+            key = cur.key()
 
     # ============================================================================================ handlers
 
@@ -373,13 +388,18 @@ class StateMachine:
     # -------------------------------------------------------------------------------------------- members
 
     def _member_target(self, txn: L.Txn, cmd: Any) -> tuple[int, int, bytes]:
-        """(nwid, address, the network's packed record) or the deterministic failure."""
+        """(nwid, address, the network's packed record) or the deterministic failure. The network is read once
+        per batch (self._nets), not once per member command."""
+        net = self._nets.get(cmd.nwid)
+        if net is not None:
+            return net[0], parse_address(cmd.address), net[1]
         nwid = parse_nwid(cmd.nwid)
         address = parse_address(cmd.address)
         net_raw = txn.get(L.network_key(nwid), db=self._live.networks)
         if net_raw is None:
             self._controller(txn)  # (a network exists only in an initialised cluster: checked when none does)
             raise _Fail(ErrorCode.NOT_FOUND, f"network {format_nwid(nwid)} not found", "nwid")
+        self._nets[cmd.nwid] = (nwid, net_raw)
         return nwid, address, net_raw
 
     def _member_upsert(self, txn: L.Txn, cmd: MemberCreate | MemberUpdate | MemberAuthorize,
@@ -492,7 +512,7 @@ class StateMachine:
         auth_delta = int(rec["authorized"]) - (0 if old is None else int(old["authorized"]))
         if total_delta or auth_delta:
             self._bump_counts(t, nwid, total_delta, auth_delta)
-        packed = pack_member(rec)
+        packed = self._pack([rec[f] for f in MEMBER_RECORD])  # = pack_member(rec)
         txn.put(L.member_key(nwid, address), packed, db=t.members)
         return packed
 
@@ -1251,8 +1271,9 @@ def _decode_changes(index: int, raw: bytes) -> list[EntityChange]:
     return out
 
 
-def _pack_result(index: int, r: Result, packed: bytes | None = None, fingerprint: bytes | None = None) -> bytes:
-    """``packed``: the member record as just written, when the value is that member (saves packing twice)."""
+def _result_wire(index: int, r: Result, packed: bytes | None, fingerprint: bytes | None) -> list[Any]:
+    """What the requests table stores for a result (packed by the caller). ``packed``: the member record as just
+    written, when the value is that member (saves packing twice)."""
     v = r.value
     if not r.ok:
         wire: list[Any] = [index, _FAILED, fingerprint, r.error, r.field, r.message]
@@ -1262,8 +1283,7 @@ def _pack_result(index: int, r: Result, packed: bytes | None = None, fingerprint
         wire = [index, _NETWORK, fingerprint, bytes.fromhex(v["id"]), pack_network(v)]
     else:
         wire = [index, _PLAIN, fingerprint, v]
-    out: bytes = msgpack.packb(wire, use_bin_type=True)
-    return out
+    return wire
 
 
 def _replay(raw: bytes, fingerprint: bytes | None) -> Result:
