@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
+import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -154,6 +156,38 @@ def test_a_killed_node_takes_its_workers_and_a_restart_brings_new_ones(tmp_path:
         c.close()
 
 
+def test_after_a_restore_no_process_serves_the_replaced_ctrl_db(tmp_path: Path) -> None:
+    """A restore makes the node restart (exit code 3) on a new ctrl.db: its workers go with it, and the new ones
+    serve the new file (every process answers with the backup's content)."""
+    c = ProcCluster(tmp_path, 1, config={"workers": 2})
+    try:
+        c.start_all()
+        ctrl = c.wait_ready()
+        pids = list(_wait_workers(c, "ctrl1", 2)["pids"].values())
+        assert c.write("ctrl1", "POST", _net(ctrl), {"name": "kept"})[0] == 200
+        backup = tmp_path / "backup.db"
+        assert _agent(c, "controller", "snapshot-db", str(backup)) == 0
+        assert c.write("ctrl1", "POST", _net(ctrl), {"name": "undone"})[0] == 200
+        assert _agent(c, "cluster", "restore-from-db", str(backup)) == 0
+        c.wait(lambda: c.restarts["ctrl1"] >= 1, 60, "the node to restart")
+        poll(lambda: not any(_alive(p) for p in pids), 10, "the old workers to exit")
+        c.wait_ready(timeout=60)
+        _wait_workers(c, "ctrl1", 2)
+        served = set()
+        for _ in range(30):
+            code, ids, headers = c.request("ctrl1", "GET", "/controller/network?consistency=local")
+            assert code == 200 and len(ids) == 1, (headers, ids)
+            served.add(headers[WORKER])
+        assert served - {"0"}
+    finally:
+        c.close()
+
+
+def _agent(c: ProcCluster, *args: str) -> int:
+    return subprocess.run([sys.executable, "-m", "hactl.cli", "agent", "--socket", str(c.specs["ctrl1"].agent_socket),
+                           *args], capture_output=True, timeout=120).returncode
+
+
 def test_node_errors_come_through_a_worker_unchanged(tmp_path: Path) -> None:
     """No quorum: a write the leader proposed but cannot commit is 504 OUTCOME_UNKNOWN and a linearizable read
     503 CLUSTER_NO_LEADER, through the worker that took the connection as from the node."""
@@ -199,7 +233,7 @@ def test_a_write_whose_node_stops_answering_is_outcome_unknown(tmp_path: Path) -
 
         def attempt(i: int) -> Any:  # the node's own connections wait in its backlog: they time out here
             try:
-                return c.request("ctrl1", "POST", _net(ctrl), {"name": f"frozen{i}"}, timeout=12)
+                return c.request("ctrl1", "POST", _net(ctrl), {"name": f"frozen{i}"}, timeout=9)
             except TimeoutError:
                 return None
         with ThreadPoolExecutor(6) as pool:
