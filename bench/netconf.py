@@ -684,7 +684,7 @@ PARTS = [
     ("  ctrl.db read of network + member", "server/zerotier.py", "_read"),
     ("  request metadata parse (Versions.of)", "server/zerotier.py", "of"),
     ("  needs_write", "server/zerotier.py", "needs_write"),
-    ("  signed_config (COM, netconf, signatures)", "server/zerotier.py", "signed_config"),
+    ("  signed_config (COM, netconf, signatures)", "zt/netconf.py", "signed_config"),
     ("    COM sign", "zt/com.py", "sign"),
     ("    build_netconf", "zt/netconf.py", "build_netconf"),
     ("    sign_chunks", "zt/netconf.py", "sign_chunks"),
@@ -761,7 +761,8 @@ def pure_costs(network: dict[str, Any], member: dict[str, Any], member_identity:
                cpu_per_reply: float) -> None:
     """The reply path's pure steps timed without a profiler (best of 5 runs of 1000 calls) on the network and
     member records the node serves (read back through the API), signing with an identity of our own."""
-    from hactl.server.zerotier import Versions, needs_write, signed_config
+    from hactl.server.zerotier import Versions, needs_write
+    from hactl.zt.netconf import signed_config
     from hactl.zt import crypto
     from hactl.zt.com import CertificateOfMembership
     from hactl.zt.netconf import CTMD_DEFAULT, build_netconf

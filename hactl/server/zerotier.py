@@ -46,17 +46,15 @@ from hactl.fsm.commands import (CommandError, build_member_request, build_planet
 from hactl.fsm.ipassign import V4Plan, has_routed_v4
 from hactl.fsm.model import format_address, format_nwid
 from hactl.fsm.result import Result
-from hactl.zt.com import CertificateOfMembership
 from hactl.zt.dictionary import Dictionary
 from hactl.zt.endpoint import Endpoint
 from hactl.zt.errors import ProtocolError
 from hactl.zt.identity import Identity
-from hactl.zt.netconf import CTMD_DEFAULT, build_netconf, new_update_id, sign_chunks
+from hactl.zt.netconf import config_revision, signed_config
 from hactl.zt.node import ConfigRequest, Node
 from hactl.zt.packet import ErrorCode
 from hactl.zt.planet import desired_roots, next_world
 from hactl.zt.revocation import Revocation, network_credentials_payload
-from hactl.zt.verbs import ConfigChunk
 from hactl.zt.root import Root
 from hactl.zt.switch import Switch
 from hactl.zt.world import World, WorldType, zerotier_planet
@@ -233,11 +231,6 @@ def versions_of(metadata: bytes) -> Versions:
     return Versions.of(metadata)
 
 
-def config_revision(network: dict[str, Any], member: dict[str, Any]) -> int:
-    """The `r` of a member's config: grows with every change to its network or to it (see module docstring)."""
-    return (int(network.get("revision", 0)) << 32) | (int(member.get("revision", 0)) & 0xFFFFFFFF)
-
-
 def needs_write(network: dict[str, Any], member: dict[str, Any] | None, v: Versions) -> bool:
     """Whether answering needs a member.request write (what ZeroTier's controller saves at request time)."""
     if member is None or not member.get("identity"):
@@ -272,16 +265,6 @@ def _v4_plan(network: dict[str, Any]) -> V4Plan:
         if len(_plans) > 1024:
             _plans.popitem(last=False)
     return plan
-
-
-def signed_config(network: dict[str, Any], member: dict[str, Any], member_identity: Identity,
-                  controller: Identity, now: int, rules_engine: bool) -> list[ConfigChunk]:
-    nwid = int(network["id"], 16)
-    ctmd = CTMD_DEFAULT
-    com = CertificateOfMembership.build(nwid, member_identity, now, ctmd).sign(controller)
-    d = build_netconf(network, member, now=now, com=com, revision=config_revision(network, member), ctmd=ctmd,
-                      rules_engine=rules_engine)
-    return sign_chunks(d.encode(), nwid, controller, new_update_id())
 
 
 # ----------------------------------------------------------------------------------------- the service

@@ -177,3 +177,19 @@ def assemble(chunks: list[ConfigChunk]) -> bytes:
     if covered != total:
         raise ProtocolError("config incomplete")
     return bytes(buf)
+
+
+def config_revision(network: dict[str, Any], member: dict[str, Any]) -> int:
+    """The `r` of a member's config: grows with every change to its network or to it (the network's revision
+    in the high 32 bits, the member's in the low: hactl.server.zerotier explains why)."""
+    return (int(network.get("revision", 0)) << 32) | (int(member.get("revision", 0)) & 0xFFFFFFFF)
+
+
+def signed_config(network: dict[str, Any], member: dict[str, Any], member_identity: Identity,
+                  controller: Identity, now: int, rules_engine: bool) -> list[ConfigChunk]:
+    nwid = int(network["id"], 16)
+    ctmd = CTMD_DEFAULT
+    com = CertificateOfMembership.build(nwid, member_identity, now, ctmd).sign(controller)
+    d = build_netconf(network, member, now=now, com=com, revision=config_revision(network, member), ctmd=ctmd,
+                      rules_engine=rules_engine)
+    return sign_chunks(d.encode(), nwid, controller, new_update_id())
