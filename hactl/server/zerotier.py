@@ -50,6 +50,7 @@ from hactl.zt.dictionary import Dictionary
 from hactl.zt.endpoint import Endpoint
 from hactl.zt.errors import ProtocolError
 from hactl.zt.identity import Identity
+from hactl.workers.netconf import EncodedChunk, SignJob
 from hactl.zt.netconf import config_revision, signed_config
 from hactl.zt.node import ConfigRequest, Node
 from hactl.zt.packet import ErrorCode
@@ -270,6 +271,16 @@ def _v4_plan(network: dict[str, Any]) -> V4Plan:
 # ----------------------------------------------------------------------------------------- the service
 
 @dataclass
+class _Due:
+    """A config reply decided on and waiting for its signature."""
+    req: ConfigRequest
+    entry: "Online"
+    network: dict[str, Any]
+    member: dict[str, Any]
+    job: SignJob
+
+
+@dataclass
 class Online:
     identity: Identity
     rules_engine: bool
@@ -299,6 +310,7 @@ class ZeroTierService:
         self.switch: Switch | None = None
         self.endpoint: Endpoint | None = None
         self.problem: str | None = None  # why there is no endpoint yet, for /status
+        self.signed_by_workers = 0  # config replies whose signatures the API workers made (/status)
         self._tasks: list[asyncio.Task] = []
         self._handlers: set[asyncio.Task] = set()
         self._pending: list[ConfigRequest] = []
@@ -659,7 +671,8 @@ class ZeroTierService:
             st = self.node.status(ep.now())
             out.update(online=bool(st.get("online")), roots=st.get("roots", []), stats=self.node.stats(),
                        root_stats=self.switch.root.stats(),
-                       members_online=len(self._online), members_served=len(self._served(self.ctl.now_ms())))
+                       members_online=len(self._online), members_served=len(self._served(self.ctl.now_ms())),
+                       configs_signed_by_workers=self.signed_by_workers)
         return out
 
     # -------------------------------------------------------------- requests
@@ -710,18 +723,21 @@ class ZeroTierService:
         ep = self.endpoint
         assert ep is not None
         fresh = await self._barrier()
+        due: list[_Due] = []
         try:
             with self.ctl.machine().reader() as r:
                 for req in batch:
                     n, a = format_nwid(req.request.network_id), format_address(req.source)
                     network = r.get_network(n)
-                    self._answer(req, fresh, network, r.get_member(n, a) if network is not None else None)
+                    self._answer(req, fresh, network, r.get_member(n, a) if network is not None else None, due)
         except ClusterUnavailable:
             self.node.count("unavailable")
-        ep.flush()
+        ep.flush()  # (the errors: they need no signature)
+        if due:
+            await self._sign_and_send(due)
 
     def _answer(self, req: ConfigRequest, fresh: bool, network: dict[str, Any] | None,
-                member: dict[str, Any] | None) -> None:
+                member: dict[str, Any] | None, due: list["_Due"]) -> None:
         ep = self.endpoint
         assert ep is not None
         node = self.node
@@ -750,7 +766,7 @@ class ZeroTierService:
                 self._spawn(self._answer_after_write(req, network, member, identity_str, versions))
             return
         assert member is not None
-        self._reply(req, fresh, network, member, versions)
+        self._reply(req, fresh, network, member, versions, identity_str, due)
 
     async def _answer_after_write(self, req: ConfigRequest, network: dict[str, Any], member: dict[str, Any] | None,
                                   identity_str: str, versions: Versions) -> None:
@@ -762,14 +778,18 @@ class ZeroTierService:
             return
         network, _ = self._read(req.request.network_id, req.source)  # as of our write (applied here)
         if network is not None:
-            self._reply(req, True, network, member, versions)
+            due: list[_Due] = []
+            self._reply(req, True, network, member, versions, identity_str, due)
             assert self.endpoint is not None
             self.endpoint.flush()
+            if due:
+                await self._sign_and_send(due)
 
     def _reply(self, req: ConfigRequest, fresh: bool, network: dict[str, Any], member: dict[str, Any],
-               versions: Versions) -> None:
-        ep, ident = self.endpoint, self.identity
-        assert ep is not None and ident is not None
+               versions: Versions, identity_str: str, due: list["_Due"]) -> None:
+        """Answer an error now, or add the config to sign to ``due``."""
+        ep = self.endpoint
+        assert ep is not None
         entry = self._remember(req, versions)
         if not member.get("authorized"):
             if fresh:
@@ -780,10 +800,35 @@ class ZeroTierService:
         if not fresh and req.request.revision and rev < req.request.revision:
             self.node.count("stale_without_leader")  # an answer now could be older than what it holds
             return
-        chunks = signed_config(network, member, req.identity, ident, self.ctl.now_ms(), versions.rules_engine > 0)
-        self.node.answer_config(req, chunks, ep.now())
-        entry.sent = rev
-        self._event("config.sent", (req.request.network_id, req.source), revision=rev, why="request")
+        due.append(_Due(req, entry, network, member, SignJob(req.request.network_id, req.source, identity_str,
+                                                              versions.rules_engine > 0, self.ctl.now_ms())))
+
+    async def _sign_and_send(self, due: list["_Due"]) -> None:
+        """Sign the configs (in the API workers when there are any: see hactl.workers.netconf) and send them."""
+        ident, ep = self.identity, self.endpoint
+        assert ident is not None and ep is not None
+        answers: list[tuple[int, list[Any]] | None] | None = None
+        workers = self.ctl.workers
+        if workers is not None:
+            signed = await workers.sign([d.job for d in due])  # None: no worker could (the node signs)
+            if signed is not None:
+                self.signed_by_workers += len(due)
+                answers = [None if s is None else (s.revision, [EncodedChunk(c) for c in s.chunks])
+                           for s in signed]
+        if answers is None:
+            answers = [(config_revision(d.network, d.member),
+                        signed_config(d.network, d.member, d.req.identity, ident, d.job.now_ms, d.job.rules_engine))
+                       for d in due]
+        now = ep.now()
+        for d, answer in zip(due, answers):
+            if answer is None:
+                self.node.count("declined_by_worker")
+                continue
+            rev, chunks = answer
+            self.node.answer_config(d.req, chunks, now)
+            d.entry.sent = rev
+            self._event("config.sent", (d.req.request.network_id, d.req.source), revision=rev, why="request")
+        ep.flush()
 
     def _reply_error(self, req: ConfigRequest, code: ErrorCode) -> None:
         assert self.endpoint is not None

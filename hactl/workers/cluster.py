@@ -16,7 +16,7 @@ import asyncio
 import itertools
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from hactl.agent.protocol import ProtocolError, encode_frame, read_frame
 from hactl.api.cluster import ClusterUnavailable, OutcomeUnknown
@@ -24,6 +24,7 @@ from hactl.fsm.machine import StateMachine
 from hactl.fsm.result import Result
 from hactl.server.tokens import check_token
 from hactl.workers import messages as M
+from hactl.workers.netconf import SignJob, Signed
 
 log = logging.getLogger("hactl.workers")
 
@@ -45,6 +46,7 @@ class NodeLink:
         self._pending: dict[int, asyncio.Future[M.Reply]] = {}
         self.state = M.State(None)
         self.closed = asyncio.Event()
+        self.signer: Callable[[list[SignJob]], list[Signed | None]] | None = None  # answers the node's sign
 
     async def hello(self) -> M.WorkerSettings:
         """The node's first message (before anything else is read)."""
@@ -55,7 +57,7 @@ class NodeLink:
         self._max_frame = M.max_frame(msg.max_body_bytes)
         return msg
 
-    def send(self, msg: M.Ready | M.Submit | M.Barrier) -> None:
+    def send(self, msg: M.Ready | M.Submit | M.Barrier | M.SignedConfigs) -> None:
         self._writer.write(encode_frame(msg.to_wire(), self._max_frame))
 
     async def run(self) -> None:
@@ -74,6 +76,8 @@ class NodeLink:
                     fut = self._pending.get(msg.id)
                     if fut is not None and not fut.done():  # (an abandoned call's reply: nobody waits)
                         fut.set_result(msg)
+                elif isinstance(msg, M.Sign):
+                    self.send(M.SignedConfigs(msg.id, self._sign(msg.jobs)))
         except ProtocolError as e:
             log.error("API worker: bad frame from the node (%s); stopping", e.message)
         except (ConnectionError, OSError) as e:
@@ -84,6 +88,17 @@ class NodeLink:
             for fut in self._pending.values():
                 if not fut.done():
                     fut.set_exception(_LinkLost())
+
+    def _sign(self, jobs: list[SignJob]) -> list[Signed | None]:
+        """Declined (None each) while the node's model cannot be served, or if signing fails here: the node then
+        answers nothing, and the members ask again."""
+        if self.signer is None or self.state.unavailable is not None:
+            return [None] * len(jobs)
+        try:
+            return self.signer(jobs)
+        except Exception:  # a bug or a damaged record must not end the link (and with it the worker)
+            log.exception("API worker: signing %d ZeroTier configs failed", len(jobs))
+            return [None] * len(jobs)
 
     async def call(self, make: Any, timeout: float) -> M.Reply:
         """Send ``make(id)`` and wait for its reply. ClusterUnavailable when it could not be sent; _LinkLost or

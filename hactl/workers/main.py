@@ -24,6 +24,7 @@ from hactl.fsm.machine import StateMachine
 from hactl.workers import messages as M
 from hactl.workers.cluster import NodeLink, WorkerCluster
 from hactl.workers.header import served_by
+from hactl.workers.netconf import ConfigSigner
 from hactl.workers.proxy import NodeProxy
 
 log = logging.getLogger("hactl.workers")
@@ -62,6 +63,7 @@ async def run(sock: socket.socket) -> int:
         loop.add_signal_handler(sig, stopping.set)
     reading = asyncio.create_task(link.run(), name="worker-link")
     machine = StateMachine(settings.ctrl_db, readonly=True, map_size=settings.ctrl_db_max_bytes)
+    link.signer = ConfigSigner(machine).sign
     proxy = NodeProxy(settings.node_api_socket)
     api = None
     try:

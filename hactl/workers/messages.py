@@ -7,9 +7,11 @@ map has a type ``t``:
     node -> worker   hello  (once, first: what to serve: WorkerSettings)
                      state  (whether the node can serve its model now: a pending restart cannot)
                      reply  (to a submit or barrier, by id)
+                     sign   (ZeroTier configs to read and sign, by id: hactl.workers.netconf)
     worker -> node   ready  (once: the worker listens on the API port)
                      submit (an encoded fsm command and its request id: Controller.submit)
                      barrier (Controller.read_barrier)
+                     signed (the configs of a sign, in its order, by id)
 
 A reply carries the outcome of the node's own call: the Result, or the exception's kind and text, which the worker
 raises again (``Reply.outcome``) so that the API answers with the bytes the node would have sent. Anything that
@@ -23,6 +25,7 @@ from typing import Any, Union
 from hactl.agent.protocol import E_BAD_REQUEST, E_MALFORMED, ProtocolError
 from hactl.api.cluster import ClusterUnavailable, NoSpace, OutcomeUnknown, Overloaded
 from hactl.fsm.result import Result
+from hactl.workers.netconf import MAX_JOBS, SignJob, Signed
 
 MAX_REQUEST_ID = 1024  # characters; the API's are far shorter ("key:" + inputs.IDEMPOTENCY_MAX at most)
 MIN_FRAME = 16 << 20
@@ -145,8 +148,26 @@ class Reply:
                 "error": self.error, "message": self.message, "retry_after": self.retry_after}
 
 
-ToNode = Union[Ready, Submit, Barrier]
-ToWorker = Union[WorkerSettings, State, Reply]
+@dataclass(frozen=True)
+class Sign:
+    id: int
+    jobs: list[SignJob]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": "sign", "id": self.id, "jobs": [j.to_wire() for j in self.jobs]}
+
+
+@dataclass(frozen=True)
+class SignedConfigs:
+    id: int
+    configs: list[Signed | None]  # one per job of the Sign, in its order (None: declined)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": "signed", "id": self.id, "configs": [None if c is None else c.to_wire() for c in self.configs]}
+
+
+ToNode = Union[Ready, Submit, Barrier, SignedConfigs]
+ToWorker = Union[WorkerSettings, State, Reply, Sign]
 
 
 def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
@@ -168,6 +189,9 @@ def parse_to_node(obj: dict[str, Any]) -> ToNode:
     t = obj.get("t")
     if t == "ready":
         return Ready(_get(obj, "pid", int, "ready"))
+    if t == "signed":
+        configs = _get(obj, "configs", list, "signed")
+        return SignedConfigs(_get(obj, "id", int, "signed"), [Signed.from_wire(c) for c in configs])
     if t not in ("submit", "barrier"):
         raise ProtocolError(E_MALFORMED, f"unknown message type {t!r:.40}")
     cid = call_id(obj)
@@ -201,4 +225,9 @@ def parse_to_worker(obj: dict[str, Any]) -> ToWorker:
             raise ProtocolError(E_BAD_REQUEST, "reply: result: not a Result") from None
         return Reply(_get(obj, "id", int, "reply"), result, error, str(obj.get("message", "")),
                      float(_get(obj, "retry_after", (int, float), "reply")))
+    if t == "sign":
+        jobs = _get(obj, "jobs", list, "sign")
+        if len(jobs) > MAX_JOBS:
+            raise ProtocolError(E_BAD_REQUEST, f"sign: {len(jobs)} jobs, at most {MAX_JOBS}")
+        return Sign(_get(obj, "id", int, "sign"), [SignJob.from_wire(j) for j in jobs])
     raise ProtocolError(E_MALFORMED, f"unknown message type {t!r:.40}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import logging
 import os
 import signal
@@ -36,6 +37,7 @@ from hactl.api.cluster import Cluster, ClusterUnavailable, Overloaded
 from hactl.api.context import CONTEXT, MAX_STREAMS
 from hactl.config import Config
 from hactl.workers import messages as M
+from hactl.workers.netconf import SignJob, Signed
 
 log = logging.getLogger("hactl.workers")
 
@@ -45,6 +47,7 @@ FIRST_BACKOFF, MAX_BACKOFF = 0.5, 30.0
 STABLE_AFTER = 30.0  # a worker that ran this long resets its restart backoff
 MAX_CALLS_PER_LINK = 10_000  # calls in flight from one worker; beyond: 429 (the node's own queue bounds writes)
 MIN_STREAMS = 2
+SIGN_TIMEOUT = 1.0  # seconds a batch of ZeroTier configs may take in the workers before this process signs them
 
 
 class WorkerStartError(Exception):
@@ -112,6 +115,7 @@ class _Slot:
     ready: bool = False
     restarts: int = 0
     calls: set[asyncio.Task] = field(default_factory=set)
+    signs: dict[int, asyncio.Future] = field(default_factory=dict)  # this node's sign requests, by id
 
 
 class WorkerSupervisor:
@@ -130,6 +134,8 @@ class WorkerSupervisor:
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
         self._unix: socket.socket | None = None
+        self._sign_ids = itertools.count(1)
+        self._turn = 0  # which worker takes the next batch of configs to sign first
 
     # ------------------------------------------------------------------ what /health and /status say
 
@@ -194,6 +200,46 @@ class WorkerSupervisor:
             return M.State(str(e), e.retry_after)
         return M.State(None)
 
+    # ------------------------------------------------------------------ ZeroTier configs signed by the workers
+
+    async def sign(self, jobs: list[SignJob]) -> list[Signed | None] | None:
+        """Have the running workers read and sign these configs (hactl.workers.netconf), split evenly among them;
+        one result per job, in order. None when no worker can (none running, one went away or took longer than
+        SIGN_TIMEOUT): the caller signs them itself. A late answer finds nobody waiting and is dropped."""
+        slots = [s for s in self._slots if s.ready and s.writer is not None and not s.writer.is_closing()]
+        if not slots or not jobs:
+            return None
+        self._turn += 1
+        k = min(len(slots), len(jobs))
+        slots = [slots[(self._turn + i) % len(slots)] for i in range(k)]
+        size = -(-len(jobs) // k)
+        parts = [(slot, jobs[i * size:(i + 1) * size]) for i, slot in enumerate(slots)]
+        waits = []
+        loop = asyncio.get_running_loop()
+        for slot, part in parts:
+            sid = next(self._sign_ids)
+            fut = slot.signs[sid] = loop.create_future()
+            waits.append((slot, sid, fut))
+            assert slot.writer is not None
+            slot.writer.write(encode_frame(M.Sign(sid, part).to_wire(), self._max_frame))
+        try:
+            answers = await asyncio.wait_for(asyncio.gather(*(f for _, _, f in waits)), SIGN_TIMEOUT)
+        except (asyncio.TimeoutError, ConnectionError):
+            log.warning("API workers did not sign %d ZeroTier configs within %.1f s; this process signs them",
+                        len(jobs), SIGN_TIMEOUT)
+            return None
+        finally:
+            for slot, sid, _ in waits:
+                slot.signs.pop(sid, None)
+        out: list[Signed | None] = []
+        for (_, part), answer in zip(parts, answers):
+            if len(answer) != len(part):
+                log.error("an API worker answered %d signed configs for %d jobs; this process signs them",
+                          len(answer), len(part))
+                return None
+            out.extend(answer)
+        return out
+
     # ------------------------------------------------------------------ one worker position
 
     async def _keep(self, slot: _Slot) -> None:
@@ -242,6 +288,9 @@ class WorkerSupervisor:
             slot.ready = False
             slot.writer = None
             writer.close()
+            for fut in slot.signs.values():
+                if not fut.done():
+                    fut.set_exception(ConnectionError("the API worker went away"))
             if slot.proc.returncode is None:
                 _signal(slot.proc, signal.SIGKILL)  # a worker whose link broke cannot be trusted to serve on
             await slot.proc.wait()
@@ -267,7 +316,11 @@ class WorkerSupervisor:
                     return
                 self._reply(writer, M.Reply(cid, error=E_BAD_REQUEST, message=e.message))
                 continue
-            if isinstance(msg, M.Ready):
+            if isinstance(msg, M.SignedConfigs):
+                fut = slot.signs.get(msg.id)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg.configs)
+            elif isinstance(msg, M.Ready):
                 slot.ready = True
                 log.info("API worker %d (pid %d) is serving", slot.index, msg.pid)
             elif len(slot.calls) >= MAX_CALLS_PER_LINK:

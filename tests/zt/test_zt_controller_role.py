@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
+import signal
 import socket
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -178,8 +180,9 @@ def run(test: Any, *args: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def single(tmp_path: Path) -> AsyncIterator[tuple[Controller, Api]]:
+async def single(tmp_path: Path, workers: int = 0) -> AsyncIterator[tuple[Controller, Api]]:
     cfg = make_configs(tmp_path, ("n1",))[0]
+    cfg.workers = workers
     cfg.zerotier.bind = f"{LOCAL}:{free_udp_port()}"
     cfg.zerotier.planet = str(local_planet(tmp_path / "planet"))
     c = await start_initialised(cfg)
@@ -282,6 +285,46 @@ async def public_network_authorizes_on_first_request(tmp_path: Path) -> None:
         assert rec["ipAssignments"] == ipv4s(cfg)
         assert m.transport is not None
         m.transport.close()
+
+
+def test_api_workers_sign_the_configs_and_the_node_signs_when_they_are_gone(tmp_path: Path) -> None:
+    run(workers_sign_configs, tmp_path)
+
+
+async def workers_sign_configs(tmp_path: Path) -> None:
+    async with single(tmp_path, workers=2) as (c, api):
+        await until(lambda: c.workers.counts()["running"] == 2, "both API workers serve")
+        ctl = c.model.machine.controller_identity()
+        net = await api.call("POST", f"/controller/network/{ctl.address:010x}______", {**POOL_NET, "private": False})
+        nwid = int(net["id"], 16)
+        members = [await open_member(Identity.generate(), ctl, endpoint_of(c)) for _ in range(4)]
+        for m in members:  # the first request writes the member through Raft, then its config is signed
+            kind, cfg = await m.request(nwid)  # (Member.config checks the controller's signature)
+            assert kind == "ok" and len(ipv4s(cfg)) == 1
+        await asyncio.sleep(1.1)  # one request per member and network per second
+        before = c.zerotier.status()["configs_signed_by_workers"]
+        answers = await asyncio.gather(*(m.request(nwid) for m in members))
+        assert all(kind == "ok" for kind, _ in answers)
+        assert c.zerotier.status()["configs_signed_by_workers"] >= before + len(members)
+        # What a worker signed is what the node would: the same addresses as on record.
+        for m, (_, cfg) in zip(members, answers):
+            rec = await api.call("GET", f"/controller/network/{net['id']}/member/{m.identity.address:010x}")
+            assert ipv4s(cfg) == rec["ipAssignments"] and cfg.get_int("r") > 0
+
+        # Every worker killed: the node signs the configs itself until they are back (a restart takes over a
+        # second: 0.5 s of backoff and a fresh interpreter), here for members it has not seen before.
+        for pid in c.workers.details()["pids"].values():
+            os.kill(pid, signal.SIGKILL)
+        await until(lambda: c.workers.counts()["running"] == 0, "the node saw its workers die")
+        by_workers = c.zerotier.status()["configs_signed_by_workers"]
+        late = [await open_member(Identity.generate(), ctl, endpoint_of(c)) for _ in range(2)]
+        answers = await asyncio.gather(*(m.request(nwid) for m in late))
+        assert all(kind == "ok" for kind, _ in answers), answers
+        assert c.zerotier.status()["configs_signed_by_workers"] == by_workers
+        await until(lambda: c.workers.counts()["running"] == 2, "the workers are restarted", timeout=30)
+        for m in members + late:
+            assert m.transport is not None
+            m.transport.close()
 
 
 def test_without_quorum_authorized_members_keep_their_config_and_nothing_is_written(tmp_path: Path) -> None:
