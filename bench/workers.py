@@ -7,12 +7,17 @@ per read) it prints
     BENCH workers_<n>_<kind>_reads <ops/s> ops/s
     BENCH workers_<n>_<kind>_server_cpu_us_per_read <us>     node + workers, user + system, from /proc/<pid>/stat
     BENCH workers_<n>_<kind>_node_cpu_us_per_read <us>       the node process alone
-    BENCH workers_<n>_<kind>_client_cpu_cores <cores>        this load generator (one process, one core at most)
+    BENCH workers_<n>_<kind>_client_cpu_us_per_read <us>     this load generator (one process, one core at most)
+    BENCH workers_<n>_<kind>_client_cpu_cores <cores>
 
 and `#` lines with the per-core cost and the read rate expected on 8 and 32 cores from it (assumptions stated
 there). ops/s counts 200 answers to reads started in the measured window; anything else is printed, never hidden.
 
     python bench/workers.py [--workers 0,1,2] [--clients 64] [--seconds 5] [--warmup 1] [--kinds local,lin]
+                            [--trials 3]
+
+Each measurement runs --trials times and the fastest is reported (the others are listed): the machine may be
+shared, and a `#` line says how much CPU other processes took meanwhile.
 """
 from __future__ import annotations
 
@@ -118,27 +123,34 @@ def bench_node(root: Path, workers: int, args: argparse.Namespace) -> list[Run]:
         url = f"http://127.0.0.1:{c.port('ctrl1')}/controller/network/{net['id']}/member/{MEMBER}"
         runs = []
         for kind in args.kinds:
-            run = Run(workers, kind, args.seconds)
-            info(f"workers: {workers}, {kind} reads, {args.clients} clients, {args.seconds:g} s")
-            asyncio.run(load(url + KINDS[kind], c.token, args.clients, args.warmup, args.seconds, run, pids))
-            runs.append(run)
-            report(run)
+            trials = []
+            for t in range(args.trials):
+                run = Run(workers, kind, args.seconds)
+                info(f"workers: {workers}, {kind} reads, {args.clients} clients, {args.seconds:g} s, trial {t + 1}")
+                asyncio.run(load(url + KINDS[kind], c.token, args.clients, args.warmup, args.seconds, run, pids))
+                trials.append(run)
+            best = max(trials, key=lambda r: r.ops)  # the machine is shared: the least disturbed trial
+            runs.append(best)
+            report(best, [r.ops for r in trials])
         return runs
     finally:
         c.close()
 
 
-def report(r: Run) -> None:
+def report(r: Run, trials: list[float]) -> None:
     name = f"workers_{r.workers}_{r.kind}"
     print(f"BENCH {name}_reads {r.ops:.0f} ops/s", flush=True)
     print(f"BENCH {name}_server_cpu_us_per_read {r.per_read_us(r.server_cpu):.1f}")
     print(f"BENCH {name}_node_cpu_us_per_read {r.per_read_us(r.node_cpu):.1f}")
+    print(f"BENCH {name}_client_cpu_us_per_read {r.per_read_us(r.client_cpu):.1f}")
     print(f"BENCH {name}_client_cpu_cores {r.client_cpu / r.seconds:.2f}")
     shares = ", ".join(f"{k}: {v / max(1, r.reads):.0%}" for k, v in sorted(r.served_by.items()))
     failed = {k: v for k, v in r.statuses.items() if k != "200"}
-    print(f"# {name}: server {r.server_cpu / r.seconds:.2f} cores, node {r.node_cpu / r.seconds:.2f}, machine "
-          f"{r.machine_cores:.2f} of {os.cpu_count()}; answered by (X-Hactl-Worker) {shares}; "
-          f"failures {failed or 'none'}", flush=True)
+    others = r.machine_cores - (r.server_cpu + r.client_cpu) / r.seconds
+    print(f"# {name}: best of {', '.join(f'{x:.0f}' for x in trials)} ops/s; server {r.server_cpu / r.seconds:.2f} "
+          f"cores (node {r.node_cpu / r.seconds:.2f}), load generator {r.client_cpu / r.seconds:.2f}, other "
+          f"processes {others:.2f}, machine {r.machine_cores:.2f} of {os.cpu_count()}; answered by "
+          f"(X-Hactl-Worker) {shares}; failures {failed or 'none'}", flush=True)
 
 
 def expectations(runs: list[Run]) -> None:
@@ -173,6 +185,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--kinds", default="local,lin", help="local and/or lin (linearizable)")
+    ap.add_argument("--trials", type=int, default=3, help="runs of each; the fastest is reported")
     args = ap.parse_args()
     args.kinds = [k for k in args.kinds.split(",") if k]
     unknown = set(args.kinds) - set(KINDS)
