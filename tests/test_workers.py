@@ -7,8 +7,11 @@ workers with it.
 """
 from __future__ import annotations
 
+import asyncio
+import http.client
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -20,12 +23,13 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from hactl.agent.protocol import ProtocolError
+from hactl.agent.protocol import ProtocolError, encode_frame, read_frame
 from hactl.api.cluster import ClusterUnavailable, NoSpace, OutcomeUnknown, Overloaded
-from hactl.config import MAX_WORKERS, ConfigError, default_workers, load
+from hactl.config import MAX_WORKERS, Config, ConfigError, default_workers, load
 from hactl.fsm.result import ErrorCode, Result
 from hactl.workers import messages as M
 from hactl.workers.header import HEADER
+from hactl.workers.supervisor import WorkerSupervisor
 from tests.proc_cluster import ProcCluster, poll
 
 WORKER = HEADER.lower()
@@ -122,6 +126,28 @@ def test_writes_through_workers_are_read_back_from_every_process(node: ProcClust
     outcomes = {repr(c.request("ctrl1", "POST", _net(ctrl), {"name": "once"}, headers={"Idempotency-Key": key})[:2])
                 for _ in range(8)}
     assert len(outcomes) == 1, outcomes
+
+
+def test_events_stream_from_the_node_through_any_process(node: ProcCluster) -> None:
+    c = node
+    ctrl = c.status("ctrl1")["address"]
+    streams = []
+    try:
+        for _ in range(6):  # one connection each: some are taken by workers, which stream the node's events
+            conn = http.client.HTTPConnection("127.0.0.1", c.port("ctrl1"), timeout=10)
+            conn.request("GET", "/events?namespace=entityChange", headers={"X-ZT1-Auth": c.token})
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/event-stream")
+            streams.append((conn, resp))
+        code, net = c.write("ctrl1", "POST", _net(ctrl), {"name": "streamed"})
+        assert code == 200
+        for _, resp in streams:
+            while not (line := resp.fp.readline()).startswith(b"data:"):
+                assert line, "the stream ended"
+            assert net["id"] in line.decode()
+    finally:
+        for conn, _ in streams:
+            conn.close()
 
 
 def test_a_killed_worker_is_restarted_and_reported(node: ProcCluster) -> None:
@@ -300,3 +326,51 @@ def test_results_travel_and_unexpected_errors_stay_500s() -> None:
 def test_the_node_refuses_malformed_worker_messages(bad: dict[str, Any]) -> None:
     with pytest.raises(ProtocolError):
         M.parse_to_node(bad)
+
+
+class _Node:
+    """The node's side of the calls a link carries (Controller.submit/read_barrier): answers, recorded."""
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[bytes, str]] = []
+
+    def machine(self) -> None:
+        return None
+
+    async def submit(self, command: bytes, request_id: str) -> Result:
+        self.submitted.append((command, request_id))
+        return Result.success({"rid": request_id})
+
+    async def read_barrier(self) -> None:
+        raise ClusterUnavailable("no leader", retry_after=4)
+
+
+def test_the_node_answers_bad_calls_and_drops_a_garbled_link(tmp_path: Path) -> None:
+    """What a worker sends cannot disturb the node: a bad call gets an error reply, a garbled frame ends that
+    link (the worker is then restarted), valid calls are the node's own."""
+    node = _Node()
+    supervisor = WorkerSupervisor(node, Config(id="n1", data_dir=str(tmp_path), workers=1), "127.0.0.1", 1)
+    slot = supervisor._slots[0]
+
+    async def scenario() -> list[Any]:
+        ours, theirs = socket.socketpair()
+        node_reader, node_writer = await asyncio.open_connection(sock=ours)
+        reader, writer = await asyncio.open_connection(sock=theirs)
+        serving = asyncio.create_task(supervisor._serve_link(slot, node_reader, node_writer))
+        for msg in ({"t": "submit", "id": 1, "rid": "", "command": b"x"}, M.Submit(2, "r2", b"cmd").to_wire(),
+                    M.Barrier(3).to_wire(), M.Ready(99).to_wire()):
+            writer.write(encode_frame(msg))
+        replies = [M.parse_to_worker(await read_frame(reader)) for _ in range(3)]
+        assert slot.ready
+        writer.write(b"\x00\x00\x00\x05junk!")  # not msgpack: the link is dropped, nothing else happens
+        await asyncio.wait_for(serving, 5)
+        node_writer.close()
+        writer.close()
+        return replies
+
+    replies = {r.id: r for r in asyncio.run(scenario())}
+    assert replies[1].error == "bad_request" and "rid" in replies[1].message
+    assert replies[2].outcome() == Result.success({"rid": "r2"}) and node.submitted == [(b"cmd", "r2")]
+    with pytest.raises(ClusterUnavailable) as e:
+        replies[3].outcome()
+    assert e.value.retry_after == 4
