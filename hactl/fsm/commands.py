@@ -80,11 +80,11 @@ import msgpack
 
 from hactl.fsm.coerce import ValidationError
 from hactl.fsm.model import NETWORK_N_MAX, format_address, format_nwid
-from hactl.fsm.validate import (check_controller_address, controller_identity, member_identity, member_record,
-                                network_record, parse_address, parse_label, parse_nwid, parse_request_id,
-                                parse_endpoints, parse_planet_key, parse_serial, parse_time, parse_token_hash,
-                                parse_version_field, parse_world, parse_world_id, root_identity,
-                                validate_member_changes, validate_network_changes)
+from hactl.fsm.validate import (REQUEST_ID_MAX, TIME_MAX, check_controller_address, controller_identity,
+                                member_identity, member_record, network_record, parse_address, parse_label,
+                                parse_nwid, parse_request_id, parse_endpoints, parse_planet_key, parse_serial,
+                                parse_time, parse_token_hash, parse_version_field, parse_world, parse_world_id,
+                                root_identity, validate_member_changes, validate_network_changes)
 from hactl.zt import crypto
 from hactl.zt.identity import Identity
 from hactl.zt.world import ZEROTIER_PLANET_ID
@@ -448,21 +448,47 @@ def decode(data: bytes) -> Command:
     cls = COMMAND_TYPES.get(wire.get("type"))  # type: ignore[arg-type]
     if cls is None:
         raise CommandError(f"unknown command type {wire.get('type')!r}", "type")
+    # Apply decodes every entry: the common case (values of exactly the expected type) is checked inline, anything
+    # else goes through the full checks, which accept or reject it as they always have.
+    request_id, time = wire.get("request_id"), wire.get("time")
     try:
-        kwargs: dict[str, Any] = {"request_id": parse_request_id(wire.get("request_id")),
-                                  "time": parse_time(wire.get("time")), "version": v}
+        if type(request_id) is not str or not 0 < len(request_id) <= _REQUEST_ID_SAFE_CHARS:
+            request_id = parse_request_id(request_id)
+        if type(time) is not int or not 0 <= time <= TIME_MAX:
+            time = parse_time(time)
     except ValidationError as e:
         raise CommandError(e.message, e.field) from None
-    kwargs["fingerprint"] = _fingerprint(wire.get(FINGERPRINT_FIELD), FINGERPRINT_FIELD)
-    kwargs["by"] = _origin(wire.get(ORIGIN_FIELD), ORIGIN_FIELD)
-    for name, check in cls.WIRE.items():
-        if name not in wire:
-            raise CommandError("missing", name)
-        kwargs[name] = check(wire[name], name)
+    kwargs: dict[str, Any] = {"request_id": request_id, "time": time, "version": v}
+    if (fp := wire.get(FINGERPRINT_FIELD)) is not None:
+        kwargs["fingerprint"] = _fingerprint(fp, FINGERPRINT_FIELD)
+    if (by := wire.get(ORIGIN_FIELD)) is not None:
+        kwargs["by"] = _origin(by, ORIGIN_FIELD)
+    for name, check, plain in _WIRE_CHECKS[cls]:
+        try:
+            x = wire[name]
+        except KeyError:
+            raise CommandError("missing", name) from None
+        kwargs[name] = x if type(x) is plain else check(x, name)
     for name, check in cls.OPTIONAL.items():
         if wire.get(name) is not None:
             kwargs[name] = check(wire[name], name)
     return cls(**kwargs)
+
+
+# A request id of at most this many characters is at most REQUEST_ID_MAX bytes of UTF-8 (4 bytes a character).
+_REQUEST_ID_SAFE_CHARS = REQUEST_ID_MAX // 4
+
+
+class _NoType:
+    """No decoded value is of this type: a field whose check has no such fast path always runs it."""
+
+
+# The checks that return a value of exactly this type unchanged: such a value needs no call.
+_PASSES: dict[Checker, type] = {_str: str, _int: int, _bool: bool, _map: dict, _bin: bytes}
+# (name, check, the type it passes unchanged) of each type's wire fields.
+_WIRE_CHECKS: dict[type[Command], tuple[tuple[str, Checker, type], ...]] = {
+    cls: tuple((name, check, _PASSES.get(check, _NoType)) for name, check in cls.WIRE.items())
+    for cls in COMMAND_TYPES.values()}
 
 
 def with_fingerprint(command: bytes, fingerprint: bytes | None) -> bytes:
