@@ -2,14 +2,18 @@
 new members. Prints `BENCH <name> <value> <unit>` lines, and `# ...` lines saying how it was measured and where
 the time goes (a cProfile of the reply path).
 
-    python bench/netconf.py [--members 10000] [--seconds 8] [--skip-cluster] [--dir DIR]
+    python bench/netconf.py [--members 10000] [--seconds 8] [--skip-cluster] [--workers 1,2] [--dir DIR]
 
 Targets, one after the other, each a fresh cluster of real controller processes on this machine (bench/
 netconf_node.py: `hactl controller run` plus a loopback UDP bind and the Limits override below), configs from
 `hactl dev init` (hactl.dev.cluster.init_cluster, log level warning), default raft timings, data on disk:
   node     one controller (a single-voter cluster);
   cluster  three controllers; the members are spread over the three UDP endpoints (every node answers for the
-           one controller identity: ReadIndex barrier on followers too).
+           one controller identity: ReadIndex barrier on followers too);
+  node_w<N> one controller with N API worker processes (--workers, default 1,2; the two targets above run
+           workers: 0): the node dispatches each batch's configs to its workers, which read and sign them
+           (hactl/workers/netconf.py); steps 1-4 only. netconf_replies_scaling_w<N> is its replies/s over the
+           node target's. The controllers' CPU includes their workers'.
 
 Per target:
   1. a network with --members member records (authorized, each with an auto-assigned IPv4 address), created
@@ -49,6 +53,7 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import math
 import multiprocessing
 import os
 import pstats
@@ -69,6 +74,7 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp  # noqa: E402
+import yaml  # noqa: E402
 
 from hactl.dev.cluster import init_cluster  # noqa: E402
 from hactl.zt.dictionary import Dictionary  # noqa: E402
@@ -189,6 +195,25 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a node's API workers: they sign configs too, their CPU is the node's)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, ()))
+    return out
+
+
 def udp_drops(ports: list[int]) -> int:
     """Datagrams the kernel dropped on the sockets bound to these local UDP ports (receive buffer full):
     the node never sees them, so its counters cannot say."""
@@ -215,9 +240,13 @@ def machine_busy() -> tuple[float, float]:
 class Cluster:
     """Controller processes from `hactl dev init` configs, run through bench/netconf_node.py."""
 
-    def __init__(self, root: Path, nodes: int, planet: Path, limits: dict[str, Any]) -> None:
+    def __init__(self, root: Path, nodes: int, planet: Path, limits: dict[str, Any], workers: int) -> None:
         self.root = root
         self.specs = init_cluster(root, nodes, base_port=free_port_block(2 * nodes), log_level="warning")
+        for spec in self.specs:  # API worker processes per node (they also sign the config replies)
+            doc = yaml.safe_load(spec.config.read_text())
+            doc["workers"] = workers
+            spec.config.write_text(yaml.safe_dump(doc, sort_keys=False))
         self.token = (root / "api-token").read_text().strip()
         self.planet = planet
         self.limits = limits
@@ -263,6 +292,12 @@ class Cluster:
         return (self.root / f"{nid}.log").read_text(errors="replace")[-3000:]
 
     def cpu(self) -> float:
+        """The controllers' CPU seconds, their API workers' included (a worker restarted meanwhile would make
+        this jump down: the bench's workers are not killed)."""
+        return sum(proc_cpu(q) for p in self.procs for q in process_tree(p.pid))
+
+    def main_cpu(self) -> float:
+        """The controller processes' own CPU seconds, without their workers'."""
         return sum(proc_cpu(p.pid) for p in self.procs)
 
     def signal_all(self, sig: int) -> None:
@@ -840,13 +875,15 @@ def node_costs(chunks: list[Any], member: Identity, n: int = 3000) -> float:
 # ------------------------------------------------------------------------------------------ one target
 
 def run_target(name: str, nodes: int, args: argparse.Namespace, work: Path, planet: Path,
-               load_ids: list[Identity], admit_ids: list[Identity], limits: dict[str, Any]) -> dict[str, float]:
-    """Runs one target; returns its replies/s and admitted members/s."""
+               load_ids: list[Identity], admit_ids: list[Identity], limits: dict[str, Any], *, workers: int = 0,
+               full: bool = True) -> dict[str, float]:
+    """Runs one target; returns its replies/s and admitted members/s (``full``: also the profile, the pure
+    costs and admission, else saturation and latency only)."""
     root = work / name
     if root.exists():
         shutil.rmtree(root)
     progress(f"{name}: starting {nodes} controller process(es)")
-    cluster = Cluster(root, nodes, planet, limits)
+    cluster = Cluster(root, nodes, planet, limits, workers)
     cluster.start()
     swarms: list[Swarm] = []
     try:
@@ -881,12 +918,12 @@ def run_target(name: str, nodes: int, args: argparse.Namespace, work: Path, plan
         snap: dict[str, Any] = {}
 
         def mark(when: str) -> None:
-            snap[when] = (cluster.cpu(), time.process_time(), *machine_busy())
+            snap[when] = (cluster.cpu(), time.process_time(), *machine_busy(), cluster.main_cpu())
         progress(f"{name}: saturation, {args.seconds} s")
         c_before, k_before = node_counters(cluster), udp_drops(cluster.udp)
         r = swarm.closed_loop(args.seconds, args.request_interval_ms / 1000, on_start=lambda: mark("start"),
                               on_end=lambda: mark("end"))
-        node_cpu, gen_cpu, m_busy, m_total = (e - s for s, e in zip(snap["start"], snap["end"]))
+        node_cpu, gen_cpu, m_busy, m_total, main_cpu = (e - s for s, e in zip(snap["start"], snap["end"]))
         el, counts, lat = r["elapsed"], r["counts"], r["lat"]
         ok = counts["ok"]
         rate = ok / el
@@ -897,6 +934,11 @@ def run_target(name: str, nodes: int, args: argparse.Namespace, work: Path, plan
         cpu_per_reply = node_cpu / max(ok, 1) * 1e6
         bench(f"netconf_cpu_per_reply_{name}", cpu_per_reply, "us")
         bench(f"netconf_server_cpu_{name}", node_cpu / el, "cores")
+        if workers:
+            # The node process is the part that does not scale with workers: its share bounds replies/s at
+            # 1 / (its CPU per reply) however many cores the workers get.
+            bench(f"netconf_node_process_cpu_per_reply_{name}", main_cpu / max(ok, 1) * 1e6, "us")
+            bench(f"netconf_workers_cpu_per_reply_{name}", (node_cpu - main_cpu) / max(ok, 1) * 1e6, "us")
         bench(f"netconf_generator_cpu_{name}", gen_cpu / el, "cores")
         bench(f"netconf_generator_cpu_per_reply_{name}", gen_cpu / max(ok, 1) * 1e6, "us")
         note(f"{name}: saturation {el:.1f} s, {len(load_ids)} members in a closed loop, replies {dict(counts)}; "
@@ -918,6 +960,9 @@ def run_target(name: str, nodes: int, args: argparse.Namespace, work: Path, plan
         note(f"{name}: latency at a fixed {lrate:.0f} requests/s for {r['elapsed']:.1f} s: replies "
              f"{dict(r['counts'])}; node drops {drops(c_before, c_after)}, kernel drops {k_after - k_before}")
 
+        if not full:
+            return {"replies": rate, "admit": math.nan, "node_us": main_cpu / max(ok, 1) * 1e6,
+                    "workers_us": (node_cpu - main_cpu) / max(ok, 1) * 1e6}
         if args.profile and nodes == 1:
             progress(f"{name}: profiling {args.profile_replies} replies")
             done = Path(str(cluster.profile_out) + ".done")
@@ -1016,6 +1061,8 @@ def main() -> int:
     ap.add_argument("--latency-seconds", type=float, default=4.0)
     ap.add_argument("--profile-replies", type=int, default=3000)
     ap.add_argument("--no-profile", dest="profile", action="store_false")
+    ap.add_argument("--workers", type=lambda v: [int(x) for x in v.split(",") if x], default=[1, 2],
+                    help="API worker counts of the extra node_w<N> targets (comma-separated; empty: none)")
     ap.add_argument("--dir", help="work directory, kept (identities.txt is reused); default: a temporary one")
     args = ap.parse_args()
     if args.members < args.load_members:
@@ -1034,7 +1081,26 @@ def main() -> int:
         note(f"bench-only limit: request_interval_ms={args.request_interval_ms} (default 1000: one request per "
              "member and network per second); validation and write limits are the defaults, met with "
              f"{args.per_source} members per source address (127.0.x.y)")
+        note("workers: 0 for the node and cluster targets (the node process alone answers and signs); node_w<N> "
+             "runs the node with N API worker processes signing the configs (saturation and latency only)")
         results = {"node": run_target("node", 1, args, work, planet, load_ids, admit_ids, limits)}
+        for n in args.workers:
+            results[f"node_w{n}"] = run_target(f"node_w{n}", 1, args, work, planet, load_ids, admit_ids, limits,
+                                               workers=n, full=False)
+            bench(f"netconf_replies_scaling_w{n}", results[f"node_w{n}"]["replies"] / results["node"]["replies"],
+                  "x")
+        if args.workers:
+            # Expected on bigger machines, from the per-reply CPU of the last node_w<N> run: the node process
+            # (receive, decrypt, barrier, decisions, encrypt, send) does not scale, the signing does.
+            last = results[f"node_w{args.workers[-1]}"]
+            for cores in (8, 32):
+                expect = min(1e6 / last["node_us"], (cores - 1) * 1e6 / last["workers_us"])
+                bench(f"netconf_expected_replies_per_s_{cores}_cores", expect, "replies/s")
+            note(f"expected scaling: one node process at {last['node_us']:.0f} us per reply caps a node at "
+                 f"{1e6 / last['node_us']:.0f} replies/s however many cores its workers get; the workers' "
+                 f"{last['workers_us']:.0f} us per reply need "
+                 f"{last['workers_us'] / last['node_us']:.1f} cores to keep up with it. Assumes the per-reply costs "
+                 "measured here hold on other cores and one node process per machine")
         if not args.skip_cluster:
             # The same identities: a new cluster has a new controller identity and has never seen them.
             results["cluster"] = run_target("cluster", 3, args, work, planet, load_ids, admit_ids, limits)
@@ -1042,6 +1108,8 @@ def main() -> int:
         note(f"  >= 5000 config replies/s per node: {results['node']['replies']:.0f} "
              f"({'met' if results['node']['replies'] >= 5000 else 'NOT met'})")
         for name, r in results.items():
+            if math.isnan(r["admit"]):
+                continue
             verdict = "met" if r["admit"] >= 200 else "NOT met"
             note(f"  >= 200 new members admitted/s ({name}): {r['admit']:.0f} ({verdict})")
         progress(f"done in {time.perf_counter() - started:.0f} s")
