@@ -83,6 +83,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workload", default="write_c64", help="an api_load workload (write_c1, write_c64, ...)")
     ap.add_argument("--seconds", type=float, default=8.0, help="seconds sampled (the load runs longer)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="API workers per node (default 0: the controllers serve everything, and are what is sampled)")
     ap.add_argument("--rate", type=int, default=250, help="samples per second")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--native", action="store_true", help="include native (C) frames")
@@ -95,7 +97,8 @@ def main() -> None:
     clients = re.search(r"_c(\d+)$", args.workload)
     load = subprocess.Popen([sys.executable, str(REPO / "bench" / "api_load.py"), "--targets", "hactl",
                              "--workloads", args.workload, "--clients", clients[1] if clients else "64",
-                             "--warmup", "3", "--seconds", str(args.seconds + 6)],
+                             "--warmup", "3", "--seconds", str(args.seconds + 6),
+                             "--hactl-workers", str(args.workers)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     work = Path(tempfile.mkdtemp(prefix="hactl-profile-"))
     lines: list[str] = []
