@@ -21,7 +21,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from hactl.aio import cancel_and_wait
+from hactl.aio import cancel_and_wait, wait_owned
 
 from .confchange import decode_conf_change
 from .core import Config, NotLeader, ProposalRefused, Status
@@ -318,7 +318,7 @@ class RaftNode:
         self._check_running()
         fut = asyncio.get_running_loop().create_future()
         self._applied_waiters.append((index, fut))
-        await asyncio.wait_for(fut, timeout)
+        await wait_owned(fut, timeout)
 
     def report_snapshot(self, to: str, ok: bool) -> None:
         """The transport finished (or gave up) streaming a snapshot to `to`."""
@@ -472,7 +472,7 @@ class RaftNode:
         self._proposals[index] = (self.core.term, fut)
         self._poke()
         try:
-            return await asyncio.wait_for(fut, timeout)
+            return await wait_owned(fut, timeout)
         except asyncio.TimeoutError:
             self.proposals_failed["timeout"] += 1
             raise ResultUnknown(f"entry {index} not applied within {timeout}s; it may still commit") from None

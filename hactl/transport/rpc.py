@@ -12,6 +12,8 @@ import itertools
 import logging
 from typing import Any, Awaitable, Callable, Protocol
 
+from hactl.aio import wait_owned
+
 from .errors import ConnectionLost, PeerUnavailable, RemoteError
 from .frames import Call, ErrorReply, Frame, Reply, encode
 
@@ -60,7 +62,7 @@ class RpcEndpoint:
             raise PeerUnavailable(conn.peer_id, "send queue full or connection closing")
         self._pending[rid] = (conn, fut)
         try:
-            return await asyncio.wait_for(fut, timeout)
+            return await wait_owned(fut, timeout)
         finally:
             self._pending.pop(rid, None)
 

@@ -19,6 +19,7 @@ import time
 from typing import Any, Callable
 
 from hactl.agent.protocol import ProtocolError, encode_frame, read_frame
+from hactl.aio import wait_owned
 from hactl.api.cluster import ClusterUnavailable, OutcomeUnknown
 from hactl.fsm.machine import StateMachine
 from hactl.fsm.result import Result
@@ -110,7 +111,7 @@ class NodeLink:
         self._pending[cid] = fut
         try:
             self.send(make(cid))  # (only buffers: from here on the node may receive it)
-            return await asyncio.wait_for(fut, timeout)
+            return await wait_owned(fut, timeout)
         finally:
             self._pending.pop(cid, None)
 
