@@ -32,7 +32,8 @@ from hactl.fsm.commands import (AlarmClear, AlarmRaise, ClusterCertificate, Clus
 from hactl.fsm.ipassign import V4Plan, has_routed_v4, pick_v4
 from hactl.fsm.membership import Membership
 from hactl.fsm.model import (ARRAY_MAX, MEMBER_RECORD, NETWORK_N_MAX, RECORD_FORMAT, format_address, format_nwid,
-                             member_defaults, member_revision, member_view, network_defaults, network_id,
+                             M_AUTHORIZED, M_IDENTITY, M_IP_ASSIGNMENTS, M_REVISION, member_defaults,
+                             member_revision, member_values, member_view, network_defaults, network_id,
                              network_view, pack_member, pack_network, unpack_member, unpack_network)
 from hactl.fsm.result import ErrorCode, Result
 from hactl.fsm.validate import (check_controller_address, check_network_id, controller_identity, member_identity,
@@ -85,7 +86,8 @@ class StateMachine:
         self.path = os.fspath(path)
         self.readonly = readonly
         self._apply_lock = threading.Lock()
-        self._packed: bytes | None = None  # the member record the current command wrote (see _result_wire)
+        # (key, packed record) of the member the current command wrote, if it did (see _result_wire)
+        self._packed: tuple[bytes, bytes] | None = None
         self._changed: list[list[Any]] = []  # entity changes of the command being applied (the changes table)
         self._alarms_stamp = 0
         self._deltas: dict[tuple[bytes, int], list[int]] = {}  # count changes of this batch, not yet written
@@ -254,8 +256,8 @@ class StateMachine:
             cur.delete()
             key = cur.key()
 
-    def _remember(self, txn: L.Txn, index: int, ikey: bytes, rid: bytes, result: Result, packed: bytes | None,
-                  fingerprint: bytes | None) -> None:
+    def _remember(self, txn: L.Txn, index: int, ikey: bytes, rid: bytes, result: Result,
+                  packed: tuple[bytes, bytes] | None, fingerprint: bytes | None) -> None:
         txn.put(rid, self._pack(_result_wire(index, result, packed, fingerprint)), db=self._requests)
         txn.put(ikey, rid, db=self._reqlog)
         if index % _PRUNE_EVERY:
@@ -409,13 +411,14 @@ class StateMachine:
             changes: dict[str, Any] = {"authorized": cmd.authorized}
         else:
             changes = validate_member_changes(cmd.changes)
-        old_raw = txn.get(L.member_key(nwid, address), db=self._live.members)
+        key = L.member_key(nwid, address)
+        old_raw = txn.get(key, db=self._live.members)
         if old_raw is not None and isinstance(cmd, MemberCreate):
             raise _Fail(ErrorCode.CONFLICT, f"member {format_address(address)} already exists", "address")
         if old_raw is None and isinstance(cmd, MemberAuthorize):
             raise _Fail(ErrorCode.NOT_FOUND, f"member {format_address(address)} not found", "address")
-        old = None if old_raw is None else unpack_member(old_raw)
-        rec = dict(old) if old is not None else member_defaults(cmd.time)
+        old = None if old_raw is None else member_values(old_raw)
+        rec = member_defaults(cmd.time) if old is None else dict(zip(MEMBER_RECORD, old))
         for k, v in changes.items():
             if k != "authorized":
                 rec[k] = v
@@ -425,24 +428,39 @@ class StateMachine:
                 rec["lastAuthorizedCredentialType"] = "api"
         # Assign when this command authorizes the member, or changes what assignment depends on for an
         # authorized one; a rename of an authorized member assigns nothing (its next config request may).
-        assign = old is None or not old["authorized"] or "ipAssignments" in changes or "noAutoAssignIps" in changes
-        return self._save_member(txn, nwid, address, net_raw, old, rec, assign=assign, old_raw=old_raw)
+        assign = old is None or not old[M_AUTHORIZED] or "ipAssignments" in changes or "noAutoAssignIps" in changes
+        return self._save_member(txn, nwid, address, key, net_raw, old_raw, old, rec, assign)
 
-    def _save_member(self, txn: L.Txn, nwid: int, address: int, net_raw: bytes, old: dict[str, Any] | None,
-                     rec: dict[str, Any], *, assign: bool, old_raw: bytes | None) -> Result:
+    def _save_member(self, txn: L.Txn, nwid: int, address: int, key: bytes, net_raw: bytes,
+                     old_raw: bytes | None, old: list[Any] | None, rec: dict[str, Any], assign: bool) -> Result:
         """The common end of every member write: auto-assign IPv4 if ``assign`` (and the member is authorized and
-        lets us), then store ``rec`` with revision + 1, or, when it equals ``old``, write nothing at all (same
-        revision, and an unchanged ctrl.db for a repeated request). The result is the member view."""
+        lets us), then store ``rec`` with revision + 1, or, when it equals ``old`` (the stored record's values,
+        member_values), write nothing at all (same revision, and an unchanged ctrl.db for a repeated request). The
+        result is the member view. ``rec`` is a record dict with its keys in record order (made from
+        member_defaults or a stored record, keys only assigned to), so its values() are the record's fields."""
         fresh_ip = None
         if assign and rec["authorized"] and not rec["noAutoAssignIps"]:
             fresh_ip = self._auto_assign(txn, nwid, address, net_raw, rec)
-        if old is not None and rec == old:
-            return Result.success(member_view(nwid, address, old))
-        rec["revision"] = 1 if old is None else old["revision"] + 1
-        self._packed = self._store_member(txn, self._live, nwid, address, old, rec, fresh_ip)
-        self._changed.append([L.CHANGE_MEMBER, nwid, address, None if old_raw is None else bytes(old_raw),
-                              self._packed])
-        return Result.success(member_view(nwid, address, rec))
+        values = list(rec.values())
+        if old is not None and values == old:
+            return Result(True, member_view(nwid, address, rec))
+        rec["revision"] = values[M_REVISION] = 1 if old is None else old[M_REVISION] + 1
+        t = self._live
+        new_ips = rec["ipAssignments"]
+        if old is None:
+            if new_ips:
+                self._index_ips(txn, t, nwid, address, (), new_ips, fresh_ip)
+            self._bump_counts(t, nwid, 1, int(rec["authorized"]))
+        else:
+            if new_ips != old[M_IP_ASSIGNMENTS]:
+                self._index_ips(txn, t, nwid, address, old[M_IP_ASSIGNMENTS], new_ips, fresh_ip)
+            if auth_delta := int(rec["authorized"]) - int(old[M_AUTHORIZED]):
+                self._bump_counts(t, nwid, 0, auth_delta)
+        packed = self._pack(values)  # = pack_member(rec)
+        txn.put(key, packed, db=t.members)
+        self._packed = (key, packed)
+        self._changed.append([L.CHANGE_MEMBER, nwid, address, old_raw, packed])
+        return Result(True, member_view(nwid, address, rec))
 
     def _member_request(self, txn: L.Txn, cmd: MemberRequest, index: int) -> Result:
         """A ZeroTier node asked for its config: what the reference controller records at that point
@@ -458,13 +476,14 @@ class StateMachine:
         nwid, address, net_raw = self._member_target(txn, cmd)
         identity = member_identity(cmd.identity, address)  # parse only: the proposer checked the hash
         versions = {k: parse_version_field(getattr(cmd, k), k) for k in ("vMajor", "vMinor", "vRev", "vProto")}
-        old_raw = txn.get(L.member_key(nwid, address), db=self._live.members)
-        old = None if old_raw is None else unpack_member(old_raw)
-        if old is not None and old["identity"] and not _same_identity(old["identity"], identity):
+        key = L.member_key(nwid, address)
+        old_raw = txn.get(key, db=self._live.members)
+        old = None if old_raw is None else member_values(old_raw)
+        if old is not None and old[M_IDENTITY] and not _same_identity(old[M_IDENTITY], identity):
             # ZeroTier answers NETWORK_ACCESS_DENIED: someone else claims an address whose owner we know.
             raise _Fail(ErrorCode.CONFLICT, f"another identity already holds address {format_address(address)} "
                                             f"on network {format_nwid(nwid)}", "identity")
-        rec = dict(old) if old is not None else member_defaults(cmd.time)
+        rec = member_defaults(cmd.time) if old is None else dict(zip(MEMBER_RECORD, old))
         if not rec["identity"]:
             rec["identity"] = identity
         for k, v in versions.items():
@@ -476,7 +495,7 @@ class StateMachine:
             rec["lastAuthorizedCredentialType"] = "public"
         # ZeroTier assigns at every request of an authorized member; _auto_assign does nothing for a member that
         # already holds a routed IPv4 address, so a repeated request changes nothing.
-        return self._save_member(txn, nwid, address, net_raw, old, rec, assign=True, old_raw=old_raw)
+        return self._save_member(txn, nwid, address, key, net_raw, old_raw, old, rec, True)
 
     def _auto_assign(self, txn: L.Txn, nwid: int, address: int, net_raw: bytes,
                      rec: dict[str, Any]) -> str | None:
@@ -492,29 +511,28 @@ class StateMachine:
             rec["ipAssignments"] = [*ips, ip]
         return ip
 
-    def _store_member(self, txn: L.Txn, t: L.Tables, nwid: int, address: int,
-                      old: dict[str, Any] | None, rec: dict[str, Any], fresh_ip: str | None = None) -> bytes:
-        """Write a member and keep the address index and counts in step; CONFLICT if an address is taken.
-        Returns the packed record."""
+    def _store_new_member(self, txn: L.Txn, t: L.Tables, nwid: int, address: int, rec: dict[str, Any]) -> None:
+        """Write a member that is not there yet (a restored one), indexing its addresses and counting it;
+        CONFLICT if an address is taken."""
+        self._index_ips(txn, t, nwid, address, (), rec["ipAssignments"], None)
+        self._bump_counts(t, nwid, 1, int(rec["authorized"]))
+        txn.put(L.member_key(nwid, address), self._pack([rec[f] for f in MEMBER_RECORD]), db=t.members)
+
+    def _index_ips(self, txn: L.Txn, t: L.Tables, nwid: int, address: int, old_ips: Sequence[str],
+                   new_ips: Sequence[str], fresh_ip: str | None) -> None:
+        """Keep the address index in step with a member's addresses going from ``old_ips`` to ``new_ips``;
+        CONFLICT if an address is another member's. ``fresh_ip``: one just picked as free (not looked up)."""
         me = L.address_bytes(address)
-        old_ips = set() if old is None else set(old["ipAssignments"])
-        new_ips = rec["ipAssignments"]
+        old_set = set(old_ips)
         for ip in new_ips:
-            if ip not in old_ips:
+            if ip not in old_set:
                 holder = None if ip == fresh_ip else txn.get(L.ip_key(nwid, ip), db=t.ips)
                 if holder is not None and holder != me:
                     raise _Fail(ErrorCode.CONFLICT, f"{ip} is already assigned to member {holder.hex()}",
                                 "ipAssignments")
                 txn.put(L.ip_key(nwid, ip), me, db=t.ips)
-        for ip in old_ips.difference(new_ips):
+        for ip in old_set.difference(new_ips):
             txn.delete(L.ip_key(nwid, ip), db=t.ips)
-        total_delta = 1 if old is None else 0
-        auth_delta = int(rec["authorized"]) - (0 if old is None else int(old["authorized"]))
-        if total_delta or auth_delta:
-            self._bump_counts(t, nwid, total_delta, auth_delta)
-        packed = self._pack([rec[f] for f in MEMBER_RECORD])  # = pack_member(rec)
-        txn.put(L.member_key(nwid, address), packed, db=t.members)
-        return packed
 
     def _bump_counts(self, t: L.Tables, nwid: int, total: int, authorized: int) -> None:
         """Member count changes are summed in memory and written once per network per batch (see
@@ -607,7 +625,7 @@ class StateMachine:
                 raise _Fail(ErrorCode.CONFLICT, f"member {format_address(address)} appears twice",
                             f"members[{i}]")
             try:
-                self._store_member(txn, t, nwid, address, None, rec)
+                self._store_new_member(txn, t, nwid, address, rec)
             except _Fail as e:
                 raise _Fail(e.code, e.message, f"members[{i}].{e.field}") from None
         pending["next_seq"] += 1
@@ -1271,14 +1289,16 @@ def _decode_changes(index: int, raw: bytes) -> list[EntityChange]:
     return out
 
 
-def _result_wire(index: int, r: Result, packed: bytes | None, fingerprint: bytes | None) -> list[Any]:
-    """What the requests table stores for a result (packed by the caller). ``packed``: the member record as just
-    written, when the value is that member (saves packing twice)."""
+def _result_wire(index: int, r: Result, packed: tuple[bytes, bytes] | None, fingerprint: bytes | None) -> list[Any]:
+    """What the requests table stores for a result (packed by the caller). ``packed``: the member's key and record
+    as just written, when the value is that member (saves packing twice)."""
     v = r.value
     if not r.ok:
         wire: list[Any] = [index, _FAILED, fingerprint, r.error, r.field, r.message]
     elif v is not None and v.get("objtype") == "member":
-        wire = [index, _MEMBER, fingerprint, bytes.fromhex(v["nwid"] + v["id"]), packed or pack_member(v)]
+        if packed is None:
+            packed = (bytes.fromhex(v["nwid"] + v["id"]), pack_member(v))
+        wire = [index, _MEMBER, fingerprint, *packed]
     elif v is not None and v.get("objtype") == "network":
         wire = [index, _NETWORK, fingerprint, bytes.fromhex(v["id"]), pack_network(v)]
     else:

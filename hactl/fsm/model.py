@@ -77,6 +77,10 @@ def member_defaults(creation_time: int) -> dict[str, Any]:
     }
 
 
+# A member dict's keys are in record order (apply packs list(rec.values()) rather than looking each one up)
+assert tuple(member_defaults(0)) == MEMBER_RECORD
+
+
 # ----------------------------------------------------------------------------------------------- identifiers
 
 def format_nwid(nwid: int) -> str:
@@ -98,12 +102,16 @@ def _pack(record: dict[str, Any], fields: tuple[str, ...]) -> bytes:
     return packed
 
 
-def _unpack(data: bytes, fields: tuple[str, ...]) -> dict[str, Any]:
+def _values(data: bytes, fields: tuple[str, ...]) -> list[Any]:
     values = msgpack.unpackb(data, raw=False, use_list=True)
     if not isinstance(values, list) or len(values) != len(fields):
         raise ValueError(f"stored record has {len(values) if isinstance(values, list) else '?'} fields, "
                          f"expected {len(fields)}")
-    return dict(zip(fields, values))
+    return values
+
+
+def _unpack(data: bytes, fields: tuple[str, ...]) -> dict[str, Any]:
+    return dict(zip(fields, _values(data, fields)))
 
 
 def pack_network(record: dict[str, Any]) -> bytes:
@@ -123,12 +131,21 @@ def unpack_member(data: bytes) -> dict[str, Any]:
     return _unpack(data, MEMBER_RECORD)
 
 
-_MEMBER_REVISION = MEMBER_RECORD.index("revision")
+def member_values(data: bytes) -> list[Any]:
+    """A packed member's field values in MEMBER_RECORD order (what unpack_member zips with the names)."""
+    return _values(data, MEMBER_RECORD)
+
+
+# Positions in member_values() (and in a record dict's values(): records are built in MEMBER_RECORD order)
+M_AUTHORIZED, M_IP_ASSIGNMENTS, M_IDENTITY, M_REVISION = (MEMBER_RECORD.index(f) for f in (
+    "authorized", "ipAssignments", "identity", "revision"))
+
+
 
 
 def member_revision(data: bytes) -> int:
     """The revision of a packed member without building the dict (for member listings)."""
-    revision: int = msgpack.unpackb(data, raw=False)[_MEMBER_REVISION]
+    revision: int = msgpack.unpackb(data, raw=False)[M_REVISION]
     return revision
 
 
