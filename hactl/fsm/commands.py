@@ -71,6 +71,7 @@ Everything time- or random-dependent is chosen here, on the proposer, and carrie
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import secrets
 from dataclasses import dataclass, field, replace
@@ -458,21 +459,27 @@ def decode(data: bytes) -> Command:
             time = parse_time(time)
     except ValidationError as e:
         raise CommandError(e.message, e.field) from None
-    kwargs: dict[str, Any] = {"request_id": request_id, "time": time, "version": v}
     if (fp := wire.get(FINGERPRINT_FIELD)) is not None:
-        kwargs["fingerprint"] = _fingerprint(fp, FINGERPRINT_FIELD)
+        fp = _fingerprint(fp, FINGERPRINT_FIELD)
     if (by := wire.get(ORIGIN_FIELD)) is not None:
-        kwargs["by"] = _origin(by, ORIGIN_FIELD)
-    for name, check, plain in _WIRE_CHECKS[cls]:
+        by = _origin(by, ORIGIN_FIELD)
+    # Built as the dataclass's __init__ would (every field set through its slot), without its keyword arguments.
+    cmd = _new(cls)
+    _set_request_id(cmd, request_id)
+    _set_time(cmd, time)
+    _set_version(cmd, v)
+    _set_fingerprint(cmd, fp)
+    _set_by(cmd, by)
+    for name, check, plain, set_ in _WIRE_CHECKS[cls]:
         try:
             x = wire[name]
         except KeyError:
             raise CommandError("missing", name) from None
-        kwargs[name] = x if type(x) is plain else check(x, name)
-    for name, check in cls.OPTIONAL.items():
-        if wire.get(name) is not None:
-            kwargs[name] = check(wire[name], name)
-    return cls(**kwargs)
+        set_(cmd, x if type(x) is plain else check(x, name))
+    for name, check, set_ in _OPTIONAL_CHECKS[cls]:
+        x = wire.get(name)
+        set_(cmd, None if x is None else check(x, name))
+    return cmd
 
 
 # A request id of at most this many characters is at most REQUEST_ID_MAX bytes of UTF-8 (4 bytes a character).
@@ -485,10 +492,32 @@ class _NoType:
 
 # The checks that return a value of exactly this type unchanged: such a value needs no call.
 _PASSES: dict[Checker, type] = {_str: str, _int: int, _bool: bool, _map: dict, _bin: bytes}
-# (name, check, the type it passes unchanged) of each type's wire fields.
-_WIRE_CHECKS: dict[type[Command], tuple[tuple[str, Checker, type], ...]] = {
-    cls: tuple((name, check, _PASSES.get(check, _NoType)) for name, check in cls.WIRE.items())
+Setter = Callable[[Command, Any], None]
+_new = object.__new__
+_set_request_id, _set_time, _set_version, _set_fingerprint, _set_by = (
+    Command.__dict__[f].__set__ for f in ("request_id", "time", "version", "fingerprint", "by"))
+# (name, check, the type it passes unchanged, the field's slot setter) of each type's wire fields
+_WIRE_CHECKS: dict[type[Command], tuple[tuple[str, Checker, type, Setter], ...]] = {
+    cls: tuple((name, check, _PASSES.get(check, _NoType), cls.__dict__[name].__set__)
+               for name, check in cls.WIRE.items())
     for cls in COMMAND_TYPES.values()}
+# (name, check, the field's slot setter) of each type's optional fields (None when absent)
+_OPTIONAL_CHECKS: dict[type[Command], tuple[tuple[str, Checker, Setter], ...]] = {
+    cls: tuple((name, check, cls.__dict__[name].__set__) for name, check in cls.OPTIONAL.items())
+    for cls in COMMAND_TYPES.values()}
+
+
+def _check_slots() -> None:
+    """decode sets every field of every type: the envelope's, the wire fields and the optional ones (whose
+    default is None), and nothing else."""
+    for cls in COMMAND_TYPES.values():
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        assert set(fields) == {"request_id", "time", "version", "fingerprint", "by", *cls.WIRE, *cls.OPTIONAL}, cls
+        assert all(fields[f].default is None for f in cls.OPTIONAL), cls
+        assert not hasattr(cls, "__post_init__"), cls
+
+
+_check_slots()
 
 
 def with_fingerprint(command: bytes, fingerprint: bytes | None) -> bytes:
