@@ -139,6 +139,9 @@ class Driver:
         self._marker: tuple[SnapshotMeta, int] | None = None  # (snapshot, compact-to) the next persist records
         self._installed = core.snapshot.index  # newest snapshot installed from the leader (persist's thread)
         self._last_snapshot = core.snapshot.index
+        # The hard state raft.db holds, and a newer one that differs only in its commit index, not written yet.
+        self._saved_hs = HardState(core.term, core.vote, core.log.committed)
+        self._unsaved_hs: HardState | None = None
 
     # ------------------------------------------------------------------ inputs (loop thread)
 
@@ -178,7 +181,11 @@ class Driver:
 
     def needs_io(self, rd: Ready) -> bool:
         """False when persist has nothing to write (the caller may then run the cycle inline)."""
-        return not (rd.snapshot is None and not rd.entries and rd.hard_state is None and self._marker is None)
+        return not (rd.snapshot is None and not rd.entries and self._marker is None
+                    and (rd.hard_state is None or self._commit_only(rd.hard_state)))
+
+    def _commit_only(self, hs: HardState) -> bool:
+        return hs.term == self._saved_hs.term and hs.vote == self._saved_hs.vote
 
     def persist(self, rd: Ready) -> list[Message]:
         """I/O thread: install the Ready's snapshot into the FSM, then make the Ready durable in one write; returns
@@ -198,8 +205,21 @@ class Driver:
             self.storage.set_snapshot(marker[0])
             if marker[1] > 0:
                 self.storage.compact(marker[1])
-        if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
-            self.storage.save(rd.hard_state, rd.entries, rd.snapshot)
+        hs = rd.hard_state
+        if hs is not None and rd.snapshot is None and not rd.entries and self._commit_only(hs):
+            # Only the commit index moved. Raft needs term and vote durable before answering, and entries before
+            # acknowledging them, but never the commit index: a node restarting with an older one learns it
+            # again from the leader, and ctrl.db skips entries it has applied already. Writing it would cost a
+            # durable commit (two fsyncs) per write on every node, in the path of the answer. It goes to disk
+            # with the next write that must be durable anyway.
+            self._unsaved_hs = hs
+            return rd.messages
+        if hs is None and self._unsaved_hs is not None and (rd.snapshot is not None or rd.entries):
+            hs = self._unsaved_hs
+        if rd.snapshot is not None or rd.entries or hs is not None:
+            self.storage.save(hs, rd.entries, rd.snapshot)
+            if hs is not None:
+                self._saved_hs, self._unsaved_hs = hs, None
         return rd.messages
 
     def apply(self, rd: Ready) -> list[Any]:
