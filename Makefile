@@ -50,6 +50,8 @@ bench: $(STAMP) zt-libs zt-native
 	$(PY) bench/failover.py
 	$(PY) bench/failover.py --trials 20 --load 8
 	$(PY) bench/netconf.py
+	$(PY) bench/workers.py
+	$(PY) bench/fsync.py
 	$(PY) bench/roots.py
 	$(PY) bench/planet_move.py
 
@@ -70,3 +72,4 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 .PHONY: bench-load
 bench-load: $(BENCH_STAMP)
 	$(PY) bench/api_load.py $(BENCH_LOAD_ARGS)
+	$(PY) bench/channel.py
