@@ -165,12 +165,12 @@ class EventBus:
         return seq
 
     def emit(self, namespace: str, event_type: str, *, key: str | None = None, propagated: bool = False,
-             **fields: Any) -> Event:
-        """``key``: a stable id (events from the Raft log); ``propagated``: another node reports it too.
-        On the loop's thread only."""
+             lazy: Callable[[], dict[str, Any]] | None = None, **fields: Any) -> Event:
+        """``key``: a stable id (events from the Raft log); ``propagated``: another node reports it too; ``lazy``:
+        more fields, computed only if the event is written out (Event.lazy). On the loop's thread only."""
         self._seq += 1
         event = Event(namespace, event_type, self.source, self.clock(), self._seq, self.incarnation, fields,
-                      key=key, propagated=propagated)
+                      key=key, propagated=propagated, lazy=lazy)
         if len(self.history) == self.history.maxlen and self.history:
             self._evicted_seq = self.history[0].seq
         self.history.append(event)

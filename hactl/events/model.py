@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,10 @@ class Event:
     fields: dict[str, Any] = field(default_factory=dict)
     key: str | None = None
     propagated: bool = False
+    # More fields, computed when the event is written out rather than when it is emitted: an entity change's
+    # before/after states cost more to decode than everything else about it, and most events are never written
+    # (no sink or stream wants them; the history ring drops them unread).
+    lazy: Callable[[], dict[str, Any]] | None = field(default=None, compare=False, repr=False)
 
     @property
     def id(self) -> str:
@@ -34,7 +38,8 @@ class Event:
     def to_dict(self) -> dict[str, Any]:
         ts = datetime.datetime.fromtimestamp(self.timestamp_ms / 1000, datetime.timezone.utc)
         return {"namespace": self.namespace, "eventType": self.event_type, "event_src_id": self.source,
-                "timestamp": ts.isoformat(timespec="milliseconds"), "id": self.id, **self.fields}
+                "timestamp": ts.isoformat(timespec="milliseconds"), "id": self.id, **self.fields,
+                **(self.lazy() if self.lazy is not None else {})}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"), default=str)

@@ -41,8 +41,13 @@ MAX_PENDING = 10_000  # delivery checkpoints kept for the cursor
 
 
 def change_fields(c: EntityChange, leader: bool) -> dict[str, Any]:
-    return {"entityType": c.entity, "entityId": c.id, "initialState": c.before, "finalState": c.after,
+    """The event's fields but the states (change_states): those are decoded only if the event is written."""
+    return {"entityType": c.entity, "entityId": c.id,
             "metadata": {"raft_index": c.index, "change": c.n, "author": c.by, "time": c.time, "leader": leader}}
+
+
+def change_states(c: EntityChange) -> Callable[[], dict[str, Any]]:
+    return lambda: {"initialState": c.before, "finalState": c.after}
 
 
 class EntityChangeEmitter:
@@ -108,7 +113,7 @@ class EntityChangeEmitter:
             hi = min(upto, after + budget)
             for c in self.machine.changes(after, hi):
                 self.bus.emit(NAMESPACE, c.action, key=f"ec-{c.index}-{c.n}", propagated=not primary,
-                              **change_fields(c, primary))
+                              lazy=change_states(c), **change_fields(c, primary))
             budget -= hi - after
             if hi >= upto:
                 self._todo.popleft()
