@@ -14,7 +14,6 @@ import functools
 import logging
 import os
 import threading
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import lmdb
@@ -1297,19 +1296,39 @@ _KEY_REUSED = Result.failure(
     "differ); use a new key for a new request", "Idempotency-Key")
 
 
-@dataclass(frozen=True)
 class EntityChange:
     """One network or member created, updated or deleted (or the model restored) by the entry at ``index``;
-    ``n`` numbers the changes of one entry (a network delete is one change: its members go with it)."""
-    index: int
-    n: int
-    entity: str  # network | member | model
-    action: str  # created | updated | deleted | restored
-    id: str  # nwid, nwid/address, or the restored timeline id
-    before: dict[str, Any] | None
-    after: dict[str, Any] | None
-    by: dict[str, str] | None
-    time: int  # the proposer's clock, ms
+    ``n`` numbers the changes of one entry (a network delete is one change: its members go with it).
+
+    ``before`` and ``after`` (API views of the record, or None) are decoded on first use: the event stream builds
+    one of these per change on every node, and most are never written out."""
+    __slots__ = ("index", "n", "entity", "action", "id", "by", "time", "_states", "_views")
+
+    def __init__(self, index: int, n: int, entity: str, action: str, id: str, by: dict[str, str] | None,
+                 time: int, states: Callable[[], tuple[dict[str, Any] | None, dict[str, Any] | None]]) -> None:
+        self.index, self.n, self.entity, self.action, self.id = index, n, entity, action, id
+        self.by = by
+        self.time = time  # the proposer's clock, ms
+        self._states = states
+        self._views: tuple[dict[str, Any] | None, dict[str, Any] | None] | None = None
+
+    def _decoded(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        if self._views is None:
+            self._views = self._states()
+        return self._views
+
+    @property
+    def before(self) -> dict[str, Any] | None:
+        return self._decoded()[0]
+
+    @property
+    def after(self) -> dict[str, Any] | None:
+        return self._decoded()[1]
+
+
+def _views(unpack: Callable[[bytes], Any], view: Callable[[Any], dict[str, Any]], before: bytes | None,
+           after: bytes | None) -> Callable[[], tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+    return lambda: (None if before is None else view(unpack(before)), None if after is None else view(unpack(after)))
 
 
 def _decode_changes(index: int, raw: bytes) -> list[EntityChange]:
@@ -1319,17 +1338,15 @@ def _decode_changes(index: int, raw: bytes) -> list[EntityChange]:
         action = "created" if before is None else "deleted" if after is None else "updated"
         if kind == L.CHANGE_RESTORE:
             info = msgpack.unpackb(after, raw=False)
-            out.append(EntityChange(index, n, "model", "restored", info["timeline_id"], None, info, by, time))
+            out.append(EntityChange(index, n, "model", "restored", info["timeline_id"], by, time,
+                                    lambda info=info: (None, info)))
         elif kind == L.CHANGE_NETWORK:
-            view = functools.partial(network_view, nwid)
-            out.append(EntityChange(index, n, "network", action, format_nwid(nwid),
-                                    None if before is None else view(unpack_network(before)),
-                                    None if after is None else view(unpack_network(after)), by, time))
+            out.append(EntityChange(index, n, "network", action, format_nwid(nwid), by, time,
+                                    _views(unpack_network, functools.partial(network_view, nwid), before, after)))
         else:
-            view = functools.partial(member_view, nwid, address)
             out.append(EntityChange(index, n, "member", action, f"{format_nwid(nwid)}/{format_address(address)}",
-                                    None if before is None else view(unpack_member(before)),
-                                    None if after is None else view(unpack_member(after)), by, time))
+                                    by, time, _views(unpack_member, functools.partial(member_view, nwid, address),
+                                                     before, after)))
     return out
 
 
