@@ -1,6 +1,6 @@
 """State machine and snapshot benchmark: prints `BENCH <name> <value> <unit>` lines.
 
-    python bench/fsm.py [--members 1000000] [--batch 500] [--updates 100000] [--dir DIR]
+    python bench/fsm.py [--members 1000000] [--batch 500] [--updates 100000] [--dir DIR] [--profile PREFIX]
 
 Phases (one process, as a controller would run them):
   1. apply N member upserts creating authorized members (so each also gets an auto-assigned IPv4 address through
@@ -14,11 +14,15 @@ Phases (one process, as a controller would run them):
   6. peak RSS of the whole run (VmHWM: anonymous memory plus the mapped ctrl.db pages it touched).
 Wall-clock rates are what the targets mean; the *_cpu lines divide by this process's CPU time instead, which is
 steadier on a shared machine. Command encoding (the proposer's work) is done outside every timed section.
+--profile PREFIX: cProfile the apply_batch calls of phases 1 and 3 into PREFIX-create.prof and PREFIX-update.prof
+(pstats files; the top functions are printed too). The rates printed then include the profiler's overhead.
 """
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import resource
 import shutil
 import sys
@@ -87,15 +91,26 @@ class Journal:
         return f"bench-{self.seq:08d}"
 
 
-def timed_apply(m: StateMachine, batches: Iterator[list[Entry]]) -> tuple[int, float, float]:
-    """(entries, wall seconds, cpu seconds) spent inside apply_batch only."""
+def timed_apply(m: StateMachine, batches: Iterator[list[Entry]],
+                profile: str | None = None) -> tuple[int, float, float]:
+    """(entries, wall seconds, cpu seconds) spent inside apply_batch only; ``profile``: a file to write the
+    cProfile stats of those calls to."""
     n, wall, cpu = 0, 0.0, 0.0
+    prof = cProfile.Profile() if profile else None
     for batch in batches:
         w, c = time.perf_counter(), time.process_time()
+        if prof is not None:
+            prof.enable()
         m.apply_batch(batch)
+        if prof is not None:
+            prof.disable()
         wall += time.perf_counter() - w
         cpu += time.process_time() - c
         n += len(batch)
+    if prof is not None and profile:
+        prof.dump_stats(profile)
+        print(f"--- {profile}: apply_batch, by own time", flush=True)
+        pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(20)
     return n, wall, cpu
 
 
@@ -110,6 +125,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=500, help="entries per apply_batch (one driver Ready)")
     ap.add_argument("--updates", type=int, default=100_000, help="rename upserts, also the replay journal")
     ap.add_argument("--dir", help="work directory (default: a temporary one, removed afterwards)")
+    ap.add_argument("--profile", metavar="PREFIX", help="cProfile the applies into PREFIX-create.prof and "
+                                                         "PREFIX-update.prof (the rates then include its overhead)")
     args = ap.parse_args()
     n = args.members
     work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="hactl-bench-"))
@@ -130,7 +147,8 @@ def main() -> int:
             return j.entry(C.build_member_update(j.rid(), T0 + j.index, nwid, f"{a:010x}",
                                                  {"authorized": True, "name": "m"}))
 
-        count, wall, cpu = timed_apply(m, chunked(addresses(n), args.batch, create))
+        count, wall, cpu = timed_apply(m, chunked(addresses(n), args.batch, create),
+                                       args.profile and f"{args.profile}-create.prof")
         bench(f"fsm_apply_member_create_{tag}", count / wall, "applies/s")
         bench(f"fsm_apply_member_create_{tag}_cpu", count / cpu, "applies/s")
         assert m.counts(nwid) == (n, n), m.counts(nwid)
@@ -152,7 +170,8 @@ def main() -> int:
             journal_file.write(packer.pack(e))
             return e
 
-        count, wall, cpu = timed_apply(m, chunked(addresses(min(args.updates, n)), args.batch, update))
+        count, wall, cpu = timed_apply(m, chunked(addresses(min(args.updates, n)), args.batch, update),
+                                       args.profile and f"{args.profile}-update.prof")
         bench(f"fsm_apply_member_update_{tag}", count / wall, "applies/s")
         bench(f"fsm_apply_member_update_{tag}_cpu", count / cpu, "applies/s")
         journal_file.close()

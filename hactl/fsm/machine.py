@@ -240,19 +240,21 @@ class StateMachine:
         direct = type(cmd) in self._direct
         child = txn if direct else self._env.begin(write=True, parent=txn)
         self._packed = None
-        self._cmd_deltas = {}
+        # Count changes go straight into the batch's sums when the command cannot fail after making them (they
+        # come after _writing); otherwise they are added to them when it succeeds.
+        self._cmd_deltas = self._deltas if direct else {}
         self._changed = []
         self._writing = False
         try:
             result = self._handlers[type(cmd)](child, cmd, index)
             if not direct:
                 child.commit()
+                for k, (total, authorized) in self._cmd_deltas.items():
+                    d = self._deltas.setdefault(k, [0, 0])
+                    d[0] += total
+                    d[1] += authorized
             if self._changed:
                 self._record_changes(txn, index, ikey, cmd)
-            for k, (total, authorized) in self._cmd_deltas.items():
-                d = self._deltas.setdefault(k, [0, 0])
-                d[0] += total
-                d[1] += authorized
         except (lmdb.Error, MemoryError, OSError):
             if not direct:
                 child.abort()
@@ -469,9 +471,9 @@ class StateMachine:
         member_values), write nothing at all (same revision, and an unchanged ctrl.db for a repeated request). The
         result is the member view. ``rec`` is a record dict with its keys in record order (made from
         member_defaults or a stored record, keys only assigned to), so its values() are the record's fields."""
-        fresh_ip = None
+        fresh_ip = fresh_key = None
         if assign and rec["authorized"] and not rec["noAutoAssignIps"]:
-            fresh_ip = self._auto_assign(txn, nwid, address, net_raw, rec)
+            fresh_ip, fresh_key = self._auto_assign(txn, nwid, address, net_raw, rec)
         values = list(rec.values())
         if old is not None and values == old:
             return Result(True, member_view(nwid, address, rec))
@@ -479,7 +481,9 @@ class StateMachine:
         t = self._live
         old_ips = () if old is None else old[M_IP_ASSIGNMENTS]
         new_ips = rec["ipAssignments"]
-        ip_writes = self._ip_writes(txn, t, nwid, address, old_ips, new_ips, fresh_ip) if new_ips != old_ips else None
+        ip_writes = None
+        if new_ips != old_ips:
+            ip_writes = self._ip_writes(txn, t, nwid, address, old_ips, new_ips, fresh_ip, fresh_key)
         packed = self._pack(values)  # = pack_member(rec)
         view = member_view(nwid, address, rec)
         self._writing = True  # nothing fails from here on (see _DIRECT)
@@ -529,18 +533,25 @@ class StateMachine:
         return self._save_member(txn, nwid, address, key, net_raw, old_raw, old, rec, True)
 
     def _auto_assign(self, txn: L.Txn, nwid: int, address: int, net_raw: bytes,
-                     rec: dict[str, Any]) -> str | None:
+                     rec: dict[str, Any]) -> tuple[str | None, bytes | None]:
         """Our addition to ZeroTier: assign when authorized through the API, so the address shows at once.
-        Returns the address added (known free), if any."""
+        Returns the address added (known free) and its address-index key, if any."""
         ips = rec["ipAssignments"]
         plan = _v4_plan(net_raw)
         if plan is None or len(ips) >= ARRAY_MAX or has_routed_v4(ips, plan):
-            return None
+            return None, None
         db, prefix, get = self._live.ips, L.network_key(nwid) + b"\x04", txn.get
-        ip = pick_v4(address, plan, lambda n: get(prefix + n.to_bytes(4, "big"), db=db) is not None)
-        if ip is not None:
-            rec["ipAssignments"] = [*ips, ip]
-        return ip
+        probed = [b""]  # the last key looked up: the free address's, once one is found
+
+        def taken(n: int) -> bool:
+            probed[0] = k = prefix + n.to_bytes(4, "big")
+            return get(k, db=db) is not None
+
+        ip = pick_v4(address, plan, taken)
+        if ip is None:
+            return None, None
+        rec["ipAssignments"] = [*ips, ip]
+        return ip, probed[0]
 
     def _store_new_member(self, txn: L.Txn, t: L.Tables, nwid: int, address: int, rec: dict[str, Any]) -> None:
         """Write a member that is not there yet (a restored one), indexing its addresses and counting it;
@@ -550,17 +561,22 @@ class StateMachine:
         txn.put(L.member_key(nwid, address), self._pack([rec[f] for f in MEMBER_RECORD]), db=t.members)
 
     def _ip_writes(self, txn: L.Txn, t: L.Tables, nwid: int, address: int, old_ips: Sequence[str],
-                   new_ips: Sequence[str], fresh_ip: str | None) -> tuple[bytes, list[bytes], list[bytes]]:
+                   new_ips: Sequence[str], fresh_ip: str | None,
+                   fresh_key: bytes | None = None) -> tuple[bytes, list[bytes], list[bytes]]:
         """What keeps the address index in step with a member's addresses going from ``old_ips`` to ``new_ips``:
         (the member's address, index keys to point at it, index keys to delete); CONFLICT if an address is
-        another member's. Reads only (_write_ips writes). ``fresh_ip``: one just picked as free (not looked up)."""
+        another member's. Reads only (_write_ips writes). ``fresh_ip``: one just picked as free (not looked up), whose
+        key is ``fresh_key``."""
         me = L.address_bytes(address)
         old_set = set(old_ips)
         puts = []
         for ip in new_ips:
             if ip not in old_set:
+                if ip == fresh_ip:
+                    puts.append(fresh_key or L.ip_key(nwid, ip))
+                    continue
                 ip_key = L.ip_key(nwid, ip)
-                holder = None if ip == fresh_ip else txn.get(ip_key, db=t.ips)
+                holder = txn.get(ip_key, db=t.ips)
                 if holder is not None and holder != me:
                     raise _Fail(ErrorCode.CONFLICT, f"{ip} is already assigned to member {holder.hex()}",
                                 "ipAssignments")

@@ -157,5 +157,5 @@ def network_view(nwid: int, record: dict[str, Any]) -> dict[str, Any]:
 
 def member_view(nwid: int, address: int, record: dict[str, Any]) -> dict[str, Any]:
     """The API/dump form of a member."""
-    a = format_address(address)
-    return {"id": a, "address": a, "nwid": format_nwid(nwid), "objtype": "member", **record}
+    a = f"{address:010x}"  # (format_address and format_nwid inline: every member write builds one)
+    return {"id": a, "address": a, "nwid": f"{nwid:016x}", "objtype": "member", **record}
