@@ -291,8 +291,59 @@ def test_removing_the_leader_hands_over() -> None:
     lead = net.elect("a")
     lead.propose_conf_change(ConfChange(ConfChangeType.REMOVE, "a"))
     net.settle()
+    # a handed over (TimeoutNow) and a voter of the new configuration leads a new term already...
+    assert len([i for i in ("b", "c") if net[i].role == Role.LEADER]) == 1
+    assert all(net[i].term == lead.term + 1 for i in ("b", "c"))
+    # ...which a, no longer a member, learns from the answer to its next heartbeat.
+    net.tick(1, only=["a"])
     assert lead.role == Role.FOLLOWER
     net.tick(30, only=["b", "c"])
+    assert len([i for i in ("b", "c") if net[i].role == Role.LEADER]) == 1
+
+
+def test_a_removed_leader_tells_the_remaining_voters_before_it_steps_down() -> None:
+    # Thesis 4.2.2: a leader that is not part of C_new steps down once C_new is committed. Here a membership takes
+    # effect when it is applied, so a voter takes C_new only once it hears that the entry committed, and only a
+    # leader says so. c holds the entry that removes a but never hears from a that it committed. Were a to go quiet
+    # at once, c would stay on {a, b, c}, where a's vote counts and a never campaigns again; without pre-vote its
+    # campaigns (which b refuses whenever b's log is longer) then keep knocking b out of its own (simulator seed
+    # 525). Instead a hands leadership to a remaining voter (thesis 3.10, TimeoutNow), whose term-start entry
+    # carries the commit to every voter: no election timeout has to pass.
+    net = Net(["a", "b", "c"], pre_vote=False)
+    lead = net.elect("a")
+    term = lead.term
+    index = lead.log.last_index() + 1
+    net.drop = lambda m: m.frm == "a" and m.to == "c" and m.commit >= index
+    assert lead.propose_conf_change(ConfChange(ConfChangeType.REMOVE, "a")) == index
+    net.settle()  # no tick anywhere
+    assert lead.role == Role.FOLLOWER and lead.conf.voters == ("b", "c")
+    new = net.leader()
+    assert new.id in ("b", "c") and new.term == term + 1
+    for i in ("b", "c"):
+        assert net[i].conf.voters == ("b", "c"), f"{i} still uses {net[i].conf.voters}"
+        assert net[i].log.committed == new.log.last_index()
+    new.propose(b"after")
+    net.settle()
+    assert all(net[i].log.committed == new.log.last_index() for i in ("b", "c"))
+
+
+def test_a_removed_leader_whose_hand_off_fails_steps_down_after_an_election_timeout() -> None:
+    # While it hands over, the removed leader takes no proposals and does not count itself in any majority; if no
+    # voter takes over within an election timeout, it steps down and the voters of C_new elect one of their own.
+    net = Net(["a", "b", "c"])
+    lead = net.elect("a")
+    net.drop = lambda m: m.type == MsgType.TIMEOUT_NOW
+    lead.propose_conf_change(ConfChange(ConfChangeType.REMOVE, "a"))
+    net.settle()
+    assert lead.role == Role.LEADER and lead.transferee in ("b", "c") and lead.conf.voters == ("b", "c")
+    assert all(net[i].conf.voters == ("b", "c") for i in ("b", "c"))
+    with pytest.raises(ProposalRefused):
+        lead.propose(b"x")
+    net.tick(lead.cfg.election_tick - 1, only=["a"])
+    assert lead.role == Role.LEADER
+    net.tick(1, only=["a"])
+    assert lead.role == Role.FOLLOWER and lead.leader is None
+    net.tick(4 * lead.cfg.election_tick, only=["b", "c"])
     assert len([i for i in ("b", "c") if net[i].role == Role.LEADER]) == 1
 
 

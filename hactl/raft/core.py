@@ -9,7 +9,8 @@ backtracking, leadership transfer, single-server membership changes with learner
 
 Membership changes take effect when their entry is applied (on ``advance``); a new leader may not propose one until
 everything up to its term-start entry is applied, and only one may be pending at a time. That is the same
-discipline etcd uses and it avoids the known single-server-change bug with leader changes.
+discipline etcd uses and it avoids the known single-server-change bug with leader changes. A leader that applies
+its own removal hands leadership to a remaining voter before it steps down (``_hand_off``).
 """
 from __future__ import annotations
 
@@ -333,9 +334,11 @@ class Raft:
         if m.frm == self.id:
             return "from_self"
         members = self.conf.members()
-        if members and m.frm not in members and m.type in _MEMBERS_ONLY:
+        if members and m.frm not in members and m.type in _MEMBERS_ONLY and not (
+                m.type == MsgType.TIMEOUT_NOW and m.frm == self.leader and m.term == self.term):
             # Only what could disrupt: a removed node's campaign. A leader's traffic is accepted whatever our
-            # (possibly stale) membership says: it is how a lagging node learns the current membership.
+            # (possibly stale) membership says: it is how a lagging node learns the current membership. So is
+            # the TimeoutNow of the leader we follow in this term: a removed leader handing over (_hand_off).
             return "unknown_sender"
         if (m.snapshot is None) == (m.type == MsgType.SNAPSHOT):
             return "malformed"
@@ -546,7 +549,13 @@ class Raft:
         if self.transferee is not None:
             self._transfer_elapsed += 1
             if self._transfer_elapsed >= self.cfg.election_tick:
-                self.transferee = None  # the target did not take over in time: keep leading
+                self.transferee = None  # the target did not take over in time: keep leading...
+                if self.id not in self.conf.voters:
+                    # ...unless we were removed (see _apply_conf_change): a leader outside its configuration
+                    # only hands over, and after an election timeout of heartbeats the voters know the change
+                    # committed, so they elect one of their own.
+                    self._become_follower(self.term, None)
+                    return
         if self.election_elapsed >= self.cfg.election_tick:
             self.election_elapsed = 0  # the leader's own lease window (see in_lease in _step)
         if self.cfg.check_quorum and not self._quorum_active():
@@ -725,9 +734,6 @@ class Raft:
         self.conf = new
         if self.role != Role.LEADER:
             return
-        if self.id not in self.conf.voters:
-            self._become_follower(self.term, None)  # removed (or demoted): let the others elect a leader
-            return
         for n in self.conf.members():
             if n not in self.prs:
                 self.prs[n] = Progress(match=0, next=self.log.last_index() + 1, last_heard=self._ticks)
@@ -741,3 +747,21 @@ class Raft:
         self._bcast_pending = True
         self._maybe_commit()  # a smaller quorum may already cover more
         self._release_reads()
+        if self.id not in self.conf.voters:
+            self._hand_off()
+
+    def _hand_off(self) -> None:
+        """We lead and have just applied our own removal: hand leadership to a remaining voter, then step down.
+
+        The Raft thesis (section 4.2.2) has a removed leader step down once C_new is committed, which is safe to do
+        at once there because every server uses the newest configuration in its log, committed or not. Here (as in
+        etcd) a membership takes effect when its entry is applied, so when we apply our removal the other voters
+        may not know yet that it committed: only a leader's appends and heartbeats tell them. Going quiet now would
+        leave the voters that missed it on the old configuration, whose quorum counts us (gone for good) and, with
+        pre-vote off, their campaigns keep disrupting the one voter that could win (simulator seed 525). So we stay
+        leader for at most one election timeout, as the thesis's leader does while C_new commits: not counting
+        ourselves in any majority, taking no proposals, still replicating the commit index; and we transfer
+        leadership (thesis section 3.10; etcd-io/raft leaves the same as a TODO in switchToConfig: TimeoutNow to the
+        follower with the largest match) to the most up-to-date remaining voter. We step down when its higher term
+        reaches us, or by ourselves when the transfer times out (_tick_leader)."""
+        self.transfer_leadership(None)  # the voter with the largest match; TimeoutNow once it has caught up
