@@ -481,14 +481,17 @@ class StateMachine:
         t = self._live
         old_ips = () if old is None else old[M_IP_ASSIGNMENTS]
         new_ips = rec["ipAssignments"]
-        ip_writes = None
-        if new_ips != old_ips:
-            ip_writes = self._ip_writes(txn, t, nwid, address, old_ips, new_ips, fresh_ip, fresh_key)
+        if old is None and fresh_key is not None and len(new_ips) == 1:  # (new, holding only the address just
+            ip_puts, ip_deletes = [fresh_key], []                          # picked as free: nothing to look up)
+        elif new_ips != old_ips:
+            ip_puts, ip_deletes = self._ip_writes(txn, t, nwid, address, old_ips, new_ips, fresh_ip, fresh_key)
+        else:
+            ip_puts = ip_deletes = []
         packed = self._pack(values)  # = pack_member(rec)
         view = member_view(nwid, address, rec)
         self._writing = True  # nothing fails from here on (see _DIRECT)
-        if ip_writes is not None:
-            self._write_ips(txn, t, *ip_writes)
+        if ip_puts or ip_deletes:
+            self._write_ips(txn, t, key[8:], ip_puts, ip_deletes)
         if old is None:
             self._bump_counts(t, nwid, 1, int(rec["authorized"]))
         elif auth_delta := int(rec["authorized"]) - int(old[M_AUTHORIZED]):
@@ -556,17 +559,18 @@ class StateMachine:
     def _store_new_member(self, txn: L.Txn, t: L.Tables, nwid: int, address: int, rec: dict[str, Any]) -> None:
         """Write a member that is not there yet (a restored one), indexing its addresses and counting it;
         CONFLICT if an address is taken."""
-        self._write_ips(txn, t, *self._ip_writes(txn, t, nwid, address, (), rec["ipAssignments"], None))
+        self._write_ips(txn, t, L.address_bytes(address),
+                        *self._ip_writes(txn, t, nwid, address, (), rec["ipAssignments"], None))
         self._bump_counts(t, nwid, 1, int(rec["authorized"]))
         txn.put(L.member_key(nwid, address), self._pack([rec[f] for f in MEMBER_RECORD]), db=t.members)
 
     def _ip_writes(self, txn: L.Txn, t: L.Tables, nwid: int, address: int, old_ips: Sequence[str],
                    new_ips: Sequence[str], fresh_ip: str | None,
-                   fresh_key: bytes | None = None) -> tuple[bytes, list[bytes], list[bytes]]:
+                   fresh_key: bytes | None = None) -> tuple[list[bytes], list[bytes]]:
         """What keeps the address index in step with a member's addresses going from ``old_ips`` to ``new_ips``:
-        (the member's address, index keys to point at it, index keys to delete); CONFLICT if an address is
-        another member's. Reads only (_write_ips writes). ``fresh_ip``: one just picked as free (not looked up), whose
-        key is ``fresh_key``."""
+        (index keys to point at the member, index keys to delete); CONFLICT if an address is another member's.
+        Reads only (_write_ips writes). ``fresh_ip``: one just picked as free (not looked up), whose key is
+        ``fresh_key``."""
         me = L.address_bytes(address)
         old_set = set(old_ips)
         puts = []
@@ -581,7 +585,7 @@ class StateMachine:
                     raise _Fail(ErrorCode.CONFLICT, f"{ip} is already assigned to member {holder.hex()}",
                                 "ipAssignments")
                 puts.append(ip_key)
-        return me, puts, [L.ip_key(nwid, ip) for ip in old_set.difference(new_ips)]
+        return puts, [L.ip_key(nwid, ip) for ip in old_set.difference(new_ips)]
 
     @staticmethod
     def _write_ips(txn: L.Txn, t: L.Tables, me: bytes, puts: list[bytes], deletes: list[bytes]) -> None:
