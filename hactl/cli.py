@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 from hactl import __version__
 
@@ -35,11 +36,26 @@ def _controller_run(args: argparse.Namespace) -> int:
         return 0
 
 
+def _applied_index(path: Path) -> int:
+    """What ctrl.db has applied (0 if it is missing or unreadable: then only raft.db's word counts)."""
+    from hactl.fsm.machine import StateMachine
+    if not path.exists():
+        return 0
+    try:
+        m = StateMachine(path, readonly=True)
+    except Exception:  # a damaged ctrl.db is rebuilt at start; here it only fails to vouch for more entries
+        return 0
+    try:
+        return m.applied()[0]
+    finally:
+        m.close()
+
+
 def _cluster_recover(args: argparse.Namespace) -> int:
     from hactl.raft.recover import RecoverError, recover
     from hactl.raft.storage import StorageError
     try:
-        out = recover(args.data)
+        out = recover(args.data, _applied_index(Path(args.data) / "ctrl.db"))
     except (RecoverError, StorageError) as e:
         print(f"hactl cluster recover: {e}", file=sys.stderr)
         return 1

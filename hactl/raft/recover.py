@@ -22,7 +22,9 @@ class RecoverError(Exception):
     pass
 
 
-def recover(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
+def recover(data_dir: str | os.PathLike[str], applied: int = 0) -> dict[str, Any]:
+    """``applied``: the index the state machine (ctrl.db) has applied, known committed too: raft.db's commit index
+    is written only with the writes that must be durable anyway (driver.py), so it may lag what was applied."""
     data = Path(data_dir)
     try:
         node_id = (data / "node-id").read_text().strip()
@@ -35,14 +37,15 @@ def recover(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
         except BlockingIOError:
             raise RecoverError(f"{data}: a controller is running on this data directory; stop it first") from None
         with RaftStorage(data / "raft.db") as storage:
-            return _rewrite(storage, node_id)
+            return _rewrite(storage, node_id, applied)
     finally:
         os.close(fd)
 
 
-def _rewrite(storage: RaftStorage, node_id: str) -> dict[str, Any]:
+def _rewrite(storage: RaftStorage, node_id: str, applied: int = 0) -> dict[str, Any]:
     st = storage.load()
-    commit = st.hard_state.commit
+    # Known committed: what the hard state says, what a snapshot covers, what the state machine applied.
+    commit = max(st.hard_state.commit, st.snapshot.index, min(applied, st.last_index))
     conf = st.snapshot.conf if st.snapshot.index else st.conf
     lo = max(st.first_index, st.snapshot.index + 1)
     for e in storage.entries(lo, commit + 1) if commit >= lo else []:
