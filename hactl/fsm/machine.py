@@ -473,7 +473,7 @@ class StateMachine:
         member_defaults or a stored record, keys only assigned to), so its values() are the record's fields."""
         fresh_ip = fresh_key = None
         if assign and rec["authorized"] and not rec["noAutoAssignIps"]:
-            fresh_ip, fresh_key = self._auto_assign(txn, nwid, address, net_raw, rec)
+            fresh_ip, fresh_key = self._auto_assign(txn, key, address, net_raw, rec)
         values = list(rec.values())
         if old is not None and values == old:
             return Result(True, member_view(nwid, address, rec))
@@ -491,11 +491,17 @@ class StateMachine:
         view = member_view(nwid, address, rec)
         self._writing = True  # nothing fails from here on (see _DIRECT)
         if ip_puts or ip_deletes:
-            self._write_ips(txn, t, key[8:], ip_puts, ip_deletes)
-        if old is None:
-            self._bump_counts(t, nwid, 1, int(rec["authorized"]))
-        elif auth_delta := int(rec["authorized"]) - int(old[M_AUTHORIZED]):
-            self._bump_counts(t, nwid, 0, auth_delta)
+            me = key[8:]  # (the member's address)
+            for k in ip_puts:
+                txn.put(k, me, db=t.ips)
+            for k in ip_deletes:
+                txn.delete(k, db=t.ips)
+        total, authorized = (1, int(rec["authorized"])) if old is None else (
+            0, int(rec["authorized"]) - int(old[M_AUTHORIZED]))
+        if total or authorized:  # (_bump_counts, inline)
+            d = self._cmd_deltas.setdefault((t.netcount_key, nwid), [0, 0])
+            d[0] += total
+            d[1] += authorized
         txn.put(key, packed, db=t.members)
         self._packed = (key, packed)
         self._changed.append([L.CHANGE_MEMBER, nwid, address, old_raw, packed])
@@ -535,15 +541,15 @@ class StateMachine:
         # already holds a routed IPv4 address, so a repeated request changes nothing.
         return self._save_member(txn, nwid, address, key, net_raw, old_raw, old, rec, True)
 
-    def _auto_assign(self, txn: L.Txn, nwid: int, address: int, net_raw: bytes,
+    def _auto_assign(self, txn: L.Txn, key: bytes, address: int, net_raw: bytes,
                      rec: dict[str, Any]) -> tuple[str | None, bytes | None]:
         """Our addition to ZeroTier: assign when authorized through the API, so the address shows at once.
-        Returns the address added (known free) and its address-index key, if any."""
+        Returns the address added (known free) and its address-index key, if any. ``key``: the member's."""
         ips = rec["ipAssignments"]
         plan = _v4_plan(net_raw)
-        if plan is None or len(ips) >= ARRAY_MAX or has_routed_v4(ips, plan):
+        if plan is None or len(ips) >= ARRAY_MAX or (ips and has_routed_v4(ips, plan)):
             return None, None
-        db, prefix, get = self._live.ips, L.network_key(nwid) + b"\x04", txn.get
+        db, prefix, get = self._live.ips, key[:8] + b"\x04", txn.get  # (key[:8]: the network's id)
         probed = [b""]  # the last key looked up: the free address's, once one is found
 
         def taken(n: int) -> bool:
