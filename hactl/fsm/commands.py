@@ -446,7 +446,8 @@ def decode(data: bytes) -> Command:
         newer = isinstance(v, int) and not isinstance(v, bool) and v > SCHEMA_VERSION
         raise CommandError(f"schema version {v!r} is {'newer than' if newer else 'not'} "
                            f"supported (this node knows {SCHEMA_VERSION})", "v")
-    cls = COMMAND_TYPES.get(wire.get("type"))  # type: ignore[arg-type]
+    kind = wire.get("type")
+    cls = COMMAND_TYPES.get(kind) if type(kind) is str else None  # (a list or a map is not even hashable)
     if cls is None:
         raise CommandError(f"unknown command type {wire.get('type')!r}", "type")
     # Apply decodes every entry: the common case (values of exactly the expected type) is checked inline, anything

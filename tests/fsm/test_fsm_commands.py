@@ -70,6 +70,9 @@ def test_signing_keys_are_not_in_reprs() -> None:
     (msgpack.packb({"type": "noop"}), "v", "schema version"),
     (msgpack.packb({"v": 9, "type": "noop", "request_id": "r", "time": 1}), "v", "newer"),
     (msgpack.packb({"v": 1, "type": "nope", "request_id": "r", "time": 1}), "type", "unknown"),
+    # Not hashable: a dict lookup of it raised TypeError, which escaped apply on every node.
+    (msgpack.packb({"v": 1, "type": ["noop"], "request_id": "r", "time": 1}), "type", "unknown"),
+    (msgpack.packb({"v": 1, "type": {"a": 1}, "request_id": "r", "time": 1}), "type", "unknown"),
     (msgpack.packb({"v": 1, "type": "noop", "time": 1}), "request_id", "non-empty"),
     (msgpack.packb({"v": 1, "type": "noop", "request_id": "r", "time": 1.5}), "time", "milliseconds"),
     (msgpack.packb({"v": 1, "type": "network.delete", "request_id": "r", "time": 1}), "nwid", "missing"),
