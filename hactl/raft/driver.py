@@ -211,7 +211,7 @@ class Driver:
             # acknowledging them, but never the commit index: a node restarting with an older one learns it
             # again from the leader, and ctrl.db skips entries it has applied already. Writing it would cost a
             # durable commit (two fsyncs) per write on every node, in the path of the answer. It goes to disk
-            # with the next write that must be durable anyway.
+            # with the next write that must be durable anyway, or once the node is idle (flush_commit).
             self._unsaved_hs = hs
             return rd.messages
         if hs is None and self._unsaved_hs is not None and (rd.snapshot is not None or rd.entries):
@@ -221,6 +221,19 @@ class Driver:
             if hs is not None:
                 self._saved_hs, self._unsaved_hs = hs, None
         return rd.messages
+
+    @property
+    def commit_pending(self) -> bool:
+        """A commit index persist held back (see persist) is still not on disk."""
+        return self._unsaved_hs is not None
+
+    def flush_commit(self) -> None:
+        """I/O thread, between Readys: write the commit index persist held back (the caller does this once the
+        node is idle, and at a clean stop, so that a restart replays everything this node applied)."""
+        hs, self._unsaved_hs = self._unsaved_hs, None
+        if hs is not None and self._commit_only(hs) and hs.commit > self._saved_hs.commit:
+            self.storage.save(hs, [])
+            self._saved_hs = hs
 
     def apply(self, rd: Ready) -> list[Any]:
         """I/O thread (after persist): committed entries into the FSM; one result per entry."""

@@ -95,6 +95,8 @@ class RaftNode:
         self._wake = asyncio.Event()
         self._io_since: float | None = None  # when the I/O thread's current fsync/apply began
         self._early_scheduled = False
+        self._readies = 0  # Readys with entries to write or apply so far: the ticker tells an idle node by it
+        self._flush_due = False
         self._tasks: list[asyncio.Task] = []
         self._proposals: dict[int, tuple[int, asyncio.Future]] = {}
         self._reads: dict[bytes, list[asyncio.Future]] = {}  # read round context -> its waiting reads
@@ -130,8 +132,17 @@ class RaftNode:
         self._wake.set()
         await cancel_and_wait(self._tasks)
         self._fail_all(RaftError("node stopped"))
+        if self._failed is None or not self._failed.done():  # (a failed node writes nothing more)
+            self._io.submit(self._flush_at_stop)  # after any persist still running: one I/O thread
         self._io.shutdown(wait=True)
         self._snap_pool.shutdown(wait=True)
+
+    def _flush_at_stop(self) -> None:
+        """A clean stop leaves the commit index of everything applied on disk: the restart replays it all."""
+        try:
+            self.driver.flush_commit()
+        except Exception as e:  # the next start learns the commit index from the leader instead
+            log.warning("raft node %s: writing the commit index at stop failed: %s", self.id, e)
 
     async def wait_failed(self) -> BaseException:
         """Returns (never raises) the cause once the node has failed; waits forever while it runs."""
@@ -343,10 +354,14 @@ class RaftNode:
     # ------------------------------------------------------------------ the loop
 
     async def _ticker(self) -> None:
+        seen = -1
         while self._running:
             await asyncio.sleep(self.opts.tick_interval)
             if not self._running:
                 return
+            if self._readies == seen and self.driver.commit_pending:
+                self._flush_due = True  # a tick without new entries: write the held-back commit index now
+            seen = self._readies
             self.core.tick()
             self._poke()
 
@@ -357,6 +372,15 @@ class RaftNode:
             raise
         except BaseException as e:  # storage failure, a failed restore, a broken invariant: fail-stop
             self._fail(e)
+
+    async def _io_call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` on the I/O thread (one at a time: the driver's persist state is that thread's), timed for
+        liveness (io_stalled_s)."""
+        self._io_since = time.monotonic()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+        finally:
+            self._io_since = None
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -372,15 +396,20 @@ class RaftNode:
                     self._send_all(d.persist(rd))
                     results = self._apply(rd)
                 else:
-                    self._io_since = time.monotonic()
-                    try:
-                        results = await loop.run_in_executor(self._io, self._persist_and_apply_io, rd, loop)
-                    finally:
-                        self._io_since = None
+                    results = await self._io_call(self._persist_and_apply_io, rd, loop)
                 if not self._running:
                     return
                 d.finish(rd)
+                if rd.entries or rd.committed:
+                    self._readies += 1
                 self._after_io(rd, results)
+            if self._flush_due and self._running and not d.has_work():
+                self._flush_due = False
+                d.persisting = True  # as for a Ready: heartbeats and appends leave meanwhile (_poke, early)
+                try:
+                    await self._io_call(d.flush_commit)
+                finally:
+                    d.persisting = False
 
     def _poke(self) -> None:
         """Something happened (message, tick, proposal, read). While a Ready is being persisted, heartbeats and a
