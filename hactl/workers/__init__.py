@@ -5,6 +5,7 @@
     cluster.py     the worker's Cluster: its own LMDB reads; writes and read barriers are calls to the node
     proxy.py       node-state requests (/health, /status, /metrics, /events...) forwarded to the node's API
     messages.py    the node <-> worker link's messages (msgpack frames of hactl.agent.protocol)
+    netconf.py     ZeroTier config replies the node dispatches to its workers to read and sign
     header.py      X-Hactl-Worker: which process answered
 
 The node keeps serving the full API itself; the kernel spreads new connections over the node and its workers.

@@ -2,7 +2,7 @@
 
 It reads its settings from the link (the node's hello), opens ctrl.db read-only, serves the API on the node's
 host:port with SO_REUSEPORT (and the node's TLS certificate), says it is ready, and runs until the link ends or
-SIGTERM. It never outlives its node: PR_SET_PDEATHSIG has the kernel SIGKILL it when the node dies (a node that
+SIGTERM. Meanwhile it signs the ZeroTier configs the node hands it over the link (netconf.py). It never outlives its node: PR_SET_PDEATHSIG has the kernel SIGKILL it when the node dies (a node that
 restarts on purpose replaces ctrl.db: no worker may keep serving the old file), and a link that ends stops it too.
 """
 from __future__ import annotations
