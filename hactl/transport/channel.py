@@ -7,7 +7,8 @@ raises StreamClosed carrying the code (refusals: PERMISSION_DENIED, ALREADY_EXIS
 
 Control protocols 1 and 2 ran over gRPC (one bidi stream per connection). bench/channel.py measured a gRPC
 message at ~130 us of client CPU and a round trip at ~210 us on this machine's loopback, against ~9 us and ~70 us
-for this stream; raft messages and forwarded writes are that traffic, so the stream layer was replaced. A gRPC peer is recognised by its HTTP/2 preface and refused with that explanation.
+for this stream; raft messages and forwarded writes are that traffic, so the stream layer was replaced. A gRPC
+peer is recognised by its HTTP/2 preface and refused with that explanation.
 
 A :class:`Connection` owns one stream, one reader task and ONE writer task. Senders never await the network:
 ``send()`` appends to a bounded per-connection queue and returns False when it is full, so a slow or stuck
@@ -210,6 +211,13 @@ class DialedStream:
             return self._stream
         return await asyncio.shield(self._connecting)
 
+    @property
+    def connected(self) -> FrameStream:
+        """The stream itself, once connected (a connection's reader and writer use it without this wrapper)."""
+        if self._stream is None:
+            raise StreamClosed("not connected yet")
+        return self._stream
+
     async def read(self) -> bytes | None:
         return await (await self._ready()).read()
 
@@ -262,7 +270,7 @@ def open_stream(addr: str, identity: Identity, *, server_name: str | None = "loc
 class Connection:
     """One authenticated connection (controller or router) with its reader and writer tasks."""
 
-    def __init__(self, stream: FrameStream | DialedStream, *, kind: str, peer_id: str, addr: str,
+    def __init__(self, stream: FrameStream, *, kind: str, peer_id: str, addr: str,
                  initiator: str, hello: Hello | None, max_frame: int, queue_frames: int, queue_bytes: int,
                  bulk_frames: int, on_frame: Callable[["Connection", Frame], None],
                  on_closed: Callable[["Connection"], None]):

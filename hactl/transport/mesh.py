@@ -24,7 +24,7 @@ from typing import Any, Callable, Protocol
 
 from cryptography import x509
 
-from .channel import (Connection, DialedStream, FrameStream, ProtocolViolation, StreamClosed, cached_tls_context,
+from .channel import (Connection, FrameStream, ProtocolViolation, StreamClosed, cached_tls_context,
                       open_stream, remote_label, set_keepalive)
 from .errors import DuplicateConnection, HandshakeError, PeerUnavailable, RemoteError
 from .frames import (DEFAULT_MAX_FRAME, PROTOCOL_VERSION, Call, Close, ErrorReply, Frame, FrameError, Hello, Ping,
@@ -301,7 +301,7 @@ class Mesh:
 
     # ------------------------------------------------------------------ connections
 
-    def _new_conn(self, stream: FrameStream | DialedStream, *, kind: str, peer_id: str, addr: str,
+    def _new_conn(self, stream: FrameStream, *, kind: str, peer_id: str, addr: str,
                   initiator: str, hello: Hello | None) -> Connection:
         o = self.opts
         return Connection(stream, kind=kind, peer_id=peer_id, addr=addr, initiator=initiator, hello=hello,
@@ -706,7 +706,7 @@ class Mesh:
         if refusal is not None and not refusal.vouchable:  # a peer we dial is in our address book: only a
             await stream.close()                            # denied certificate stops us
             raise HandshakeError(f"refused to connect: {refusal.reason}")
-        conn = self._new_conn(stream, kind="controller", peer_id=pid, addr=addr, initiator=self.node_id,
+        conn = self._new_conn(stream.connected, kind="controller", peer_id=pid, addr=addr, initiator=self.node_id,
                               hello=frame)
         conn.serial = serial
         return conn
