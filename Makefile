@@ -52,6 +52,7 @@ bench: $(STAMP) zt-libs zt-native
 	$(PY) bench/netconf.py
 	$(PY) bench/workers.py
 	$(PY) bench/fsync.py
+	$(PY) bench/gil.py
 	$(PY) bench/roots.py
 	$(PY) bench/planet_move.py
 
