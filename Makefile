@@ -37,7 +37,7 @@ zt-native: $(MHH_SO)
 
 # The whole suite. pytest exit code 5 (no tests collected) is a failure, as is any other non-zero code.
 test: $(STAMP) compose-tool zt-libs zt-native
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25 tests
 
 # A longer simulator run than CI's: make sim SEEDS=10000
 SEEDS ?= 2000
