@@ -29,7 +29,8 @@ History format: JSON lines, one operation per line (blank lines ignored, extra f
 
 Model selection: the "model" field if present, else the key's prefix before the first ":" (the whole key if it
 has none): "register:<k>" Register, "counter:<k>" Counter, "member:<nwid>:<address>" MemberRecord,
-"network-set" or "network-set:<name>" NetworkSet. See tests/chaos/models.py for each model's operations.
+"network-set" or "network-set:<name>" NetworkSet, "network:<nwid>" NetworkSet for that one network.
+See tests/chaos/models.py for each model's operations.
 
 Algorithm: Wing & Gong's search with Lowe's improvements, as in Porcupine: the call and return events of a
 partition, sorted by time, form a doubly linked list; the search repeatedly linearizes a pending operation whose

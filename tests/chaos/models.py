@@ -30,6 +30,7 @@ the first ":" (the whole key if it has none):
   member:<nwid>:<a> MemberRecord   create(fields)/update(fields) -> revision, read() -> {"fields", "revision"}|null,
                                    delete()
   network-set[:<x>] NetworkSet     create(nwid), delete(nwid), list() -> [nwid...], read(nwid) -> bool
+  network:<nwid>    NetworkSet     the same model, one network per partition (no list there, naturally)
 """
 from __future__ import annotations
 
@@ -463,6 +464,7 @@ class NetworkSet(Model):
 
 
 MODELS: dict[str, type[Model]] = {m.name: m for m in (Register, Counter, MemberRecord, NetworkSet)}
+MODELS["network"] = NetworkSet  # "network:<nwid>": one network per partition (create/read/delete of that id)
 
 
 def model_for(key: str, explicit: str | None = None) -> type[Model]:

@@ -280,6 +280,15 @@ def test_network_create_that_failed_shows_up() -> None:
                      O(2, N, "list", output=["8056c2e21c000001"], call=2, ret=3)])
 
 
+def test_one_network_per_partition() -> None:
+    """"network:<nwid>" keys: the NetworkSet model per network (a 200 never lost, a 503 never applied)."""
+    k = "network:8056c2e21c000001"
+    assert_linearizable([O(1, k, "create", "8056c2e21c000001", call=0, ret=1),
+                         O(2, k, "read", "8056c2e21c000001", output=True, call=2, ret=3)])
+    assert_rejected([O(1, k, "create", "8056c2e21c000001", call=0, ret=1, status="fail"),
+                     O(2, k, "read", "8056c2e21c000001", output=True, call=2, ret=3)])
+
+
 def test_cas_accepted_twice_for_the_same_expected_value() -> None:
     assert_rejected([O(1, R, "write", "a", call=0, ret=1),
                      O(2, R, "cas", ["a", "b"], output=True, call=2, ret=5, client=1),
