@@ -11,6 +11,7 @@ Every controller runs under the slow-disk library (tests/chaos/slowdisk.c) with 
 """
 from __future__ import annotations
 
+import atexit
 import signal
 import subprocess
 import threading
@@ -54,6 +55,7 @@ class ChaosCluster(ProcCluster):
         except BaseException:
             self.hub.close()
             raise
+        atexit.register(self.close)  # (registered after the net's: runs before it, processes before namespaces)
 
     def _prefix(self, nid: str) -> list[str]:
         """`ip netns exec NS env VAR=... ` before the controller's argv: both exec, so the pid is the
@@ -118,6 +120,7 @@ class ChaosCluster(ProcCluster):
             return new
 
     def close(self) -> None:
+        atexit.unregister(self.close)
         try:
             for nid in self.ids:  # no delay left behind for a last clean stop
                 self.slow[nid].set(0)

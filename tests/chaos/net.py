@@ -118,8 +118,8 @@ class ChaosNet:
             for ns in self.all_ns():  # nft tables exist from the start: a cut is then one rule added
                 self._nft(ns, ["add", "table", "inet", NFT_TABLE])
                 for chain, hook in (("input", "input"), ("output", "output")):
-                    self._nft(ns, ["add", "chain", "inet", NFT_TABLE, chain,
-                                   "{", "type", "filter", "hook", hook, "priority", "0", ";", "policy", "accept", ";", "}"])
+                    self._nft(ns, ["add", "chain", "inet", NFT_TABLE, chain, "{", "type", "filter", "hook", hook,
+                                   "priority", "0", ";", "policy", "accept", ";", "}"])
         except BaseException:
             self.close()
             raise
@@ -337,7 +337,8 @@ class ChaosNet:
         try:
             assert recv.stdout is not None
             if recv.stdout.readline().strip() != "ready":
-                raise ChaosNetError(f"UDP receiver in {dst_ns} did not start: {recv.stderr.read() if recv.stderr else ''}")
+                why = recv.stderr.read() if recv.stderr else ""
+                raise ChaosNetError(f"UDP receiver in {dst_ns} did not start: {why}")
             self.python(src_ns, _UDP_SEND, dst_addr, str(port))
             out, _ = recv.communicate(timeout=wait + 20)
         finally:
