@@ -571,3 +571,19 @@ def test_a_lost_connection_to_a_live_leader_disturbs_nothing() -> None:
     assert net["c"].dropped["vote_in_lease"] >= 1
     net.tick(3)
     assert lead.role == Role.LEADER and all(net[i].term == term for i in "abc") and net["b"].leader == "a"
+
+
+def test_an_update_changes_only_a_members_context() -> None:
+    """UPDATE (a member's new address) leaves voters and learners as they are, commits like any membership change
+    (one at a time), and is refused for a node that is not a member."""
+    net = Net(["a", "b", "c"])
+    lead = net.elect("a")
+    with pytest.raises(ProposalRefused, match="not a member"):
+        lead.propose_conf_change(ConfChange(ConfChangeType.UPDATE, "z", b"10.0.0.9:7000"))
+    index = lead.propose_conf_change(ConfChange(ConfChangeType.UPDATE, "b", b"10.0.0.2:7000"))
+    with pytest.raises(ProposalRefused, match="pending"):
+        lead.propose_conf_change(ConfChange(ConfChangeType.UPDATE, "c", b"10.0.0.3:7000"))
+    net.settle()
+    assert all(net[i].log.committed >= index for i in ("a", "b", "c"))
+    assert all(net[i].conf == ConfState(("a", "b", "c"), ()) for i in ("a", "b", "c"))
+    lead.propose_conf_change(ConfChange(ConfChangeType.UPDATE, "c", b"10.0.0.3:7000"))  # no longer pending

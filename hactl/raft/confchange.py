@@ -1,8 +1,9 @@
 """Membership changes: their encoding, the rules a change must follow, and the membership after one.
 
 Single-server changes only (one node added as a learner, promoted, or removed per entry), which keeps every
-two consecutive memberships' majorities overlapping. A change takes effect when its entry is applied; the core
-refuses a second change while one is pending (see core.Raft.propose_conf_change).
+two consecutive memberships' majorities overlapping; an UPDATE changes only a member's context (its address). A
+change takes effect when its entry is applied; the core refuses a second change while one is pending (see
+core.Raft.propose_conf_change).
 
 Membership lives in the log from index 1 (``bootstrap_state``), so a node added later that replays the log learns
 the whole history, and so does every state machine that applies the log.
@@ -36,6 +37,8 @@ def refusal(conf: ConfState, cc: ConfChange) -> str | None:
         return f"{cc.node} is already a voter"
     if cc.type == ConfChangeType.PROMOTE and cc.node not in conf.learners:
         return f"{cc.node} is not a learner"
+    if cc.type == ConfChangeType.UPDATE and cc.node not in conf.members():
+        return f"{cc.node} is not a member"
     if cc.type == ConfChangeType.REMOVE:
         if cc.node not in conf.members():
             return f"{cc.node} is not a member"
@@ -55,6 +58,8 @@ def apply_change(conf: ConfState, cc: ConfChange) -> ConfState | None:
         if cc.node in learners:
             learners.discard(cc.node)
             voters.add(cc.node)
+    elif cc.type == ConfChangeType.UPDATE:
+        pass  # only the context (the address book) changes
     else:
         voters.discard(cc.node)
         learners.discard(cc.node)

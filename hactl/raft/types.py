@@ -33,6 +33,7 @@ class ConfChangeType(enum.IntEnum):
     ADD_LEARNER = 0  # add a non-voting member (or keep an existing learner)
     PROMOTE = 1  # turn a caught-up learner into a voter
     REMOVE = 2  # remove a voter or learner
+    UPDATE = 3  # a member's context changes (its control address, after a move); the membership stays as it is
 
 
 class MsgType(enum.IntEnum):

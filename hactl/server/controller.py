@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from hactl import __version__, logs
+from hactl.agent.handle import AgentError
 from hactl._fs import atomic_write
 from hactl.aio import cancel_and_wait
 from hactl.api.cluster import ClusterUnavailable
@@ -58,6 +59,7 @@ EXIT_CONFIG = 2
 EXIT_RESTART = 3
 
 REFUSED_EVENT_EVERY_S = 60.0
+ADDRESS_RETRY_S = 5.0  # a moved node asks the leader to record its new control address this often until it is
 INIT_REQUEST_ID = "cluster-init"  # one fixed id: however many leaders try, the model is initialised once
 
 
@@ -78,6 +80,8 @@ class Controller:
         self._tasks: list[asyncio.Task] = []
         self._addresses: dict[str, str] = dict(cfg.cluster.initial_cluster)
         self._last_snapshot_time = time.monotonic()
+        self._address_task: asyncio.Task | None = None
+        self._address_next = 0.0
         self._api: Any = None
         self._agent: Any = None
         self.workers: Any = None  # hactl.workers.supervisor.WorkerSupervisor when workers: > 0
@@ -474,10 +478,35 @@ class Controller:
             self.mesh.enforce()  # revocations applied since (ctrl.db's deny-list) close their connections
             self.storage_alarms.tick()  # raises or clears this node's NOSPACE alarm before a map or the disk is full
             self.entity_events.save()
+            self._check_own_address()
             if interval and time.monotonic() - self._last_snapshot_time >= interval:
                 self._last_snapshot_time = time.monotonic()
                 if node.running and node.applied > node.snapshot_index and not node.snapshot_in_progress:
                     node.request_snapshot()
+
+    def _check_own_address(self) -> None:
+        """After a move (a new control.advertise) the others still dial the address the membership holds, and two
+        moved nodes would never find each other: ask the leader to record the new one (what `etcdctl member
+        update` does by hand). One request at a time, again every ADDRESS_RETRY_S until the membership has it."""
+        node, want = self.node, self.cfg.control.advertise
+        have = self._addresses.get(self.node_id)
+        if (have is None or have == want or not node.running or node.leader is None
+                or self._address_task is not None or time.monotonic() < self._address_next):
+            return
+        self._address_next = time.monotonic() + ADDRESS_RETRY_S
+        log.info("control address changed: the membership has %s, this node advertises %s; asking the leader "
+                 "%s to record it", have, want, node.leader)
+
+        async def record() -> None:
+            try:
+                await self.ops.record_own_address(want, ADDRESS_RETRY_S)
+                log.info("control address %s recorded in the membership", want)
+            except AgentError as e:
+                log.warning("recording control address %s failed (%s: %s); trying again in %.0f s", want, e.code,
+                            e.message, ADDRESS_RETRY_S)
+            finally:
+                self._address_task = None
+        self._address_task = asyncio.create_task(record(), name="record-address")
 
     # ------------------------------------------------------------------ the Cluster interface (for the API)
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from hactl.server.controller import Controller
 
 OP_METHOD = "agent.op"
-_LEADER_OPS = ("add", "remove", "transfer")
+_LEADER_OPS = ("add", "remove", "transfer", "update")
 
 
 class Operations:
@@ -95,6 +95,11 @@ class Operations:
         self.ctl.mesh.enforce()
         return dict(result.value or {})
 
+    async def record_own_address(self, address: str, timeout: float) -> dict[str, Any]:
+        """This node's control address in the membership becomes ``address`` (a membership UPDATE on the leader;
+        a peer may only change its own)."""
+        return await self._on_leader("update", {"id": self.node_id, "address": address}, timeout)
+
     async def transfer_leadership(self, target: str | None, timeout: float) -> dict[str, Any]:
         return await self._on_leader("transfer", {"id": target}, timeout)
 
@@ -121,6 +126,8 @@ class Operations:
         timeout = float(timeout) if isinstance(timeout, (int, float)) and 0 < timeout <= 3600 else 60.0
         if not self.ctl.node.is_leader:
             raise RemoteError("not_leader", f"{self.node_id} is not the leader")
+        if body["op"] == "update" and body["args"].get("id") != peer:
+            raise RemoteError("refused", f"{peer} may change only its own address")
         try:
             return await self._run_here(body["op"], body["args"], timeout)
         except AgentError as e:
@@ -143,6 +150,12 @@ class Operations:
                     return {"id": nid, "role": "learner"}
                 await node.add_voter(nid, ctx, timeout=timeout)
                 return {"id": nid, "role": "voter"}
+            if op == "update":
+                if not isinstance(nid, str) or not isinstance(args.get("address"), str):
+                    raise AgentError("bad_request", "update needs an id and an address")
+                await node.change_membership(ConfChange(ConfChangeType.UPDATE, nid, args["address"].encode()),
+                                             timeout)
+                return {"id": nid, "address": args["address"]}
             if op == "remove":
                 if nid not in node.membership.members():
                     raise AgentError("not_found", f"{nid} is not a member (members: "

@@ -1,0 +1,56 @@
+"""Controllers that change address (separate hosts in network namespaces): the membership learns each new address,
+so two moved nodes find each other and still form a majority once the third is gone.
+
+Before the membership UPDATE, peers dialed the address recorded when a node joined, forever: one moved node still
+worked (it dials out), two never connected to each other, and killing the third left no quorum.
+Needs root (network namespaces).
+"""
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+from hactl.dev.cluster import node_ids
+from tests.chaos.cluster import ChaosCluster
+from tests.chaos.nemesis import Ctx, Move, Nemesis
+from tests.chaos.net import ChaosNet
+
+
+def cluster_list(c: ChaosCluster, nid: str) -> list[dict]:
+    """`hactl agent cluster list --json` on node nid (its agent socket)."""
+    p = subprocess.run([sys.executable, "-m", "hactl.cli", "agent", "--json", "--socket",
+                        str(c.specs[nid].agent_socket), "cluster", "list"], capture_output=True, text=True,
+                       timeout=30)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def test_two_moved_nodes_are_recorded_at_their_new_addresses_and_keep_a_quorum(tmp_path: Path) -> None:
+    with ChaosNet(node_ids(3)) as net, ChaosCluster(tmp_path / "c", net) as c:
+        c.start_all()
+        c.wait_ready(timeout=60)
+        nem = Nemesis(c, net, random.Random(0))
+        leader = c.leader()
+        follower = next(n for n in c.ids if n != leader)
+        stay = next(n for n in c.ids if n not in (leader, follower))
+        for nid in (follower, leader):
+            nem.end(nem.begin(Move(Ctx(c, net), node=nid)))
+            c.wait(lambda nid=nid: c.status(nid), 60, f"{nid} answering at its new address")
+        ctrl = c.wait_ready(timeout=60)
+        moved = {nid: f"{net.addr(nid)}:{c.ctrl_port(nid)}" for nid in (follower, leader)}
+
+        def recorded() -> bool:
+            rows = {r["id"]: r for r in cluster_list(c, stay)}
+            return all(rows[n]["address"] == a for n, a in moved.items())
+        c.wait(recorded, 30, f"the membership on {stay} listing {moved}")
+        c.wait(lambda: all(r["connected"] for n in moved for r in cluster_list(c, n)), 30,
+               "the two moved nodes connected to each other")
+        assert "asking the leader" in c.log(follower) and "recorded in the membership" in c.log(follower)
+        c.kill(stay)  # the two moved nodes are a majority: they elect a leader and take writes
+        c.leader(among=list(moved), timeout=30)
+        for nid in moved:
+            code, body = c.write(nid, "POST", f"/controller/network/{ctrl}______", {"name": nid}, timeout=30)
+            assert code == 200, body
