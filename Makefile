@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test run venv bench sim clean compose-tool zt-libs zt-native
+.PHONY: test run venv bench sim chaos clean compose-tool zt-libs zt-native
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,14 @@ bench: $(STAMP) zt-libs zt-native
 	$(PY) bench/gil.py
 	$(PY) bench/roots.py
 	$(PY) bench/planet_move.py
+
+# A long chaos run (tests/chaos/run.py): make chaos SECONDS=3600 SEED=7; the report, history and logs go to
+# CHAOS_WORK (default /tmp/hactl-chaos-SEED); a failing run prints its seed and how to replay the check.
+SECONDS ?= 600
+SEED ?= 1
+CHAOS_WORK ?= /tmp/hactl-chaos-$(SEED)
+chaos: $(STAMP) zt-libs zt-native
+	$(PY) -m tests.chaos.run --seconds $(SECONDS) --seed $(SEED) --work $(CHAOS_WORK)
 
 # A local three-node cluster in the foreground (Ctrl-C stops it; running it again resumes it).
 run: $(STAMP) zt-libs zt-native
