@@ -490,12 +490,12 @@ class Controller:
         update` does by hand). One request at a time, again every ADDRESS_RETRY_S until the membership has it."""
         node, want = self.node, self.cfg.control.advertise
         have = self._addresses.get(self.node_id)
-        if (have is None or have == want or not node.running or node.leader is None
-                or self._address_task is not None or time.monotonic() < self._address_next):
+        if (have is None or have == want or not node.running or self._address_task is not None
+                or time.monotonic() < self._address_next):
             return
         self._address_next = time.monotonic() + ADDRESS_RETRY_S
         log.info("control address changed: the membership has %s, this node advertises %s; asking the leader "
-                 "%s to record it", have, want, node.leader)
+                 "(%s) to record it", have, want, node.leader or "not known yet")
 
         async def record() -> None:
             try:

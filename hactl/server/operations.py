@@ -96,9 +96,26 @@ class Operations:
         return dict(result.value or {})
 
     async def record_own_address(self, address: str, timeout: float) -> dict[str, Any]:
-        """This node's control address in the membership becomes ``address`` (a membership UPDATE on the leader;
-        a peer may only change its own)."""
-        return await self._on_leader("update", {"id": self.node_id, "address": address}, timeout)
+        """This node's control address in the membership becomes ``address`` (a membership UPDATE on the leader).
+        Through the leader if it can be reached, else through any member this node is connected to (see
+        _serve_forwarded): after moves on both sides, the leader and this node may each dial the other's old
+        address, while a member that stayed put is reached by both."""
+        args = {"id": self.node_id, "address": address}
+        try:
+            return await self._on_leader("update", args, timeout)
+        except AgentError as e:
+            if e.code not in ("no_leader", "unavailable"):
+                raise
+            last = e
+        for peer in sorted(self.ctl.mesh.connected()):
+            try:
+                return await self.ctl.mesh.call(peer, OP_METHOD, {"op": "update", "args": args, "timeout": timeout},
+                                                timeout=timeout + 5)
+            except RemoteError as e:
+                last = AgentError(e.code, f"through {peer}: {e.message}")
+            except (PeerUnavailable, ConnectionLost, asyncio.TimeoutError) as e:
+                last = AgentError("unavailable", f"through {peer}: {e or 'timed out'}")
+        raise last
 
     async def transfer_leadership(self, target: str | None, timeout: float) -> dict[str, Any]:
         return await self._on_leader("transfer", {"id": target}, timeout)
@@ -124,11 +141,13 @@ class Operations:
             raise RemoteError("bad_request", "expected {op, args, timeout}")
         timeout = body.get("timeout")
         timeout = float(timeout) if isinstance(timeout, (int, float)) and 0 < timeout <= 3600 else 60.0
-        if not self.ctl.node.is_leader:
-            raise RemoteError("not_leader", f"{self.node_id} is not the leader")
-        if body["op"] == "update" and body["args"].get("id") != peer:
-            raise RemoteError("refused", f"{peer} may change only its own address")
         try:
+            if not self.ctl.node.is_leader:
+                if body["op"] != "update":
+                    raise RemoteError("not_leader", f"{self.node_id} is not the leader")
+                # A moved member that cannot reach the leader yet (the leader dials its old address, it may dial
+                # the leader's old one) asks whoever it reaches: one hop on to the leader.
+                return await self._on_leader("update", body["args"], timeout)
             return await self._run_here(body["op"], body["args"], timeout)
         except AgentError as e:
             raise RemoteError(e.code, e.message) from None

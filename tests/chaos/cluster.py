@@ -103,20 +103,29 @@ class ChaosCluster(ProcCluster):
         first), its config rewritten for it (control listen/advertise, API listen, ZeroTier bind; the others'
         initial_cluster lists it too, as an operator would edit them, though their membership in ctrl.db is what
         they use once formed), and restarted. The new address."""
+        return self.move_together({nid: new_addr})[nid]
+
+    def move_together(self, moves: dict[str, str | None], *, start: bool = True) -> dict[str, str]:
+        """Several nodes moved at once (each as in move: all stopped first, then all started, unless not
+        ``start``: the caller starts them): {nid: new address}."""
         with self._move_lock:
-            new = new_addr or self.net.spares(nid)[0]
-            p = self.procs.get(nid)
-            if p is not None:
+            new = {nid: addr or self.net.spares(nid)[0] for nid, addr in moves.items()}
+            for nid in new:
+                p = self.procs.get(nid)
+                if p is None:
+                    continue
                 p.send_signal(signal.SIGCONT)  # (a paused node would not see the SIGTERM)
                 try:
                     self.stop(nid)
                 except subprocess.TimeoutExpired:  # did not exit in time: a kill is as good for a move
                     p.kill()
                     p.wait()
-            self.net.move_addr(nid, new)
-            self.api_host[nid] = new
+            for nid, addr in new.items():
+                self.net.move_addr(nid, addr)
+                self.api_host[nid] = addr
             self._write_addresses()
-            self.start(nid)
+            for nid in new if start else ():
+                self.start(nid)
             return new
 
     def close(self) -> None:

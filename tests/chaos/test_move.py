@@ -54,3 +54,36 @@ def test_two_moved_nodes_are_recorded_at_their_new_addresses_and_keep_a_quorum(t
         for nid in moved:
             code, body = c.write(nid, "POST", f"/controller/network/{ctrl}______", {"name": nid}, timeout=30)
             assert code == 200, body
+
+
+def test_crossed_moves_with_the_leader_are_recorded_through_a_member_that_stayed(tmp_path: Path) -> None:
+    """The leader moves away and is recorded there; then it moves back while a follower moves away, and leads
+    again before the follower restarts. Each of the two dials the other's old address, so the follower cannot
+    reach the leader to be recorded: it asks the member that stayed put, which passes the request on."""
+    with ChaosNet(node_ids(3)) as net, ChaosCluster(tmp_path / "c", net) as c:
+        c.start_all()
+        c.wait_ready(timeout=60)
+        lead = c.leader()
+        follower, stay = [n for n in c.ids if n != lead]
+        first = net.addr(lead)
+        away = c.move(lead)
+
+        def recorded(want: dict[str, str]) -> bool:
+            rows = {r["id"]: r["address"] for r in cluster_list(c, stay)}
+            return all(rows[n] == f"{a}:{c.ctrl_port(n)}" for n, a in want.items())
+        c.wait(lambda: recorded({lead: away}), 30, f"{lead} recorded at {away}")
+        c.wait_ready(timeout=60)
+        moved = c.move_together({lead: first, follower: None}, start=False)
+        c.start(lead)  # the moved-back node leads before the follower is back: the case that needs the relay
+        if c.leader(among=[lead, stay], timeout=60) != lead:
+            subprocess.run([sys.executable, "-m", "hactl.cli", "agent", "--socket", str(c.specs[stay].agent_socket),
+                            "cluster", "transfer-leadership", lead], check=True, capture_output=True, timeout=60)
+        c.wait(lambda: recorded({lead: first}), 30, f"{lead} recorded back at {first}")
+        c.start(follower)
+        c.wait(lambda: recorded(moved), 40, f"{moved} recorded in the membership")
+        c.wait(lambda: all(r["connected"] for n in moved for r in cluster_list(c, n)), 30,
+               "the two moved nodes connected to each other")
+        ctrl = c.wait_ready(timeout=30)
+        for nid in moved:
+            code, body = c.write(nid, "POST", f"/controller/network/{ctrl}______", {"name": nid}, timeout=30)
+            assert code == 200, body
