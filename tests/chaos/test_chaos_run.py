@@ -1,7 +1,7 @@
 """The short chaos run CI makes (tests/chaos/run.py): a seeded nemesis against a three-node cluster on separate
 namespace hosts, clients on every node, real ZeroTier members; every check of the run must pass.
 
-HACTL_CHAOS_SEED and HACTL_CHAOS_SECONDS change the seed (default 1) and the length (default 60 s of faults);
+HACTL_CHAOS_SEED and HACTL_CHAOS_SECONDS change the seed (default 1) and the length (default 45 s of faults);
 `make chaos SECONDS=3600 SEED=N` is the long run. A failure prints the report, the seed and the history file.
 Needs root (network namespaces), and libzt (fetched once, as for the ZeroTier tests).
 """
@@ -15,7 +15,7 @@ from tests.chaos.run import Options, Run
 
 def test_a_short_seeded_chaos_run_passes_every_check(tmp_path: Path) -> None:
     seed = int(os.environ.get("HACTL_CHAOS_SEED", "1"))
-    seconds = float(os.environ.get("HACTL_CHAOS_SECONDS", "60"))
+    seconds = float(os.environ.get("HACTL_CHAOS_SECONDS", "45"))
     work = tmp_path / f"chaos-{seed}"
     rep = Run(Options(seconds, seed, work, zt_members=2)).execute()
     print(rep.text())
