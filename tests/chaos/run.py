@@ -123,6 +123,8 @@ class Run:
     def _chaos(self, cluster: ChaosCluster, net: ChaosNet, nwid: str) -> None:
         o = self.o
         self.members = member_addresses(o.member_keys(), self.rng)
+        setup = self.workload(cluster, ["--phase", "setup", "--nwid", nwid, "--members", ",".join(self.members)],
+                              timeout=900)
         self.nemesis = Nemesis(cluster, net, random.Random(self.rng.getrandbits(64)), kinds=o.kinds,
                                duration=o.fault_s, max_concurrent=o.max_concurrent)
         stop = threading.Event()
@@ -131,7 +133,8 @@ class Run:
         try:
             self.summary = self.workload(cluster, ["--nwid", nwid, "--members", ",".join(self.members),
                                                    "--seconds", str(o.seconds), "--clients", str(o.clients),
-                                                   "--seed", str(self.rng.getrandbits(32))],
+                                                   "--seed", str(self.rng.getrandbits(32)),
+                                                   "--id-start", str(setup["next_id"])],
                                          timeout=o.seconds + 300)
         finally:
             stop.set()
@@ -151,7 +154,7 @@ class Run:
         # Every acknowledged write on every node: local reads of everything, into the same history.
         networks_file = self.work / "networks.txt"
         networks_file.write_text("\n".join(self.summary["networks"]) + "\n")
-        final = self.workload(cluster, ["--final", "--nwid", nwid, "--members", ",".join(self.members),
+        final = self.workload(cluster, ["--phase", "final", "--nwid", nwid, "--members", ",".join(self.members),
                                         "--networks-file", str(networks_file),
                                         "--id-start", str(self.summary["next_id"])], timeout=600)
         stats = dict(self.summary["stats"])

@@ -20,7 +20,7 @@ connection -> unknown; a refused connection -> fail (nothing was sent). Anything
 wrong answer: it is recorded with status "unknown" (so the check stays sound) and counted under `unexpected` in
 the summary line, which the runner treats as a failure.
 
-`--final` instead reads every member and every network id once from each node with ?consistency=local (the runner
+`--phase setup` creates the members first (before the faults start); `--phase final` reads every member and every network id once from each node with ?consistency=local (the runner
 calls it after healing, once every node has applied the leader's commit index): those reads go into the same
 history, after everything else, so "every acknowledged write is on every node" is checked by lincheck too.
 """
@@ -41,6 +41,7 @@ from typing import Any
 import aiohttp
 
 REQUEST_TIMEOUT_S = 10.0
+SETUP_RETRY_S = 120.0  # the members must exist before the run: their creation is retried this long
 NETWORK_BASE = 0xC00000  # workload-created network ids: (controller << 24) | NETWORK_BASE + n
 
 
@@ -201,22 +202,27 @@ class Workload:
             ans = Answer("fail")
         self.rec.done(op_id, client, f"network:{nwid}", "read", nwid, t0, ans, ans.body is not None)
 
-    async def create_members(self, session: aiohttp.ClientSession) -> None:
-        """Each member once, before the clients start (retried until it exists: the run needs them)."""
+    async def setup(self) -> None:
+        """Each member once, before the faults and the clients start (retried with one key until it exists)."""
+        self.retry_s = SETUP_RETRY_S
         rng = random.Random(self.rng.getrandbits(64))
-        for addr in self.members:
-            value = f"v{next(self.values)}"
-            op_id, t0 = self.rec.call()
-            ans = await self.write(session, rng, True, lambda n: self.member_url(n, addr), {"name": value})
-            if ans.status != "ok":
-                raise SystemExit(f"workload: creating member {addr} failed: {ans}")
-            self.rec.done(op_id, "setup", f"member:{addr}", "create", {"name": value}, t0, ans,
-                          ans.body.get("revision"))
+        connector = aiohttp.TCPConnector(force_close=True, limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for addr in self.members:
+                await self.create_member(session, rng, addr)
+
+    async def create_member(self, session: aiohttp.ClientSession, rng: random.Random, addr: str) -> None:
+        value = f"s{next(self.values)}"  # (setup's values are its own: written values are unique in a history)
+        op_id, t0 = self.rec.call()
+        ans = await self.write(session, rng, True, lambda n: self.member_url(n, addr), {"name": value})
+        self.rec.done(op_id, "setup", f"member:{addr}", "create", {"name": value}, t0, ans,
+                      ans.body.get("revision") if ans.status == "ok" else None)
+        if ans.status != "ok":
+            raise SystemExit(f"workload: creating member {addr} failed: {ans}")
 
     async def run(self, seconds: float, clients: int) -> None:
         connector = aiohttp.TCPConnector(force_close=True, limit=0)  # a refused connect then means "not sent"
         async with aiohttp.ClientSession(connector=connector) as session:
-            await self.create_members(session)
             until = time.monotonic() + seconds
             await asyncio.gather(*(self.client(c, session, until) for c in range(clients)),
                                  *(self.probe(n, session, until) for n in range(len(self.urls))))
@@ -237,18 +243,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--token", required=True)
     ap.add_argument("--nwid", required=True, help="the network whose members are written")
     ap.add_argument("--members", required=True, help="member addresses, comma-separated")
-    ap.add_argument("--networks-file", default="", help="--final: network ids to read, one per line")
+    ap.add_argument("--networks-file", default="", help="--phase final: network ids to read, one per line")
     ap.add_argument("--id-start", type=int, default=0, help="first operation id (after an earlier history)")
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--clients", type=int, default=6)
     ap.add_argument("--retry-s", type=float, default=10.0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", required=True, help="history file (JSON lines, appended)")
-    ap.add_argument("--final", action="store_true", help="read everything once from every node, locally")
+    ap.add_argument("--phase", choices=["setup", "run", "final"], default="run",
+                    help="setup: create the members; run: the clients; final: read everything from every node")
     args = ap.parse_args(argv)
     wl = Workload(args)
     try:
-        asyncio.run(wl.final() if args.final else wl.run(args.seconds, args.clients))
+        asyncio.run(wl.setup() if args.phase == "setup" else wl.final() if args.phase == "final"
+                    else wl.run(args.seconds, args.clients))
     finally:
         wl.rec.close()
     # One summary line for the runner: counts by op and outcome, the networks tried, and any wrong answers.
