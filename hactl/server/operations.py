@@ -17,6 +17,7 @@ from hactl import __version__
 from hactl._fs import atomic_write, file_sha256
 from hactl.agent.handle import CALLER, AgentError
 from hactl.api.cluster import ClusterUnavailable, OutcomeUnknown, Overloaded
+from hactl.config import ConfigError, parse_hostport
 from hactl.fsm.coerce import ValidationError
 from hactl.fsm.commands import (RestoreAbort, build_cluster_revoke, build_restore, decode, encode,
                                 with_origin)
@@ -172,6 +173,10 @@ class Operations:
             if op == "update":
                 if not isinstance(nid, str) or not isinstance(args.get("address"), str):
                     raise AgentError("bad_request", "update needs an id and an address")
+                try:
+                    parse_hostport(args["address"], f"update of {nid}", "address")
+                except ConfigError as e:
+                    raise AgentError("bad_request", str(e)) from None
                 await node.change_membership(ConfChange(ConfChangeType.UPDATE, nid, args["address"].encode()),
                                              timeout)
                 return {"id": nid, "address": args["address"]}
