@@ -53,6 +53,7 @@ bench: $(STAMP) zt-libs zt-native
 	$(PY) bench/workers.py
 	$(PY) bench/fsync.py
 	$(PY) bench/gil.py
+	$(PY) bench/lincheck.py
 	$(PY) bench/roots.py
 	$(PY) bench/planet_move.py
 
