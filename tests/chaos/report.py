@@ -40,8 +40,9 @@ def ack_times(history: Iterable[dict[str, Any]]) -> list[float]:
                   if op["op"] in WRITE_OPS and op["status"] == "ok" and op.get("return") is not None)
 
 
-def unavailability(acks: Sequence[float], fault: FaultWindow, run_end: float) -> Unavailability:
-    lo, hi = fault.start, min(fault.end + GRACE_S, run_end)
+def unavailability(acks: Sequence[float], fault: FaultWindow, clients_end: float) -> Unavailability:
+    """``clients_end``: when the clients stopped sending (the stretch is cut there)."""
+    lo, hi = fault.start, min(fault.end + GRACE_S, clients_end)
     inside = list(acks[bisect_left(acks, lo):bisect_right(acks, hi)])
     marks = [lo, *inside, hi]
     best, at = 0.0, lo

@@ -76,12 +76,14 @@ class Run:
         self.rng = random.Random(opts.seed)
         self.work = opts.work
         self.history = self.work / "history.jsonl"
+        self.urls_file = self.work / "urls.json"
         self.report = Report(seed=opts.seed, seconds=opts.seconds)
 
     def workload(self, cluster: ChaosCluster, extra: list[str], timeout: float) -> dict[str, Any]:
         """tests.chaos.workload in the hub namespace; its summary line."""
         argv = cluster.hub_cmd([sys.executable, "-m", "tests.chaos.workload",
                                 "--urls", ",".join(cluster.api_url(n) for n in cluster.ids),
+                                "--urls-file", str(self.urls_file),
                                 "--token", cluster.token, "--out", str(self.history), *extra])
         p = subprocess.run(argv, cwd=str(REPO), capture_output=True, text=True, timeout=timeout)
         (self.work / "workload.log").open("a").write(p.stderr)
@@ -129,7 +131,9 @@ class Run:
                                duration=o.fault_s, max_concurrent=o.max_concurrent)
         stop = threading.Event()
         nem = threading.Thread(target=self.nemesis.run, args=(stop, o.gap_s), name="nemesis", daemon=True)
+        urls = threading.Thread(target=self._publish_urls, args=(cluster, stop), name="urls", daemon=True)
         nem.start()
+        urls.start()
         try:
             self.summary = self.workload(cluster, ["--nwid", nwid, "--members", ",".join(self.members),
                                                    "--seconds", str(o.seconds), "--clients", str(o.clients),
@@ -139,8 +143,22 @@ class Run:
         finally:
             stop.set()
             nem.join(timeout=120)
+            urls.join(timeout=10)
             self.nemesis.heal_all()
         self.run_end = time.monotonic()
+
+    def _publish_urls(self, cluster: ChaosCluster, stop: threading.Event) -> None:
+        """Keep urls.json (the clients' view of where each node's API is) up to date as nodes move."""
+        last: list[str] = []
+        while True:
+            now = [cluster.api_url(n) for n in cluster.ids]
+            if now != last:
+                tmp = self.urls_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(now))
+                tmp.replace(self.urls_file)  # atomic: a client never reads half a list
+                last = now
+            if stop.wait(0.1):
+                return
 
     def _after(self, cluster: ChaosCluster, nwid: str, healed_at: float, zt: ZtMembers | None) -> None:
         rep = self.report
@@ -174,9 +192,12 @@ class Run:
                                       "inconclusive": [p.key for p in res.inconclusive][:10]}
         history = [json.loads(line) for line in self.history.read_text().splitlines() if line.strip()]
         acks = ack_times(history)
+        # Measured while the clients ran: after they stop, no write is acknowledged whatever the cluster can do.
+        clients_end = max(op["call"] for op in history if op["client"] not in ("setup",) and
+                          not str(op["client"]).startswith("final"))
         windows = [FaultWindow(ev.kind, ev.start, ev.end or self.run_end, ev.description)
-                   for ev in self.nemesis.events]
-        rep.add_unavailability([unavailability(acks, w, self.run_end) for w in windows])
+                   for ev in self.nemesis.events if ev.start < clients_end]
+        rep.add_unavailability([unavailability(acks, w, clients_end) for w in windows])
         if zt is not None:
             names = zt.wait_latest_name()
             summary = zt.summary()

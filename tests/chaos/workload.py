@@ -108,7 +108,9 @@ async def send(session: aiohttp.ClientSession, method: str, url: str, headers: d
 
 class Workload:
     def __init__(self, args: argparse.Namespace) -> None:
-        self.urls: list[str] = args.urls.split(",")
+        self._urls: list[str] = args.urls.split(",")
+        self.urls_file = Path(args.urls_file) if args.urls_file else None
+        self._urls_seen = (0.0, 0)  # (when the file was last looked at, its mtime_ns then)
         self.headers = {"X-ZT1-Auth": args.token}
         self.nwid: str = args.nwid
         self.controller = self.nwid[:10]
@@ -119,6 +121,21 @@ class Workload:
         self.values = itertools.count(1)
         self.networks: list[str] = Path(args.networks_file).read_text().split() if args.networks_file else []
         self.next_network = itertools.count()
+
+    @property
+    def urls(self) -> list[str]:
+        """Every node's API URL now: a node that moved is reached at its new address, as a client that resolves
+        names again would (the runner rewrites --urls-file when an address changes; looked at every 0.2 s)."""
+        now = time.monotonic()
+        if self.urls_file is not None and now - self._urls_seen[0] > 0.2:
+            try:
+                mtime = self.urls_file.stat().st_mtime_ns
+                if mtime != self._urls_seen[1]:
+                    self._urls = json.loads(self.urls_file.read_text())
+                self._urls_seen = (now, mtime)
+            except (OSError, ValueError):  # being replaced right now: the last list serves meanwhile
+                pass
+        return self._urls
 
     def member_url(self, node: int, addr: str) -> str:
         return f"{self.urls[node]}/controller/network/{self.nwid}/member/{addr}"
@@ -240,6 +257,7 @@ class Workload:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--urls", required=True, help="every node's API base URL, comma-separated")
+    ap.add_argument("--urls-file", default="", help="a JSON list of the URLs, rewritten when a node moves")
     ap.add_argument("--token", required=True)
     ap.add_argument("--nwid", required=True, help="the network whose members are written")
     ap.add_argument("--members", required=True, help="member addresses, comma-separated")
