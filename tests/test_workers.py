@@ -160,7 +160,8 @@ def test_a_killed_worker_is_restarted_and_reported(node: ProcCluster) -> None:
            30, "the supervisor to notice the dead worker")
     after = _wait_workers(c, "ctrl1", 2)
     assert after["pids"]["1"] != victim and after["restarts"] >= before["restarts"] + 1
-    assert "API worker 1 (pid %d) was killed by signal 9" % victim in c.log("ctrl1")
+    line = "API worker 1 (pid %d) was killed by signal 9" % victim
+    c.wait(lambda: line in c.log("ctrl1"), 10, f"the log line {line!r}")  # (on failure: the whole log)
     for _ in range(20):  # and the port keeps answering meanwhile and after
         assert c.request("ctrl1", "GET", "/controller/network?consistency=local")[0] == 200
 
