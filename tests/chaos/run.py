@@ -10,6 +10,7 @@ What is checked at the end (Report.checks; any failure fails the run):
   caught_up         every node has applied the leader's commit index within CATCH_UP_S of healing (none stuck)
   identical_dumps   `hactl db dump` is the same on every node
   no_wrong_answers  no answer outside the API's promises (a 500, a 404 for a member that exists...)
+  read_back         every node answered every final read (else lincheck would not see what it lacks)
   zerotier          no libzt member authorized throughout lost its config, and each ends with the latest one
 Reported: operations, faults, write unavailability per fault kind (tests/chaos/report.py), the checker's time.
 A failing run prints its seed and the history file; `python -m tests.chaos.lincheck HISTORY` replays the check.
@@ -181,6 +182,8 @@ class Run:
         rep.operations = stats
         unexpected = {k: v for k, v in stats.items() if "unexpected" in k}
         rep.checks["no_wrong_answers"] = {"ok": not unexpected, "unexpected": unexpected}
+        unread = {k: v for k, v in final["stats"].items() if not k.endswith(".ok")}
+        rep.checks["read_back"] = {"ok": not unread, "reads": final["stats"]}  # every node answered every read
         rep.checks["identical_dumps"] = self._dumps(cluster)
         res = lincheck.check_file(self.history, timeout=CHECK_TIMEOUT_S)
         rep.checker = {"seconds": round(res.seconds, 2), "operations": res.operations,

@@ -41,6 +41,8 @@ from typing import Any
 import aiohttp
 
 REQUEST_TIMEOUT_S = 10.0
+FINAL_READERS = 16  # concurrent reads in the final phase
+FINAL_ATTEMPTS = 5
 SETUP_RETRY_S = 120.0  # the members must exist before the run: their creation is retried this long
 NETWORK_BASE = 0xC00000  # workload-created network ids: (controller << 24) | NETWORK_BASE + n
 
@@ -201,7 +203,7 @@ class Workload:
         return ans.status == "ok"
 
     async def read_member(self, session: aiohttp.ClientSession, client: str, addr: str, node: int,
-                          query: str = "") -> None:
+                          query: str = "") -> bool:
         op_id, t0 = self.rec.call()
         ans = await send(session, "GET", self.member_url(node, addr) + query, self.headers, write=False)
         if ans.status == "unknown" and not ans.unexpected:
@@ -210,14 +212,16 @@ class Workload:
         if ans.status == "ok" and isinstance(ans.body, dict):
             out = {"fields": {"name": ans.body.get("name")}, "revision": ans.body.get("revision")}
         self.rec.done(op_id, client, f"member:{addr}", "read", None, t0, ans, out)
+        return ans.status == "ok"
 
     async def read_network(self, session: aiohttp.ClientSession, client: str, nwid: str, node: int,
-                           query: str = "") -> None:
+                           query: str = "") -> bool:
         op_id, t0 = self.rec.call()
         ans = await send(session, "GET", self.network_url(node, nwid) + query, self.headers, write=False)
         if ans.status == "unknown" and not ans.unexpected:
             ans = Answer("fail")
         self.rec.done(op_id, client, f"network:{nwid}", "read", nwid, t0, ans, ans.body is not None)
+        return ans.status == "ok"
 
     async def setup(self) -> None:
         """Each member once, before the faults and the clients start (retried with one key until it exists)."""
@@ -245,13 +249,24 @@ class Workload:
                                  *(self.probe(n, session, until) for n in range(len(self.urls))))
 
     async def final(self) -> None:
+        """Everything read once from every node (FINAL_READERS at a time: tens of thousands of networks after an
+        hour; the order does not matter, nothing is written any more)."""
         connector = aiohttp.TCPConnector(force_close=True, limit=0)
+        gate = asyncio.Semaphore(FINAL_READERS)
+
+        async def one(read: Any, client: str, what: str, node: int) -> None:
+            async with gate:
+                for _ in range(FINAL_ATTEMPTS):  # (healed and caught up: a failure here is worth a second look)
+                    if await read(session, client, what, node, "?consistency=local"):
+                        return
+                    await asyncio.sleep(0.5)
+
         async with aiohttp.ClientSession(connector=connector) as session:
-            for node in range(len(self.urls)):
-                for addr in self.members:
-                    await self.read_member(session, f"final{node}", addr, node, "?consistency=local")
-                for nwid in self.networks:
-                    await self.read_network(session, f"final{node}", nwid, node, "?consistency=local")
+            reads = [one(self.read_member, f"final{node}", addr, node)
+                     for node in range(len(self.urls)) for addr in self.members]
+            reads += [one(self.read_network, f"final{node}", nwid, node)
+                      for node in range(len(self.urls)) for nwid in self.networks]
+            await asyncio.gather(*reads)
 
 
 def main(argv: list[str] | None = None) -> int:
