@@ -356,3 +356,34 @@ def test_a_storage_failure_stops_the_node_and_fails_every_waiter(tmp_path: Path)
         await node.stop()
         storage.close()
     run(main())
+
+
+def test_a_read_whose_caller_left_and_a_stop_leave_no_unretrieved_errors(tmp_path: Path) -> None:
+    """A linearizable read cancelled by its caller (a client that went away) whose round then fails, and a
+    proposal pending when the node stops: neither leaves an exception nobody retrieves (asyncio logs each one as
+    an error, noise an operator would chase), and the proposer learns NodeFailed (its write may still commit)."""
+    import gc
+
+    async def main() -> None:
+        unretrieved: list[dict] = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: unretrieved.append(ctx))
+        c = Cluster(tmp_path, ["n1", "n2", "n3"])
+        await c.start_all()
+        lead = await c.leader()
+        follower = next(n for n in c.nodes.values() if n is not lead)
+        reader = asyncio.create_task(follower.read_barrier(timeout=5))
+        await asyncio.sleep(0)  # the read joins a round
+        reader.cancel()
+        follower._fail_reads()  # the round fails (as on a leadership change) after its caller left
+        proposal = asyncio.create_task(lead.propose(kv("late", 1), timeout=5))
+        await asyncio.sleep(0)
+        await c.stop(lead.id)
+        with pytest.raises(NodeFailed):
+            await proposal
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        await c.stop_all()
+        gc.collect()
+        await asyncio.sleep(0)
+        assert unretrieved == [], unretrieved
+    run(main())

@@ -131,7 +131,9 @@ class RaftNode:
         self._running = False
         self._wake.set()
         await cancel_and_wait(self._tasks)
-        self._fail_all(RaftError("node stopped"))
+        # NodeFailed like a failure: a proposal in flight may still commit elsewhere (a forwarded write answers
+        # "unknown", 504), and nothing else is to be asked of this node.
+        self._fail_all(NodeFailed(f"raft node {self.id} stopped"))
         if self._failed is None or not self._failed.done():  # (a failed node writes nothing more)
             self._io.submit(self._flush_at_stop)  # after any persist still running: one I/O thread
         self._io.shutdown(wait=True)
@@ -291,7 +293,9 @@ class RaftNode:
         self._read_queue.append(fut)
         if self._read_inflight is None:
             self._start_read_round()
-        index = await asyncio.wait_for(asyncio.shield(fut), timeout)
+        # wait_owned, not wait_for(shield(...)): a read whose caller went away (cancelled) cancels its own future,
+        # so a round failing later does not leave an exception nobody retrieves (asyncio logs each one).
+        index = await wait_owned(fut, timeout)
         await self.wait_applied(index, timeout)
         return index
 

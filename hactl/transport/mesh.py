@@ -497,6 +497,11 @@ class Mesh:
         stream = FrameStream(reader, writer, outbound=False, max_frame=self.opts.max_frame)
         try:
             await self._serve(stream, remote)
+        except asyncio.CancelledError:
+            # This task is asyncio's (start_server's client_connected_cb) and nothing awaits it; Python 3.11's
+            # done callback calls exception() on it, which re-raises a cancellation into the loop's error log at
+            # every shutdown. Ending normally is all a cancelled connection handler needs to do.
+            pass
         finally:
             await stream.close()
 
