@@ -75,9 +75,16 @@ def test_crossed_moves_with_the_leader_are_recorded_through_a_member_that_stayed
         c.wait_ready(timeout=60)
         moved = c.move_together({lead: first, follower: None}, start=False)
         c.start(lead)  # the moved-back node leads before the follower is back: the case that needs the relay
-        if c.leader(among=[lead, stay], timeout=60) != lead:
-            subprocess.run([sys.executable, "-m", "hactl.cli", "agent", "--socket", str(c.specs[stay].agent_socket),
-                            "cluster", "transfer-leadership", lead], check=True, capture_output=True, timeout=60)
+
+        def lead_leads() -> bool:
+            """Asks for the transfer (10 s a try: the target may still be catching up) until lead leads."""
+            if c.leader(among=[lead, stay], timeout=30) == lead:
+                return True
+            subprocess.run([sys.executable, "-m", "hactl.cli", "agent", "--timeout", "10", "--socket",
+                            str(c.specs[stay].agent_socket), "cluster", "transfer-leadership", lead],
+                           capture_output=True, timeout=30)
+            return False
+        c.wait(lead_leads, 90, f"{lead} leading")
         c.wait(lambda: recorded({lead: first}), 30, f"{lead} recorded back at {first}")
         c.start(follower)
         c.wait(lambda: recorded(moved), 40, f"{moved} recorded in the membership")
