@@ -204,23 +204,26 @@ class Workload:
 
     async def read_member(self, session: aiohttp.ClientSession, client: str, addr: str, node: int,
                           query: str = "") -> bool:
-        op_id, t0 = self.rec.call()
-        ans = await send(session, "GET", self.member_url(node, addr) + query, self.headers, write=False)
-        if ans.status == "unknown" and not ans.unexpected:
-            ans = Answer("fail")  # a read that got no answer had no effect: drop it
-        out = None
-        if ans.status == "ok" and isinstance(ans.body, dict):
-            out = {"fields": {"name": ans.body.get("name")}, "revision": ans.body.get("revision")}
-        self.rec.done(op_id, client, f"member:{addr}", "read", None, t0, ans, out)
-        return ans.status == "ok"
+        def output(body: Any) -> Any:
+            if not isinstance(body, dict):
+                return None
+            return {"fields": {"name": body.get("name")}, "revision": body.get("revision")}
+        return await self._read(session, client, f"member:{addr}", None, self.member_url(node, addr) + query,
+                                output)
 
     async def read_network(self, session: aiohttp.ClientSession, client: str, nwid: str, node: int,
                            query: str = "") -> bool:
+        return await self._read(session, client, f"network:{nwid}", nwid, self.network_url(node, nwid) + query,
+                                lambda body: body is not None)
+
+    async def _read(self, session: aiohttp.ClientSession, client: str, key: str, inp: Any, url: str,
+                    output: Any) -> bool:
+        """One GET recorded as a read of ``key``; whether it was answered."""
         op_id, t0 = self.rec.call()
-        ans = await send(session, "GET", self.network_url(node, nwid) + query, self.headers, write=False)
+        ans = await send(session, "GET", url, self.headers, write=False)
         if ans.status == "unknown" and not ans.unexpected:
-            ans = Answer("fail")
-        self.rec.done(op_id, client, f"network:{nwid}", "read", nwid, t0, ans, ans.body is not None)
+            ans = Answer("fail")  # a read that got no answer had no effect: drop it
+        self.rec.done(op_id, client, key, "read", inp, t0, ans, output(ans.body) if ans.status == "ok" else None)
         return ans.status == "ok"
 
     async def setup(self) -> None:
